@@ -1,0 +1,7 @@
+# CPU preset for the bundled mini COCO (6 shape classes): ResNet-18, small input, short
+# schedule. Same model code and recipe as the paper config; only sizes and schedule differ.
+model = dict(depth=18, num_classes=6, feat_channels=128, fpn_channels=128, stacked_convs=2,
+             gn_groups=32)
+data = dict(root="", img_scale=[320, 320], batch_size=8)
+optim = dict(lr=0.01, momentum=0.9, weight_decay=1e-4, warmup_iters=50, warmup_ratio=0.001,
+             steps=[9, 11], epochs=12)

@@ -1,0 +1,83 @@
+"""Root test configuration: frameworks set up before import, markers, seeds, report metadata."""
+import importlib
+import random
+import sys
+
+import numpy as np
+import pytest
+
+from gfocal.runtime import DEFAULT_SEED, configure_frameworks, cuda_available
+
+configure_frameworks()  # Jittor reads its env at import: this must run before any import of it
+
+PORTS = {"torch": "gfocal.pytorch", "jittor": "gfocal.jittor"}
+
+
+def pytest_configure(config):
+    if config.pluginmanager.hasplugin("metadata"):
+        from pytest_metadata.plugin import metadata_key
+
+        from gfocal.runtime import describe_environment
+        env = describe_environment()
+        meta = config.stash[metadata_key]
+        for key, value in env.items():
+            meta[key] = str(value)
+        if not env.get("jittor_onednn"):
+            meta["WARNING"] = "Jittor runs WITHOUT oneDNN: CPU convolutions ~60x slower"
+
+
+def pytest_report_header(config):
+    from gfocal.runtime import describe_environment
+    env = describe_environment()
+    onednn = "on" if env.get("jittor_onednn") else "OFF (slow fallback!)"
+    return (f"gfocal: torch {env.get('torch')}, jittor {env.get('jittor')} (oneDNN {onednn}), "
+            f"numpy {env['numpy']}, threads {env['omp_threads']}, gpu {env.get('gpu', 'none')}")
+
+
+def pytest_html_results_summary(prefix, summary, postfix):
+    from gfocal.runtime import describe_environment
+    if not describe_environment().get("jittor_onednn"):
+        prefix.append("<p style='color:#b00;font-weight:bold'>WARNING: Jittor ran without "
+                      "oneDNN; its CPU timings use the ~60x slower fallback convolution.</p>")
+
+
+def pytest_collection_modifyitems(config, items):
+    if cuda_available():
+        return
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture(autouse=True)
+def _seed_everything():
+    """Same seeds before every test, in every framework already imported."""
+    random.seed(DEFAULT_SEED)
+    np.random.seed(DEFAULT_SEED)
+    if "torch" in sys.modules:
+        sys.modules["torch"].manual_seed(DEFAULT_SEED)
+    if "jittor" in sys.modules:
+        sys.modules["jittor"].set_global_seed(DEFAULT_SEED)
+    yield
+
+
+def load_port(name):
+    """The port package for 'torch' or 'jittor' (sub-modules import lazily)."""
+    return importlib.import_module(PORTS[name])
+
+
+@pytest.fixture(params=sorted(PORTS), ids=lambda name: name)
+def port(request):
+    """Runs a test once per port: `port.gfl_head.GFLHead`, `port.tensor(arr)`, ..."""
+    return load_port(request.param)
+
+
+@pytest.fixture(scope="session")
+def torch_port():
+    return load_port("torch")
+
+
+@pytest.fixture(scope="session")
+def jittor_port():
+    return load_port("jittor")

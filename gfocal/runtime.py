@@ -1,0 +1,85 @@
+"""Framework set-up that must happen before torch or jittor is imported.
+
+Jittor reads its configuration from environment variables at import time, so every entry
+point (conftest, CLI, set-up script) calls :func:`configure_frameworks` first.
+"""
+import os
+import platform
+import shutil
+import warnings
+
+DEFAULT_SEED = 0
+
+
+def cuda_available():
+    """A CUDA GPU with its driver, not merely an nvcc on PATH."""
+    return shutil.which("nvidia-smi") is not None and os.path.exists("/dev/nvidiactl")
+
+
+def configure_frameworks(threads=None):
+    """Set Jittor's and the thread pools' environment; idempotent, call before imports."""
+    threads = threads or int(os.environ.get("GFOCAL_THREADS", os.cpu_count() or 1))
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    if not cuda_available():
+        # An nvcc without a CUDA runtime makes Jittor try (and fail) to build CUDA ops.
+        os.environ.setdefault("nvcc_path", "")
+    return int(os.environ["OMP_NUM_THREADS"])
+
+
+def num_threads():
+    """The thread count both ports use (the PyTorch port applies it at import)."""
+    return int(os.environ.get("OMP_NUM_THREADS") or configure_frameworks())
+
+
+def jittor_onednn_enabled():
+    """True when Jittor's CPU convolutions go through oneDNN (not the ~60x slower fallback)."""
+    import jittor  # noqa: F401
+    from jittor import compile_extern
+    return compile_extern.mkl_ops is not None
+
+
+def warn_if_jittor_slow():
+    if not jittor_onednn_enabled():
+        warnings.warn(
+            "Jittor runs WITHOUT oneDNN: CPU convolutions use a fallback about 60x slower. "
+            "Run `bash scripts/setup.sh` as root to provision libdnnl-dev (SPEC.md section 10).",
+            RuntimeWarning, stacklevel=2)
+
+
+def _cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def describe_environment():
+    """Versions and settings that decide whether two runs are comparable."""
+    import numpy
+    env = {
+        "python": platform.python_version(),
+        "numpy": numpy.__version__,
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "omp_threads": os.environ.get("OMP_NUM_THREADS"),
+        "seed": DEFAULT_SEED,
+    }
+    try:
+        import torch
+        import torchvision
+        env.update(torch=torch.__version__, torchvision=torchvision.__version__,
+                   torch_threads=torch.get_num_threads(),
+                   gpu=torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none")
+    except ImportError:
+        env.update(torch="not installed", torchvision="not installed")
+    try:
+        import jittor
+        env.update(jittor=jittor.__version__, jittor_onednn=jittor_onednn_enabled(),
+                   jittor_cuda=bool(jittor.flags.use_cuda) if jittor.has_cuda else False)
+    except ImportError:
+        env.update(jittor="not installed", jittor_onednn=False)
+    return env
