@@ -1,0 +1,145 @@
+"""Training and evaluation loops, written once for both ports.
+
+A port supplies the framework-specific pieces (`build_detector`, `train.build_optimizer`,
+`train.set_lr`, `train.train_step`, `checkpoint.save_checkpoint/load_checkpoint`); this
+module owns the schedule, the batches, the log, checkpoints and the NaN stop, so both ports
+are trained by literally the same loop.
+"""
+import importlib
+import os
+import time
+
+from tqdm import tqdm
+
+from gfocal.data.loader import build_dataloader
+from gfocal.evaluation.coco_eval import evaluate as coco_evaluate
+from gfocal.evaluation.coco_eval import results_to_coco
+from gfocal.runlog import RunLog, check_finite, console_line
+from gfocal.schedule import learning_rate
+
+PORT_MODULES = {"torch": "gfocal.pytorch", "jittor": "gfocal.jittor"}
+
+
+def load_port(framework):
+    if framework not in PORT_MODULES:
+        raise ValueError(f"unknown framework {framework!r} (choose from "
+                         f"{', '.join(PORT_MODULES)})")
+    return importlib.import_module(PORT_MODULES[framework])
+
+
+def build_model(cfg, framework, init_weights=None):
+    """A detector of `framework`, with weights from `init_weights` (a checkpoint) if given."""
+    port = load_port(framework)
+    model = port.build_detector(cfg["model"])
+    init_weights = init_weights or cfg["train"]["init_weights"]
+    if init_weights:
+        from weights_converter.convert import load_any
+        port.checkpoint.load_state_dict_numpy(model, load_any(init_weights), source=init_weights)
+    return port, model
+
+
+def checkpoint_path(work_dir, port, name):
+    return os.path.join(work_dir, name + port.checkpoint.EXTENSION)
+
+
+def train(cfg, framework, work_dir, resume=None, max_iters=None, init_weights=None,
+          evaluate_every_epoch=None, progress=True, on_epoch_end=None):
+    """Train per cfg; returns {'log': path, 'checkpoint': path, 'evals': [...], 'iters': n}.
+
+    `max_iters` stops early (a checkpoint `latest` is still written). `on_epoch_end(epoch,
+    stats)` is called after each evaluation.
+    """
+    port, model = build_model(cfg, framework, init_weights)
+    optim_cfg = cfg["optim"]
+    optimizer = port.train.build_optimizer(model, optim_cfg)
+    loader = build_dataloader(cfg, "train")
+    iters_per_epoch = len(loader)
+    start_epoch, skip, it = 0, 0, 0
+    if resume:
+        meta = port.checkpoint.load_checkpoint(resume, model, optimizer)
+        it = meta.get("iter", 0)
+        start_epoch, skip = divmod(it, iters_per_epoch)
+    os.makedirs(work_dir, exist_ok=True)
+    log = RunLog(os.path.join(work_dir, f"log_{framework}.jsonl"), resume=bool(resume))
+    eval_every = evaluate_every_epoch if evaluate_every_epoch is not None \
+        else cfg["train"]["eval_interval"]
+    evals = []
+    total = optim_cfg["epochs"] * iters_per_epoch
+    if max_iters is not None:
+        total = min(total, max_iters)
+    bar = tqdm(total=total, initial=it, desc=f"train[{framework}]", disable=not progress,
+               dynamic_ncols=True)
+    model.train()
+    try:
+        for epoch in range(start_epoch, optim_cfg["epochs"]):
+            loader.set_epoch(epoch)
+            batches = iter(loader)
+            t_data = time.perf_counter()
+            for i, batch in enumerate(batches):
+                if epoch == start_epoch and i < skip:
+                    t_data = time.perf_counter()
+                    continue
+                if it >= total:
+                    break
+                data_time = time.perf_counter() - t_data
+                lr = learning_rate(optim_cfg, it, epoch)
+                port.train.set_lr(optimizer, lr)
+                t0 = time.perf_counter()
+                losses = port.train.train_step(model, optimizer, batch)
+                it += 1
+                check_finite(losses, it, framework)
+                record = dict(losses, iter=it, epoch=epoch + 1, lr=lr,
+                              time=time.perf_counter() - t0, data_time=data_time)
+                log.write(record)
+                bar.update(1)
+                bar.set_postfix_str(console_line(record), refresh=False)
+                t_data = time.perf_counter()
+            epoch_done = it % iters_per_epoch == 0 and it > 0
+            meta = {"iter": it, "epoch": epoch + 1 if epoch_done else epoch}
+            port.checkpoint.save_checkpoint(checkpoint_path(work_dir, port, "latest"),
+                                            model, optimizer, meta)
+            if not epoch_done:
+                break
+            if (epoch + 1) % cfg["train"]["checkpoint_interval"] == 0:
+                port.checkpoint.save_checkpoint(
+                    checkpoint_path(work_dir, port, f"epoch_{epoch + 1}"), model, optimizer, meta)
+            last = epoch + 1 == optim_cfg["epochs"] or it >= total
+            if eval_every and ((epoch + 1) % eval_every == 0 or last):
+                stats = evaluate(cfg, model, progress=False)
+                evals.append({"epoch": epoch + 1, "stats": stats})
+                if on_epoch_end:
+                    on_epoch_end(epoch + 1, stats)
+                model.train()
+            if it >= total:
+                break
+    finally:
+        bar.close()
+        log.close()
+    return {"log": log.path, "checkpoint": checkpoint_path(work_dir, port, "latest"),
+            "evals": evals, "iters": it, "model": model, "port": port}
+
+
+def predict_dataset(model, loader, progress=False, latencies=None):
+    """Detections for every image of `loader`, in its order, with per-batch timing."""
+    model.eval()
+    predictions, img_ids = [], []
+    for batch in tqdm(loader, desc="predict", disable=not progress, dynamic_ncols=True):
+        t0 = time.perf_counter()
+        out = model.predict(batch)
+        if latencies is not None:
+            latencies.append((time.perf_counter() - t0) / len(out))
+        predictions.extend(out)
+        img_ids.extend(meta["img_id"] for meta in batch["img_metas"])
+    return predictions, img_ids
+
+
+def evaluate(cfg, model, progress=False, out_json=None, latencies=None):
+    """The 12 COCO statistics of `model` on the val split of cfg's data set."""
+    loader = build_dataloader(cfg, "val")
+    predictions, img_ids = predict_dataset(model, loader, progress, latencies)
+    dataset = loader.dataset
+    results = results_to_coco(predictions, img_ids, dataset.label_to_cat_id)
+    if out_json:
+        from gfocal.evaluation.coco_eval import save_results
+        save_results(out_json, results)
+    return coco_evaluate(dataset.coco, results, img_ids=img_ids)

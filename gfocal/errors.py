@@ -1,0 +1,12 @@
+"""The exceptions that mean "bad input" (shown as one message, not a traceback)."""
+from gfocal.config import ConfigError
+from gfocal.runlog import NonFiniteLoss
+from gfocal.state_dict import CheckpointError
+
+
+def _dataset_error():
+    from gfocal.data.coco import DatasetError
+    return DatasetError
+
+
+USER_ERRORS = (ConfigError, CheckpointError, NonFiniteLoss, _dataset_error(), FileNotFoundError)
