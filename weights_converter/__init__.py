@@ -1,0 +1,1 @@
+"""Weight conversion between the two ports, and from mmdetection and torchvision."""
