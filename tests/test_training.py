@@ -1,0 +1,100 @@
+"""The shared training loop with each port: log schema, resume, NaN stop, atomic checkpoints."""
+import json
+import os
+
+import pytest
+
+from gfocal import engine
+from gfocal.config import from_dict
+from gfocal.runlog import NonFiniteLoss
+
+TINY = {
+    "model": dict(depth=18, num_classes=6, feat_channels=32, fpn_channels=32, stacked_convs=1,
+                  gn_groups=8),
+    "data": dict(img_scale=[96, 96], batch_size=2),
+    "optim": dict(warmup_iters=5, epochs=1),
+    "train": dict(eval_interval=0),
+}
+LOG_KEYS = {"iter", "epoch", "lr", "loss", "loss_cls", "loss_bbox", "loss_dfl", "time",
+            "data_time"}
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return from_dict(TINY, source="tiny test config")
+
+
+@pytest.fixture(scope="module")
+def init_weights(cfg, tmp_path_factory):
+    """One initialisation for every run of this module (both ports)."""
+    from gfocal.pytorch.checkpoint import state_dict_numpy
+    from weights_converter.convert import write
+    _, model = engine.build_model(cfg, "torch")
+    path = str(tmp_path_factory.mktemp("init") / "init.pth")
+    write(path, state_dict_numpy(model), "torch")
+    return path
+
+
+def read_log(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_log_schema_and_checkpoint(port, cfg, init_weights, tmp_path):
+    out = engine.train(cfg, port.FRAMEWORK, str(tmp_path), max_iters=2,
+                       init_weights=init_weights, progress=False)
+    records = read_log(out["log"])
+    assert [r["iter"] for r in records] == [1, 2]
+    assert all(set(r) == LOG_KEYS for r in records)
+    assert records[0]["lr"] < records[1]["lr"]  # warmup
+    assert os.path.isfile(out["checkpoint"])
+    meta = port.checkpoint.load_checkpoint(out["checkpoint"], out["model"])
+    assert meta["iter"] == 2 and meta["framework"] == port.FRAMEWORK
+
+
+def test_resume_gives_the_same_next_loss(port, cfg, init_weights, tmp_path):
+    straight = engine.train(cfg, port.FRAMEWORK, str(tmp_path / "a"), max_iters=3,
+                            init_weights=init_weights, progress=False)
+    first = engine.train(cfg, port.FRAMEWORK, str(tmp_path / "b"), max_iters=2,
+                         init_weights=init_weights, progress=False)
+    resumed = engine.train(cfg, port.FRAMEWORK, str(tmp_path / "b"), max_iters=3,
+                           resume=first["checkpoint"], progress=False)
+    a, b = read_log(straight["log"]), read_log(resumed["log"])
+    assert [r["iter"] for r in b] == [1, 2, 3]  # appended, not overwritten
+    for key in ("loss", "loss_cls", "loss_bbox", "loss_dfl", "lr"):
+        assert b[2][key] == pytest.approx(a[2][key], rel=1e-6, abs=1e-9), key
+
+
+def test_nan_loss_stops_with_the_iteration(port, cfg, init_weights, tmp_path, monkeypatch):
+    real_step = port.train.train_step
+    calls = []
+
+    def step(model, optimizer, batch):
+        losses = real_step(model, optimizer, batch)
+        calls.append(1)
+        return dict(losses, loss=float("nan")) if len(calls) == 2 else losses
+
+    monkeypatch.setattr(port.train, "train_step", step)
+    with pytest.raises(NonFiniteLoss, match="iteration 2"):
+        engine.train(cfg, port.FRAMEWORK, str(tmp_path), max_iters=5,
+                     init_weights=init_weights, progress=False)
+    assert [r["iter"] for r in read_log(tmp_path / f"log_{port.FRAMEWORK}.jsonl")] == [1]
+
+
+def test_crash_while_saving_keeps_the_previous_checkpoint(port, cfg, init_weights, tmp_path,
+                                                          monkeypatch):
+    out = engine.train(cfg, port.FRAMEWORK, str(tmp_path), max_iters=1,
+                       init_weights=init_weights, progress=False)
+    before = open(out["checkpoint"], "rb").read()
+
+    def broken_save(obj, path, *args, **kwargs):
+        with open(path, "wb") as f:
+            f.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    saver = "torch" if port.FRAMEWORK == "torch" else "jittor"
+    monkeypatch.setattr(__import__(saver), "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        port.checkpoint.save_checkpoint(out["checkpoint"], out["model"])
+    assert open(out["checkpoint"], "rb").read() == before
+    assert [p for p in os.listdir(tmp_path) if p.endswith(".tmp")] == []
