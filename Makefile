@@ -9,13 +9,13 @@ setup:
 	@bash scripts/setup.sh
 
 test: setup
-	$(PYTEST) --html=reports/tests.html --self-contained-html
+	$(PYTEST) --benchmark-disable --html=reports/tests.html --self-contained-html
 
 parity: setup
 	$(PYTEST) parity_tests
 
 perf: setup
-	$(PYTEST) perf_tests --benchmark-enable
+	$(PYTEST) perf_tests --benchmark-autosave
 
 compare: setup
 	$(VENV)/bin/gfocal compare --out-dir reports/comparison
