@@ -14,6 +14,7 @@ def atomic_path(path):
     os.close(fd)
     try:
         yield tmp
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a checkpoint or report is not a secret
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -57,8 +57,7 @@ def benchmark_inference(cfg, model, warmup=3):
 
 def run_port(cfg, framework, out_dir, init_weights, max_iters=None, progress=True):
     """Train, evaluate and benchmark one port; a failure is caught and reported."""
-    from gfocal.report import RunData
-    from gfocal.report import read_log
+    from gfocal.report import RunData, read_log
     work_dir = os.path.join(out_dir, framework)
     data = RunData(framework=framework)
     t0 = time.perf_counter()
@@ -77,7 +76,7 @@ def run_port(cfg, framework, out_dir, init_weights, max_iters=None, progress=Tru
         data.traceback = traceback.format_exc()
         log_path = os.path.join(work_dir, f"log_{framework}.jsonl")
         if os.path.exists(log_path) and not data.log:
-            data.log = read_log(log_path)
+            data.log = read_log(log_path, allow_partial_last_line=True)
     data.wall_time = time.perf_counter() - t0
     return data
 
