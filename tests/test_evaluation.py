@@ -1,0 +1,134 @@
+"""COCO evaluation: result conversion, AP of perfect vs perturbed detections, files."""
+import json
+import os
+
+import numpy as np
+import pytest
+from pycocotools.coco import COCO
+
+from gfocal.evaluation import coco_eval
+from gfocal.evaluation.coco_eval import STAT_NAMES, evaluate, results_to_coco, save_results
+
+LABEL_TO_CAT = [4, 9]   # label 0 -> category 4, label 1 -> category 9
+# x1y1x2y2 per image: small (< 32^2), medium and large (> 96^2) boxes, both categories
+GT = {
+    1: ([[10, 10, 30, 30], [50, 40, 110, 100]], [0, 1]),
+    2: ([[0, 0, 150, 120], [160, 20, 180, 35]], [1, 0]),
+    3: ([[30, 60, 90, 130]], [0]),
+}
+
+
+@pytest.fixture(scope="module")
+def gt_file(tmp_path_factory):
+    images, annotations = [], []
+    for img_id, (boxes, labels) in GT.items():
+        images.append({"id": img_id, "file_name": f"{img_id}.png", "width": 200, "height": 150})
+        for (x1, y1, x2, y2), label in zip(boxes, labels):
+            annotations.append({"id": len(annotations) + 1, "image_id": img_id,
+                                "category_id": LABEL_TO_CAT[label], "iscrowd": 0,
+                                "bbox": [x1, y1, x2 - x1, y2 - y1],
+                                "area": (x2 - x1) * (y2 - y1)})
+    path = tmp_path_factory.mktemp("eval") / "gt.json"
+    path.write_text(json.dumps({"images": images, "annotations": annotations,
+                                "categories": [{"id": 4, "name": "a"}, {"id": 9, "name": "b"}]}))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def coco_gt(gt_file):
+    return COCO(gt_file)
+
+
+def predictions(shift=0.0, extra=None):
+    preds = []
+    for img_id, (boxes, labels) in GT.items():
+        b = np.array(boxes, np.float32) + shift
+        s = np.linspace(0.9, 0.5, len(b)).astype(np.float32)
+        lab = np.array(labels, np.int64)
+        if extra and img_id in extra:
+            eb, es, el = extra[img_id]
+            b, s, lab = np.vstack([b, eb]), np.append(s, es), np.append(lab, el)
+        preds.append({"boxes": b, "scores": s, "labels": lab})
+    return preds
+
+
+def test_results_to_coco_hand_case():
+    out = results_to_coco([{"boxes": np.array([[10, 20, 30, 60]], np.float32),
+                            "scores": np.array([0.75], np.float32),
+                            "labels": np.array([1])},
+                           {"boxes": np.zeros((0, 4)), "scores": np.zeros(0),
+                            "labels": np.zeros(0, np.int64)}],
+                          img_ids=[42, 43], label_to_cat_id=LABEL_TO_CAT)
+    assert out == [{"image_id": 42, "category_id": 9, "bbox": [10.0, 20.0, 20.0, 40.0],
+                    "score": 0.75}]
+    assert all(type(v) in (int, float) for v in out[0]["bbox"] + [out[0]["score"]])
+
+
+def test_results_to_coco_rejects_mismatches():
+    pred = {"boxes": np.zeros((1, 4)), "scores": np.ones(1), "labels": np.array([2])}
+    with pytest.raises(ValueError, match="label 2 outside 0..1"):
+        results_to_coco([pred], [1], LABEL_TO_CAT)
+    with pytest.raises(ValueError, match="2 predictions for 1 image ids"):
+        results_to_coco([pred, pred], [1], LABEL_TO_CAT)
+    with pytest.raises(ValueError, match="1 boxes, 2 scores"):
+        results_to_coco([{**pred, "scores": np.ones(2)}], [1], LABEL_TO_CAT)
+
+
+def test_perfect_detections_score_one(coco_gt):
+    stats = evaluate(coco_gt, results_to_coco(predictions(), list(GT), LABEL_TO_CAT))
+    assert tuple(stats) == STAT_NAMES
+    for name in STAT_NAMES:  # AR1 too: COCOeval caps detections per image and category
+        assert stats[name] == pytest.approx(1.0), name
+
+
+def test_perturbed_detections_score_less(coco_gt):
+    perfect = evaluate(coco_gt, results_to_coco(predictions(), list(GT), LABEL_TO_CAT))
+    shifted = evaluate(coco_gt, results_to_coco(predictions(shift=4.0), list(GT), LABEL_TO_CAT))
+    assert 0 < shifted["AP"] < perfect["AP"]
+    assert shifted["APs"] < 1.0  # a 4 px shift hurts the 20 px box most
+    false_positive = {1: (np.array([[100, 100, 140, 140]], np.float32), 0.99, 0)}
+    with_fp = evaluate(coco_gt, results_to_coco(predictions(extra=false_positive), list(GT),
+                                                LABEL_TO_CAT))
+    assert with_fp["AP"] < perfect["AP"] and with_fp["AR100"] == pytest.approx(1.0)
+    wrong = predictions()
+    wrong[2]["labels"] = 1 - wrong[2]["labels"]
+    wrong_stats = evaluate(coco_gt, results_to_coco(wrong, list(GT), LABEL_TO_CAT))
+    assert wrong_stats["AP"] < perfect["AP"]
+
+
+def test_empty_results_give_zeros(coco_gt):
+    assert evaluate(coco_gt, []) == {name: 0.0 for name in STAT_NAMES}
+
+
+def test_img_ids_restrict_evaluation(coco_gt):
+    preds = predictions()
+    preds[0]["boxes"] = preds[0]["boxes"] + 50          # image 1 wrong, others right
+    results = results_to_coco(preds, list(GT), LABEL_TO_CAT)
+    assert evaluate(coco_gt, results)["AP"] < 1.0
+    assert evaluate(coco_gt, results, img_ids=[2, 3])["AP"] == pytest.approx(1.0)
+
+
+def test_unknown_image_ids_are_rejected(coco_gt):
+    with pytest.raises(ValueError, match=r"not in the ground truth: \[77\]"):
+        evaluate(coco_gt, [{"image_id": 77, "category_id": 4, "bbox": [0, 0, 5, 5],
+                            "score": 0.5}])
+
+
+def test_save_results_round_trip_and_paths(gt_file, tmp_path, capsys):
+    results = results_to_coco(predictions(), list(GT), LABEL_TO_CAT)
+    path = tmp_path / "out" / "results.json"
+    save_results(path, results)
+    assert json.loads(path.read_text()) == results
+    assert os.listdir(tmp_path / "out") == ["results.json"]   # no temp file left
+    stats = evaluate(gt_file, str(path))                         # both given as files
+    assert stats["AP"] == pytest.approx(1.0)
+    assert "Average Precision" not in capsys.readouterr().out
+    evaluate(gt_file, str(path), verbose=True)
+    assert "Average Precision" in capsys.readouterr().out
+
+
+def test_evaluate_does_not_modify_the_results(coco_gt):
+    results = results_to_coco(predictions(), list(GT), LABEL_TO_CAT)
+    before = json.dumps(results)
+    coco_eval.evaluate(coco_gt, results)
+    assert json.dumps(results) == before
