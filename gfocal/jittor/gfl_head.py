@@ -1,0 +1,135 @@
+"""GFL head with the Distribution-Guided Quality Predictor, GFocalV2 (SPEC.md section 3)."""
+import math
+
+import jittor as jt
+import numpy as np
+from jittor import nn
+
+from .fpn import ConvModule, GroupNorm
+from .probes import record
+
+
+class Scale(nn.Module):
+    """A learnable scalar (shape (1,)) multiplying a level's reg logits."""
+
+    def __init__(self, init=1.0):
+        super().__init__()
+        self.scale = jt.array(np.array([init], dtype=np.float32))
+
+    def execute(self, x):
+        return x * self.scale
+
+
+class Integral(nn.Module):
+    """(..., 4*(reg_max+1)) side-major logits -> (..., 4) expected distances (bins 0..reg_max).
+
+    `project` is a buffer: saved in the state dict, never trained. Every Var attribute of a
+    Jittor module is a parameter, so it is a stop_grad Var: the optimizers skip it and
+    jt.grad does not flow into it."""
+
+    def __init__(self, reg_max=16):
+        super().__init__()
+        self.reg_max = reg_max
+        self.project = jt.array(np.arange(reg_max + 1, dtype=np.float32)).stop_grad()
+
+    def execute(self, x):
+        bins = self.reg_max + 1
+        if x.shape[-1] != 4 * bins:
+            raise ValueError(f"Integral(reg_max={self.reg_max}) expects a last dimension of "
+                             f"{4 * bins}, got shape {tuple(x.shape)}")
+        prob = nn.softmax(x.reshape(*x.shape[:-1], 4, bins), dim=-1)
+        return (prob * self.project).sum(dim=-1)
+
+
+class GFLHead(nn.Module):
+    """Shared cls/reg towers over the pyramid levels; `forward(feats)` returns per level the
+    class scores (sigmoid * DGQP quality: probabilities, N x C x H x W) and the scaled reg
+    logits (N x 4*(reg_max+1) x H x W, channel = side * (reg_max+1) + bin)."""
+
+    def __init__(self, num_classes, in_channels, feat_channels=256, stacked_convs=4,
+                 gn_groups=32, reg_max=16, reg_topk=4, reg_channels=64,
+                 strides=(8, 16, 32, 64, 128)):
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"GFLHead num_classes = {num_classes} (must be >= 1)")
+        if not 1 <= reg_topk <= reg_max + 1:
+            raise ValueError(f"GFLHead reg_topk = {reg_topk} (must be in 1..reg_max+1 = "
+                             f"{reg_max + 1})")
+        if feat_channels % gn_groups:
+            raise ValueError(f"GFLHead feat_channels = {feat_channels} is not divisible by "
+                             f"gn_groups = {gn_groups}")
+        self.num_classes = num_classes
+        self.reg_max = reg_max
+        self.reg_topk = reg_topk
+        self.strides = tuple(strides)
+        self.cls_convs = self._tower(in_channels, feat_channels, stacked_convs, gn_groups)
+        self.reg_convs = self._tower(in_channels, feat_channels, stacked_convs, gn_groups)
+        tower_out = feat_channels if stacked_convs else in_channels
+        self.gfl_cls = nn.Conv2d(tower_out, num_classes, 3, padding=1)
+        self.gfl_reg = nn.Conv2d(tower_out, 4 * (reg_max + 1), 3, padding=1)
+        self.reg_conf = nn.Sequential(
+            nn.Conv2d(4 * (reg_topk + 1), reg_channels, 1),
+            nn.ReLU(),
+            nn.Conv2d(reg_channels, 1, 1),
+            nn.Sigmoid())
+        self.scales = nn.ModuleList([Scale(1.0) for _ in self.strides])
+        self.integral = Integral(reg_max)
+        self.init_weights()
+
+    @staticmethod
+    def _tower(in_channels, feat_channels, stacked_convs, gn_groups):
+        return nn.ModuleList([
+            ConvModule(in_channels if i == 0 else feat_channels, feat_channels, 3, padding=1,
+                       bias=False, norm="gn", gn_groups=gn_groups, act="relu")
+            for i in range(stacked_convs)])
+
+    def init_weights(self):
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                jt.init.gauss_(m.weight, mean=0.0, std=0.01)
+                if m.bias is not None:
+                    jt.init.zero_(m.bias)
+            elif isinstance(m, GroupNorm):
+                jt.init.one_(m.weight)
+                jt.init.zero_(m.bias)
+        prior_prob = 0.01
+        jt.init.constant_(self.gfl_cls.bias, -math.log((1 - prior_prob) / prior_prob))
+
+    def execute(self, feats):
+        if len(feats) != len(self.scales):
+            raise ValueError(f"GFLHead has {len(self.scales)} levels (strides {self.strides}), "
+                             f"got {len(feats)} feature maps")
+        cls_scores, bbox_preds = [], []
+        for level, (x, scale) in enumerate(zip(feats, self.scales)):
+            cls_score, bbox_pred = self.forward_single(x, scale, level)
+            cls_scores.append(cls_score)
+            bbox_preds.append(bbox_pred)
+        return cls_scores, bbox_preds
+
+    def forward_single(self, x, scale, level):
+        cls_feat = x
+        for conv in self.cls_convs:
+            cls_feat = conv(cls_feat)
+        record(f"head.cls_tower.{level}", cls_feat)
+        reg_feat = x
+        for conv in self.reg_convs:
+            reg_feat = conv(reg_feat)
+        record(f"head.reg_tower.{level}", reg_feat)
+        bbox_pred = scale(self.gfl_reg(reg_feat))
+        record(f"head.reg_logits.{level}", bbox_pred)
+        stat = self.dgqp_features(bbox_pred)
+        record(f"head.dgqp_feat.{level}", stat)
+        quality = self.reg_conf(stat)
+        record(f"head.quality.{level}", quality)
+        cls_score = self.gfl_cls(cls_feat).sigmoid() * quality
+        record(f"head.cls_score.{level}", cls_score)
+        return cls_score, bbox_pred
+
+    def dgqp_features(self, bbox_pred):
+        """Reg logits -> (N, 4*(reg_topk+1), H, W): per side, its top-k bin probabilities in
+        descending order, then their mean. Not detached: gradients reach the reg logits."""
+        n, _, h, w = bbox_pred.shape
+        prob = nn.softmax(bbox_pred.reshape(n, 4, self.reg_max + 1, h, w), dim=2)
+        topk = jt.topk(prob, self.reg_topk, dim=2)[0]  # (values, indices), values sorted
+        stat = jt.concat([topk, topk.mean(dim=2, keepdims=True)], dim=2)
+        return stat.reshape(n, 4 * (self.reg_topk + 1), h, w)
