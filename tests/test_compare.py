@@ -1,0 +1,72 @@
+"""`gfocal compare`: quick run on a COCO-format subset (default suite), full run (slow)."""
+import os
+from types import SimpleNamespace
+
+import pytest
+
+from gfocal.compare import run_comparison
+from gfocal.data.subset import make_subset
+from gfocal.data.synthetic import ensure_mini_coco
+
+TINY_CONFIG = """
+model = dict(depth=18, num_classes=6, feat_channels=32, fpn_channels=32, stacked_convs=1,
+             gn_groups=8)
+data = dict(img_scale=[96, 96], batch_size=2)
+optim = dict(warmup_iters=5, epochs=1)
+"""
+
+
+def args(**kw):
+    base = dict(config=None, data_root=None, out_dir=None, epochs=None, max_iters=None)
+    return SimpleNamespace(**dict(base, **kw))
+
+
+@pytest.fixture(scope="module")
+def subset_root(tmp_path_factory):
+    """A COCO-format folder written by the subset tool from the bundled data."""
+    src = ensure_mini_coco()
+    out = tmp_path_factory.mktemp("subset")
+    for split, n in (("train2017", 8), ("val2017", 4)):
+        make_subset(os.path.join(src, "annotations", f"instances_{split}.json"),
+                    os.path.join(src, split), n, out, split=split)
+    return str(out)
+
+
+def test_compare_on_a_subset_writes_the_report(subset_root, tmp_path):
+    cfg = tmp_path / "tiny.py"
+    cfg.write_text(TINY_CONFIG)
+    out_dir = tmp_path / "report"
+    (out_dir).mkdir()
+    (out_dir / "keep.txt").write_text("user data")
+    runs = run_comparison(args(config=str(cfg), data_root=subset_root, out_dir=str(out_dir),
+                               max_iters=3))
+    assert set(runs) == {"torch", "jittor"}
+    for run in runs.values():
+        assert run.failure is None, run.traceback
+        assert [r["iter"] for r in run.log] == [1, 2, 3]
+        assert len(run.final_stats) == 12
+    # identical weights and batches: the first iterations agree closely
+    for a, b in zip(runs["torch"].log, runs["jittor"].log):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-3)
+    md = (out_dir / "report.md").read_text()
+    assert "torch" in md and "jittor" in md and "AP50" in md
+    assert (out_dir / "report.html").is_file()
+    assert (out_dir / "keep.txt").read_text() == "user data"
+
+
+@pytest.mark.slow
+def test_full_comparison_on_the_bundled_data(tmp_path):
+    """The main command: both ports reach AP >= 0.25 and agree (issue 7's acceptance)."""
+    from gfocal.report import agreement_summary
+    runs = run_comparison(args(out_dir=str(tmp_path)))
+    torch_run, jittor_run = runs["torch"], runs["jittor"]
+    assert torch_run.failure is None and jittor_run.failure is None
+    agreement = agreement_summary(torch_run.log, jittor_run.log, first_n=20)
+    assert agreement["max_rel_first_n"] <= 1e-3
+    # after iteration 20 float32 rounding differences grow through SGD: the envelope is
+    # documented in README (measured), checked here on the median
+    assert agreement["median_rel_after"] <= 0.05
+    for run in (torch_run, jittor_run):
+        assert run.final_stats["AP"] >= 0.25
+    assert abs(torch_run.final_stats["AP"] - jittor_run.final_stats["AP"]) <= 0.02
+    assert (tmp_path / "report.md").is_file() and (tmp_path / "report.html").is_file()
