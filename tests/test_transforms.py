@@ -103,8 +103,8 @@ def image_and_boxes(draw, inside=True):
     n = draw(st.integers(0, 5))
     lo_x, hi_x = (0.0, float(w)) if inside else (-0.5 * w, 1.5 * w)
     lo_y, hi_y = (0.0, float(h)) if inside else (-0.5 * h, 1.5 * h)
-    xs = draw(st.lists(st.floats(lo_x, hi_x, width=32), min_size=2 * n, max_size=2 * n))
-    ys = draw(st.lists(st.floats(lo_y, hi_y, width=32), min_size=2 * n, max_size=2 * n))
+    xs = draw(st.lists(st.floats(lo_x, hi_x, width=32, allow_subnormal=False), min_size=2 * n, max_size=2 * n))
+    ys = draw(st.lists(st.floats(lo_y, hi_y, width=32, allow_subnormal=False), min_size=2 * n, max_size=2 * n))
     boxes = np.array([[min(xs[2 * i], xs[2 * i + 1]), min(ys[2 * i], ys[2 * i + 1]),
                        max(xs[2 * i], xs[2 * i + 1]), max(ys[2 * i], ys[2 * i + 1])]
                       for i in range(n)], np.float32).reshape(-1, 4)
