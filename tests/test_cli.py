@@ -3,21 +3,6 @@ import pytest
 
 from gfocal.cli import main
 
-TINY_CONFIG = """
-model = dict(depth=18, num_classes=6, feat_channels=32, fpn_channels=32, stacked_convs=1,
-             gn_groups=8)
-data = dict(img_scale=[96, 96], batch_size=2)
-optim = dict(warmup_iters=5, epochs=1)
-train = dict(eval_interval=0)
-"""
-
-
-@pytest.fixture
-def tiny_config(tmp_path):
-    path = tmp_path / "tiny.py"
-    path.write_text(TINY_CONFIG)
-    return str(path)
-
 
 def test_train_then_test_prints_the_12_statistics(port, tiny_config, tmp_path, capsys):
     work = tmp_path / "work"

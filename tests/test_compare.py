@@ -1,19 +1,9 @@
 """`gfocal compare`: quick run on a COCO-format subset (default suite), full run (slow)."""
-import os
 from types import SimpleNamespace
 
 import pytest
 
 from gfocal.compare import run_comparison
-from gfocal.data.subset import make_subset
-from gfocal.data.synthetic import ensure_mini_coco
-
-TINY_CONFIG = """
-model = dict(depth=18, num_classes=6, feat_channels=32, fpn_channels=32, stacked_convs=1,
-             gn_groups=8)
-data = dict(img_scale=[96, 96], batch_size=2)
-optim = dict(warmup_iters=5, epochs=1)
-"""
 
 
 def args(**kw):
@@ -21,24 +11,11 @@ def args(**kw):
     return SimpleNamespace(**dict(base, **kw))
 
 
-@pytest.fixture(scope="module")
-def subset_root(tmp_path_factory):
-    """A COCO-format folder written by the subset tool from the bundled data."""
-    src = ensure_mini_coco()
-    out = tmp_path_factory.mktemp("subset")
-    for split, n in (("train2017", 8), ("val2017", 4)):
-        make_subset(os.path.join(src, "annotations", f"instances_{split}.json"),
-                    os.path.join(src, split), n, out, split=split)
-    return str(out)
-
-
-def test_compare_on_a_subset_writes_the_report(subset_root, tmp_path):
-    cfg = tmp_path / "tiny.py"
-    cfg.write_text(TINY_CONFIG)
+def test_compare_on_a_subset_writes_the_report(tiny_config, tiny_coco, tmp_path):
     out_dir = tmp_path / "report"
-    (out_dir).mkdir()
+    out_dir.mkdir()
     (out_dir / "keep.txt").write_text("user data")
-    runs = run_comparison(args(config=str(cfg), data_root=subset_root, out_dir=str(out_dir),
+    runs = run_comparison(args(config=tiny_config, data_root=tiny_coco, out_dir=str(out_dir),
                                max_iters=3))
     assert set(runs) == {"torch", "jittor"}
     for run in runs.values():

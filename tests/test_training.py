@@ -8,20 +8,16 @@ from gfocal import engine
 from gfocal.config import from_dict
 from gfocal.runlog import NonFiniteLoss
 
-TINY = {
-    "model": dict(depth=18, num_classes=6, feat_channels=32, fpn_channels=32, stacked_convs=1,
-                  gn_groups=8),
-    "data": dict(img_scale=[96, 96], batch_size=2),
-    "optim": dict(warmup_iters=5, epochs=1),
-    "train": dict(eval_interval=0),
-}
 LOG_KEYS = {"iter", "epoch", "lr", "loss", "loss_cls", "loss_bbox", "loss_dfl", "time",
             "data_time"}
 
 
 @pytest.fixture(scope="module")
-def cfg():
-    return from_dict(TINY, source="tiny test config")
+def cfg(tiny_coco, tiny_model):
+    return from_dict({"model": tiny_model,
+                      "data": dict(root=tiny_coco, img_scale=[96, 96], batch_size=2),
+                      "optim": dict(warmup_iters=5, epochs=1),
+                      "train": dict(eval_interval=0)}, source="tiny test config")
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,37 @@
+"""Fixtures shared by the unit tests: a tiny COCO-format data set and a tiny config."""
+import os
+
+import pytest
+
+from gfocal.data.subset import make_subset
+from gfocal.data.synthetic import ensure_mini_coco
+
+TINY_MODEL = dict(depth=18, num_classes=6, feat_channels=32, fpn_channels=32, stacked_convs=1,
+                  gn_groups=8)
+
+
+@pytest.fixture(scope="session")
+def tiny_coco(tmp_path_factory):
+    """8 train and 4 val images of the bundled data, written by the subset tool."""
+    src = ensure_mini_coco()
+    out = tmp_path_factory.mktemp("tiny_coco")
+    for split, n in (("train2017", 8), ("val2017", 4)):
+        make_subset(os.path.join(src, "annotations", f"instances_{split}.json"),
+                    os.path.join(src, split), n, out, split=split)
+    return str(out)
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    return dict(TINY_MODEL)
+
+
+@pytest.fixture
+def tiny_config(tiny_coco, tmp_path):
+    """A config file: tiny ResNet-18 detector at 96 px on `tiny_coco`, one short epoch."""
+    path = tmp_path / "tiny.py"
+    path.write_text(f"model = {TINY_MODEL!r}\n"
+                    f"data = dict(root={tiny_coco!r}, img_scale=[96, 96], batch_size=2)\n"
+                    "optim = dict(warmup_iters=5, epochs=1)\n"
+                    "train = dict(eval_interval=0)\n")
+    return str(path)
