@@ -1,0 +1,357 @@
+"""Error metrics, the tolerance policy and the first-divergence report of the parity suite.
+
+Convention: `a` is the port under test (Jittor), `b` the reference (PyTorch). The relative
+error of a tensor is max|a - b| / max(max|b|, TINY): one number per tensor, scaled by the
+tensor's own magnitude, so a probe of large activations and one of tiny gradients are judged
+alike. The cosine similarity is reported next to it (it spots a wrong sign or permutation
+that a loose relative error could hide) but not asserted.
+
+Tolerance policy (parity_tests/TOLERANCES.md explains it with the measured numbers):
+    tolerance(probe) = min(CAP[kind], max(TARGET[kind], NOISE_FACTOR * noise(probe)))
+where noise(probe) is the relative error between the PyTorch port run in float32 and the
+same port run in float64 on the same input, measured live on every run. Integer probes
+(assignments, labels, counts, anchors) must be exactly equal.
+"""
+import html
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+TINY = 1e-12
+# Probe names of docs/ARCHITECTURE.md in forward order (the order the report walks).
+NUM_LEVELS = 5
+BACKBONE_PROBES = ["backbone.stem"] + [f"backbone.layer{i}" for i in (1, 2, 3, 4)]
+NECK_PROBES = [f"neck.lateral.{i}" for i in range(3)] + [f"neck.p{i}" for i in range(3, 8)]
+HEAD_PROBES = [f"head.{what}.{lvl}" for lvl in range(NUM_LEVELS)
+               for what in ("cls_tower", "reg_tower", "reg_logits", "dgqp_feat", "quality",
+                            "cls_score")]
+INTEGRAL_PROBES = [f"head.integral.{lvl}" for lvl in range(NUM_LEVELS)]
+FORWARD_PROBES = BACKBONE_PROBES + NECK_PROBES + HEAD_PROBES + INTEGRAL_PROBES
+TARGET_PROBES = (["targets.labels", "targets.label_weights", "targets.bbox_targets",
+                  "targets.assigned_gt_inds", "targets.num_pos"]
+                 + [f"loss.{what}.{lvl}" for lvl in range(NUM_LEVELS)
+                    for what in ("score", "weight_targets")]
+                 + ["loss.avg_factor"])
+LOSS_PROBES = [f"loss.{what}.{lvl}" for lvl in range(NUM_LEVELS)
+               for what in ("loss_cls", "loss_bbox", "loss_dfl")]
+LOSS_TOTALS = ("loss_cls", "loss_bbox", "loss_dfl", "loss")
+ALL_PROBES = FORWARD_PROBES + TARGET_PROBES + LOSS_PROBES
+
+NOISE_FACTOR = 10.0
+# The issue's targets (CPU, float32) and the loosest tolerance the noise may push them to.
+TARGET = {"forward": 1e-5, "targets": 1e-5, "loss": 1e-5, "grad": 1e-4, "optim": 1e-4,
+          "detections": 1e-5}
+CAP = {"forward": 1e-4, "targets": 1e-4, "loss": 1e-4, "grad": 1e-3, "optim": 1e-3,
+       "detections": 1e-4}
+# Several SGD steps: a ReLU input within float32 noise of zero can take the other side of the
+# kink in one framework (measured: a GroupNorm output of -3.2e-6 in the cls tower; Jittor's
+# fused backward re-evaluates it and passes its gradient), moving that one element's
+# gradient. Early in training the cls-branch gradients are ~1e-6, so a single flipped
+# element is ~1e-3 of a tensor's largest update after 5 steps (TOLERANCES.md). After more
+# than one step the cap is therefore TRAJECTORY_CAP, while at least TRAJECTORY_STRICT of the
+# tensors must still meet the ordinary optim cap (a real optimizer bug moves most of them).
+TARGET["trajectory"] = CAP["trajectory"] = 1e-2
+TRAJECTORY_STRICT = 0.9
+# Probes that hold assignments, labels or counts: compared for equality, not closeness.
+EXACT_PROBES = ("targets.labels", "targets.label_weights", "targets.assigned_gt_inds",
+                "targets.num_pos")
+
+
+def probe_kind(name):
+    """Which tolerance family a probe belongs to."""
+    if name.startswith(("backbone.", "neck.", "head.")):
+        return "forward"
+    if name.startswith("targets.") or name.startswith(("loss.score.", "loss.weight_targets.")) \
+            or name == "loss.avg_factor":
+        return "targets"
+    if name.startswith("loss"):
+        return "loss"
+    if name.startswith("grad."):
+        return "grad"
+    if name.startswith(("param.", "momentum.", "delta.")):
+        return "optim"
+    return "forward"
+
+
+def is_exact(name, array=None):
+    if name in EXACT_PROBES:
+        return True
+    return array is not None and (np.issubdtype(array.dtype, np.integer) or array.dtype == bool)
+
+
+@dataclass
+class ErrorStats:
+    """The comparison of one tensor; `rel` is inf when shapes differ."""
+    name: str
+    shape: tuple
+    max_abs: float
+    ref_max: float
+    rel: float
+    cosine: float
+    mismatches: int = 0        # exact probes: how many elements differ
+    note: str = ""
+    tolerance: float = field(default=float("nan"))
+    noise: float = field(default=float("nan"))
+
+    @property
+    def exact(self):
+        return self.tolerance == 0.0
+
+    @property
+    def ok(self):
+        if self.exact:
+            return self.mismatches == 0 and not self.note
+        return self.rel <= self.tolerance
+
+
+def cosine_similarity(a, b):
+    a = np.asarray(a, dtype=np.float64).ravel()
+    b = np.asarray(b, dtype=np.float64).ravel()
+    na, nb = np.linalg.norm(a), np.linalg.norm(b)
+    if na == 0 and nb == 0:
+        return 1.0
+    if na == 0 or nb == 0:
+        return 0.0
+    return float(np.dot(a, b) / (na * nb))
+
+
+def error_stats(name, a, b):
+    """Compare `a` (port under test) with `b` (reference)."""
+    a, b = np.asarray(a), np.asarray(b)
+    if a.size == b.size == 1:  # Jittor has no 0-d tensors: its scalars have shape (1,)
+        a, b = a.reshape(()), b.reshape(())
+    if a.shape != b.shape:
+        return ErrorStats(name, b.shape, math.inf, math.nan, math.inf, math.nan,
+                          mismatches=max(a.size, b.size),
+                          note=f"shape {a.shape} vs reference {b.shape}")
+    if a.size == 0:
+        return ErrorStats(name, b.shape, 0.0, 0.0, 0.0, 1.0)
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    finite = np.isfinite(a64) & np.isfinite(b64)
+    same_nonfinite = (~finite) & ((a64 == b64) | (np.isnan(a64) & np.isnan(b64)))
+    note = ""
+    if not np.all(finite | same_nonfinite):
+        note = f"{int(np.sum(~(finite | same_nonfinite)))} non-finite mismatches"
+    diff = np.where(finite, np.abs(a64 - b64), 0.0)
+    max_abs = float(diff.max())
+    ref_max = float(np.abs(np.where(finite, b64, 0.0)).max())
+    rel = max_abs / max(ref_max, TINY) if not note else math.inf
+    mismatches = int(np.sum(a != b)) if is_exact(name, b) else 0
+    return ErrorStats(name, b.shape, max_abs, ref_max, rel,
+                      cosine_similarity(np.where(finite, a64, 0), np.where(finite, b64, 0)),
+                      mismatches=mismatches, note=note)
+
+
+def update_stats(name, got, ref, init, steps):
+    """Compare parameter updates (value - initial value) of two runs of `steps` SGD steps.
+
+    A float32 parameter absorbs each update with one rounding, so two runs whose updates
+    differ by a hair may land one unit in the last place (ulp) of the parameter apart per
+    step: with warmup learning rates (1e-5) that ulp can be a large part of the update
+    itself. The error counted here is what remains beyond steps * ulp(parameter).
+    """
+    got, ref, init = (np.asarray(x, np.float64) for x in (got, ref, init))
+    if got.shape != ref.shape:
+        return error_stats(name, got, ref)
+    allowance = steps * np.spacing(np.abs(ref).astype(np.float32)).astype(np.float64)
+    d_got, d_ref = got - init, ref - init
+    excess = np.maximum(np.abs(d_got - d_ref) - allowance, 0.0)
+    ref_max = float(np.abs(d_ref).max()) if d_ref.size else 0.0
+    max_abs = float(excess.max()) if excess.size else 0.0
+    return ErrorStats(name, ref.shape, max_abs, ref_max, max_abs / max(ref_max, TINY),
+                      cosine_similarity(d_got, d_ref))
+
+
+def tolerance(name, noise, reference=None, kind=None):
+    """The policy above: 0 for exact probes, else noise-scaled target within the cap."""
+    if is_exact(name, reference):
+        return 0.0
+    kind = kind or probe_kind(name)
+    scaled = NOISE_FACTOR * noise if noise is not None and math.isfinite(noise) else 0.0
+    return min(CAP[kind], max(TARGET[kind], scaled))
+
+
+def compare_all(names, got, ref, noise=None):
+    """ErrorStats for every name (in the given order) with its tolerance filled in."""
+    noise = noise or {}
+    rows = []
+    for name in names:
+        if name not in ref or name not in got:
+            missing = "reference" if name not in ref else "port under test"
+            rows.append(ErrorStats(name, (), math.inf, math.nan, math.inf, math.nan,
+                                   mismatches=1, note=f"not recorded by the {missing}",
+                                   tolerance=0.0 if name in EXACT_PROBES else TARGET["forward"]))
+            continue
+        row = error_stats(name, got[name], ref[name])
+        row.noise = noise.get(name, math.nan)
+        row.tolerance = tolerance(name, noise.get(name), np.asarray(ref[name]))
+        rows.append(row)
+    return rows
+
+
+def first_failure(rows):
+    """Index of the first row beyond its tolerance (rows are in forward order), or None."""
+    for i, row in enumerate(rows):
+        if not row.ok:
+            return i
+    return None
+
+
+def _fmt(x):
+    if isinstance(x, float) and (math.isnan(x) or math.isinf(x)):
+        return str(x)
+    return f"{x:.2e}"
+
+
+def _row_cells(row):
+    status = "ok" if row.ok else "FAIL"
+    if row.exact:
+        err = f"{row.mismatches} differ"
+        tol = "exact"
+    else:
+        err = _fmt(row.rel)
+        tol = _fmt(row.tolerance)
+    return [row.name, "x".join(map(str, row.shape)) or "scalar", err, _fmt(1.0 - row.cosine),
+            _fmt(row.noise), tol, status, row.note]
+
+
+HEADER = ["probe", "shape", "max rel err", "1 - cosine", "f32-vs-f64 noise", "tolerance",
+          "status", "note"]
+
+
+def format_table(rows, mark=None):
+    """Plain-text table of every probe; the row at index `mark` is flagged with '>>'."""
+    cells = [HEADER] + [_row_cells(r) for r in rows]
+    widths = [max(len(str(c[i])) for c in cells) for i in range(len(HEADER))]
+    lines = []
+    for i, c in enumerate(cells):
+        prefix = ">> " if mark is not None and i - 1 == mark else "   "
+        lines.append(prefix + "  ".join(str(v).ljust(w) for v, w in zip(c, widths)).rstrip())
+    return "\n".join(lines)
+
+
+def html_table(rows, title, mark=None):
+    """The same table for the pytest-html report."""
+    out = [f"<h4>{html.escape(title)}</h4>",
+           "<table border='1' style='border-collapse:collapse;font-family:monospace'>",
+           "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in HEADER) + "</tr>"]
+    for i, row in enumerate(rows):
+        style = " style='background:#fcc'" if not row.ok else ""
+        if i == mark:
+            style = " style='background:#f88;font-weight:bold'"
+        out.append(f"<tr{style}>" + "".join(f"<td>{html.escape(str(c))}</td>"
+                                             for c in _row_cells(row)) + "</tr>")
+    out.append("</table>")
+    return "\n".join(out)
+
+
+def divergence_message(rows, context):
+    """The failure text: which probe diverged first, and every probe's statistics."""
+    idx = first_failure(rows)
+    if idx is None:
+        return f"{context}: all {len(rows)} probes within tolerance"
+    first = rows[idx]
+    failing = sum(not r.ok for r in rows)
+    what = (f"{first.mismatches} elements differ" if first.exact
+            else f"max rel err {_fmt(first.rel)} > tolerance {_fmt(first.tolerance)}")
+    return (f"{context}: first divergent probe (forward order) is '{first.name}' "
+            f"({what}{'; ' + first.note if first.note else ''}); "
+            f"{failing} of {len(rows)} probes fail.\n" + format_table(rows, mark=idx))
+
+
+def summarize(rows_by_kind):
+    """{kind: (max rel err, median rel err, count)} over non-exact rows, for TOLERANCES.md."""
+    out = {}
+    for kind, rows in rows_by_kind.items():
+        rels = [r.rel for r in rows if not r.exact and math.isfinite(r.rel)]
+        if rels:
+            out[kind] = (float(np.max(rels)), float(np.median(rels)), len(rels))
+    return out
+
+
+def noise_of(run32, run64):
+    """Relative float32-vs-float64 error of the PyTorch port per probe, loss and gradient."""
+    noise = {}
+    for name, value in run64["probes"].items():
+        if name in run32["probes"]:
+            noise[name] = error_stats(name, run32["probes"][name], value).rel
+    for name, value in run64.get("losses", {}).items():
+        noise[name] = error_stats(name, run32["losses"][name], value).rel
+    for name, value in (run64.get("grads") or {}).items():
+        noise["grad." + name] = error_stats(name, run32["grads"][name], value).rel
+    return noise
+
+
+def assert_rows(rows, context):
+    """Fail with the first-divergence table when any row is beyond its tolerance."""
+    __tracebackhide__ = True
+    if first_failure(rows) is not None:
+        import pytest
+        pytest.fail(divergence_message(rows, context), pytrace=False)
+
+
+MEASURED = {}  # context -> rows as dicts, filled by record_rows during a session
+
+
+def record_rows(rows, context="rows"):
+    MEASURED.setdefault(context, [])
+    for r in rows:
+        MEASURED[context].append({
+            "name": r.name, "kind": probe_kind(r.name), "exact": r.exact, "ok": r.ok,
+            "rel": r.rel if math.isfinite(r.rel) else None,
+            "cosine": r.cosine if math.isfinite(r.cosine) else None,
+            "noise": r.noise if math.isfinite(r.noise) else None,
+            "tolerance": r.tolerance})
+
+
+def family(name):
+    """A probe's family for the summary: `head.cls_tower.3` -> `head.cls_tower`."""
+    parts = name.split(".")
+    if parts[0] in ("grad", "delta", "momentum"):
+        return parts[0]
+    if parts[-1].isdigit():
+        parts = parts[:-1]
+    if parts[0] == "backbone" and parts[1].startswith("layer"):
+        return "backbone.layer1-4"
+    if parts[0] == "neck" and parts[1].startswith("p"):
+        return "neck.p3-p7"
+    return ".".join(parts)
+
+
+def summary_markdown(measured):
+    """Markdown table: per context kind and probe family, max / median error and noise."""
+    groups = {}
+    for context, rows in measured.items():
+        if "every probe" in context:
+            scope = "R18 cases x modes"
+        elif context.startswith("R50"):
+            scope = "R50 forward"
+        elif "gradients" in context:
+            scope = "gradients"
+        elif "SGD" in context:
+            scope = context
+        else:
+            continue
+        for row in rows:
+            if row["exact"] or row["rel"] is None:
+                continue
+            groups.setdefault((scope, family(row["name"])), []).append(row)
+    lines = ["| scope | probe family | n | max rel err | median rel err | max f32-vs-f64 noise "
+             "| min tolerance | max tolerance |", "|---|---|---|---|---|---|---|---|"]
+    for (scope, fam), rows in groups.items():
+        rel = [r["rel"] for r in rows]
+        noise = [r["noise"] for r in rows if r["noise"] is not None]
+        tol = [r["tolerance"] for r in rows]
+        lines.append(f"| {scope} | {fam} | {len(rows)} | {max(rel):.1e} | "
+                     f"{float(np.median(rel)):.1e} | "
+                     f"{(max(noise) if noise else float('nan')):.1e} | {min(tol):.0e} | "
+                     f"{max(tol):.0e} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python -m parity_tests.compare summary.json
+    import json
+    import sys
+    with open(sys.argv[1]) as f:
+        print(summary_markdown(json.load(f)))

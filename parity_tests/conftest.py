@@ -1,0 +1,256 @@
+"""Shared set-up of the parity suite: one small model in both ports with identical weights,
+the input cases, and a session cache of every captured run so each probe test only compares.
+
+Tests ask for the fixtures `case`, `mode`, `forward_probe`, `target_probe`, `loss_probe`;
+`pytest_generate_tests` below parametrises them, so there is one test function per kind of
+check, never a copied test per layer.
+"""
+import copy
+import os
+
+import numpy as np
+import pytest
+
+from gfocal.config import from_dict
+from parity_tests import compare
+from parity_tests.compare import FORWARD_PROBES, LOSS_PROBES, TARGET_PROBES
+
+# The small model of the default run (the issue: ResNet-18, 32-64 channels, GN 8, 2 convs).
+SMALL_MODEL = dict(depth=18, num_classes=6, feat_channels=32, fpn_channels=32,
+                   stacked_convs=2, gn_groups=8)
+MODES = ("eval", "train")
+# name -> how the batch is made; at least two image sizes, one not a multiple of 32 (the
+# random cases are raw tensors, not padded), batch sizes 1 and 2.
+CASES = {
+    "coco_b2": dict(kind="coco", img_scale=[128, 96], batch_size=2, first=0),
+    "coco_b1": dict(kind="coco", img_scale=[100, 75], batch_size=1, first=2),
+    "random_b1": dict(kind="random", shape=(1, 3, 75, 100), seed=1),
+    "random_b2": dict(kind="random", shape=(2, 3, 83, 61), seed=2),
+}
+
+
+def small_config(img_scale=(128, 96), batch_size=2, **model):
+    return from_dict({"model": dict(SMALL_MODEL, **model),
+                      "data": dict(img_scale=list(img_scale), batch_size=batch_size,
+                                   val_batch_size=batch_size),
+                      "optim": dict(warmup_iters=500)},
+                     source="parity small model")
+
+
+def pytest_generate_tests(metafunc):
+    params = {"case": list(CASES), "mode": list(MODES), "forward_probe": FORWARD_PROBES,
+              "target_probe": TARGET_PROBES, "loss_probe": LOSS_PROBES}
+    for name, values in params.items():
+        if name in metafunc.fixturenames:
+            metafunc.parametrize(name, values)
+
+
+# ---------------------------------------------------------------- input cases
+def coco_batch(spec):
+    """The first `batch_size` val images with boxes from index `first` on, through the
+    shared pipeline (resize, normalise, pad to 32, no flip)."""
+    from gfocal.data.loader import build_dataloader, collate
+    loader = build_dataloader(small_config(spec["img_scale"], spec["batch_size"]), "val")
+    samples, idx = [], spec["first"]
+    while len(samples) < spec["batch_size"]:
+        sample = loader.prepare(idx, False)
+        if len(sample["gt_bboxes"]):
+            samples.append(sample)
+        idx += 1
+    return collate(samples)
+
+
+def random_boxes(rng, img_h, img_w, n):
+    """n boxes inside the image, sizes from 2 px up to most of the image."""
+    x1 = rng.uniform(0, img_w - 3, n)
+    y1 = rng.uniform(0, img_h - 3, n)
+    w = rng.uniform(2, img_w - x1)
+    h = rng.uniform(2, img_h - y1)
+    return np.stack([x1, y1, x1 + w, y1 + h], axis=1).astype(np.float32)
+
+
+def random_batch(spec):
+    """Raw random images (not padded to 32) with random boxes plus deliberate ties.
+
+    Tie makers: a box centred half-way between anchor centres (equal distances), two
+    identical boxes (equal IoUs, the smaller gt index must win) and a box touching the
+    image border.
+    """
+    rng = np.random.default_rng(spec["seed"])
+    n_img, _, height, width = spec["shape"]
+    imgs = rng.standard_normal(spec["shape"]).astype(np.float32)
+    gt_bboxes, gt_labels, metas = [], [], []
+    for i in range(n_img):
+        # the second image of a batch is smaller than the tensor: its padding is invalid
+        img_h, img_w = (height, width) if i == 0 else (height - 19, width - 13)
+        imgs[i, :, img_h:, :] = 0
+        imgs[i, :, :, img_w:] = 0
+        boxes = [random_boxes(rng, img_h, img_w, 4),
+                 np.array([[4, 4, 20, 20], [30, 10, 54, 40], [30, 10, 54, 40],
+                           [img_w - 25, img_h - 30, img_w, img_h]], dtype=np.float32)]
+        boxes = np.concatenate(boxes)
+        gt_bboxes.append(boxes)
+        gt_labels.append(rng.integers(0, SMALL_MODEL["num_classes"], len(boxes)).astype(np.int64))
+        metas.append({"img_id": i, "file_name": f"random_{i}.png", "ori_shape": (img_h, img_w),
+                      "img_shape": (img_h, img_w), "pad_shape": (img_h, img_w),
+                      "scale_factor": np.ones(4, dtype=np.float32), "flip": False})
+    return {"imgs": imgs, "gt_bboxes": gt_bboxes, "gt_labels": gt_labels,
+            "gt_bboxes_ignore": [np.zeros((0, 4), np.float32) for _ in range(n_img)],
+            "img_metas": metas}
+
+
+def make_case(name):
+    spec = CASES[name]
+    return coco_batch(spec) if spec["kind"] == "coco" else random_batch(spec)
+
+
+def as_float64(batch):
+    out = dict(batch)
+    out["imgs"] = batch["imgs"].astype(np.float64)
+    out["gt_bboxes"] = [b.astype(np.float64) for b in batch["gt_bboxes"]]
+    return out
+
+
+# ---------------------------------------------------------------- models and runs
+def build_pair(model_cfg, seed=0):
+    """(torch model, jittor model) with the torch port's seeded weights in both."""
+    import torch
+
+    from gfocal.engine import load_port
+    tp, jp = load_port("torch"), load_port("jittor")
+    torch.manual_seed(seed)
+    tmodel = tp.build_detector(model_cfg)
+    state = tp.checkpoint.state_dict_numpy(tmodel)
+    jmodel = jp.build_detector(model_cfg)
+    jp.checkpoint.load_state_dict_numpy(jmodel, state)
+    return tmodel, jmodel, state
+
+
+def run_loss(port, model, batch, mode, grads):
+    """Captured probes (+ loss totals, + gradients by name) of one loss evaluation."""
+    model.train() if mode == "train" else model.eval()
+    with port.probes.capture() as probes:
+        losses = model.loss(batch)
+    out = {"probes": dict(probes), "losses": {k: port.numpy(v) for k, v in losses.items()}}
+    if grads:
+        out["grads"] = port.train.gradients_numpy(model, losses["loss"])
+    return out
+
+
+class ParityRuns:
+    """Runs every (case, mode) once per port, plus the float64 PyTorch reference."""
+
+    def __init__(self, model_cfg, weights_from_converter=None):
+        from gfocal.engine import load_port
+        self.torch, self.jittor = load_port("torch"), load_port("jittor")
+        self.cfg = model_cfg
+        self.tmodel, self.jmodel, self.state = build_pair(model_cfg)
+        if weights_from_converter is not None:
+            self.jittor.checkpoint.load_state_dict_numpy(self.jmodel, weights_from_converter)
+        self.tmodel64 = copy.deepcopy(self.tmodel).double()
+        self.batches, self._runs = {}, {}
+        self.float64_error = None
+
+    def batch(self, case):
+        if case not in self.batches:
+            self.batches[case] = make_case(case)
+        return self.batches[case]
+
+    def get(self, case, mode):
+        key = (case, mode)
+        if key not in self._runs:
+            batch = self.batch(case)
+            grads = mode == "train"
+            # train first: its float64 reference serves both modes (they compute the same
+            # numbers: BN frozen, GN per sample)
+            train = None if grads else self.get(case, "train")
+            run = {"torch": run_loss(self.torch, self.tmodel, batch, mode, grads),
+                   "jittor": run_loss(self.jittor, self.jmodel, batch, mode, grads)}
+            if grads:
+                run["float64"], run["noise"] = self.float64_reference(batch, run["torch"])
+            else:
+                run["float64"], run["noise"] = train["float64"], train["noise"]
+            self._runs[key] = run
+        return self._runs[key]
+
+    def float64_reference(self, batch, run32):
+        """The PyTorch port in float64 (train mode, with gradients) and the float32-vs-float64
+        noise per probe, loss and gradient."""
+        try:
+            run64 = run_loss(self.torch, self.tmodel64, as_float64(batch), "train", True)
+        except Exception as exc:  # a port that cannot run in float64: forward noise only
+            self.float64_error = f"{type(exc).__name__}: {exc}"
+            self.tmodel64.train()
+            with self.torch.probes.capture() as probes:
+                self.tmodel64(self.torch.tensor(batch["imgs"].astype(np.float64)))
+            run64 = {"probes": dict(probes), "losses": {}, "grads": {}}
+        return run64, compare.noise_of(run32, run64)
+
+
+@pytest.fixture(scope="session")
+def pair_builder():
+    """build_pair(model_cfg, seed=0) -> (torch model, jittor model, state); `.ports` holds
+    (torch port, jittor port)."""
+    from gfocal.engine import load_port
+
+    def build(model_cfg, seed=0):
+        return build_pair(model_cfg, seed)
+    build.ports = (load_port("torch"), load_port("jittor"))
+    return build
+
+
+@pytest.fixture(scope="session")
+def small_cfg():
+    return small_config()
+
+
+@pytest.fixture(scope="session")
+def converted_weights(small_cfg, tmp_path_factory):
+    """The torch port's initial weights written as a .pth and converted by the converter
+    files to a Jittor checkpoint; returns the state dict read back from the .pkl."""
+    import torch
+
+    from gfocal.engine import load_port
+    from weights_converter.convert import convert, write
+    tp, jp = load_port("torch"), load_port("jittor")
+    torch.manual_seed(0)
+    state = tp.checkpoint.state_dict_numpy(tp.build_detector(small_cfg["model"]))
+    folder = tmp_path_factory.mktemp("weights")
+    src, dst = str(folder / "init.pth"), str(folder / "init.pkl")
+    write(src, state, "torch")
+    convert(src, dst, "torch", "jittor", small_cfg["model"])
+    read_back = jp.checkpoint.read_checkpoint(dst)["state_dict"]
+    assert set(read_back) == set(state)
+    for name, value in state.items():
+        assert np.array_equal(read_back[name], value) and read_back[name].dtype == value.dtype, \
+            f"converter changed {name}"
+    return read_back
+
+
+@pytest.fixture(scope="session")
+def runs(small_cfg, converted_weights):
+    return ParityRuns(small_cfg["model"], weights_from_converter=converted_weights)
+
+
+@pytest.fixture
+def report_table(request):
+    """Append an HTML table to this test's pytest-html entry (a no-op without the plugin)."""
+    extras = None
+    if request.config.pluginmanager.hasplugin("html"):
+        extras = request.getfixturevalue("extras")
+
+    def add(rows, title, mark=None):
+        compare.record_rows(rows, title)
+        if extras is not None:
+            import pytest_html
+            extras.append(pytest_html.extras.html(compare.html_table(rows, title, mark)))
+    return add
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """GFOCAL_PARITY_SUMMARY=path.json writes every compared row (for TOLERANCES.md)."""
+    path = os.environ.get("GFOCAL_PARITY_SUMMARY")
+    if path and compare.MEASURED:
+        import json
+        with open(path, "w") as f:
+            json.dump(compare.MEASURED, f, indent=1)

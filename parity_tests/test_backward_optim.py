@@ -1,0 +1,135 @@
+"""Backward and optimisation parity: the gradient of every parameter by name, then the
+parameters, momentum buffers and learning rate after 1 and after 5 SGD steps in the warmup.
+"""
+import copy
+
+import numpy as np
+import pytest
+
+from gfocal.schedule import learning_rate
+from parity_tests import compare
+
+STEPS_CHECKED = (1, 5)
+
+
+def prefixed(prefix, arrays):
+    return {prefix + name: value for name, value in arrays.items()}
+
+
+def test_same_trainable_parameters(runs):
+    run = runs.get("coco_b2", "train")
+    torch_names, jittor_names = list(run["torch"]["grads"]), list(run["jittor"]["grads"])
+    assert torch_names == jittor_names
+    frozen = [n for n in torch_names if n.startswith(("backbone.conv1", "backbone.bn1",
+                                                      "backbone.layer1."))]
+    assert not frozen, f"frozen_stages=1 must freeze the stem and layer1, trainable: {frozen}"
+
+
+def test_gradients(runs, case, report_table):
+    """d loss / d parameter for every trainable parameter, compared by name."""
+    run = runs.get(case, "train")
+    ref, got = prefixed("grad.", run["torch"]["grads"]), prefixed("grad.", run["jittor"]["grads"])
+    rows = compare.compare_all(list(ref), got, ref, run["noise"])
+    report_table(rows, f"{case}: gradients by parameter", compare.first_failure(rows))
+    compare.assert_rows(rows, f"{case} gradients")
+
+
+def lr_of(port, optimizer):
+    return float(optimizer.param_groups[0].get("lr", getattr(optimizer, "lr", np.nan)))
+
+
+def train_steps(port, model, cfg, batches, checkpoints):
+    """SGD steps with the warmup schedule; snapshots after the steps in `checkpoints`."""
+    optimizer = port.train.build_optimizer(model, cfg["optim"])
+    model.train()
+    snaps, losses = {}, []
+    for it, batch in enumerate(batches):
+        port.train.set_lr(optimizer, learning_rate(cfg["optim"], it, 0))
+        losses.append(port.train.train_step(model, optimizer, batch))
+        if it + 1 in checkpoints:
+            snaps[it + 1] = {"params": port.checkpoint.state_dict_numpy(model),
+                             "momentum": port.checkpoint.optimizer_state_numpy(model, optimizer),
+                             "lr": lr_of(port, optimizer)}
+    return snaps, losses
+
+
+@pytest.fixture(scope="module")
+def sgd_runs(pair_builder, small_cfg):
+    from gfocal.data.loader import build_dataloader
+    loader = build_dataloader(small_cfg, "train")
+    batches = []
+    for batch in loader:
+        batches.append(batch)
+        if len(batches) == max(STEPS_CHECKED):
+            break
+    tmodel, jmodel, init = pair_builder(small_cfg["model"])
+    tmodel64 = copy.deepcopy(tmodel).double()
+    tp, jp = pair_builder.ports
+    batches64 = [dict(b, imgs=b["imgs"].astype(np.float64),
+                      gt_bboxes=[g.astype(np.float64) for g in b["gt_bboxes"]]) for b in batches]
+    return {"init": init,
+            "torch": train_steps(tp, tmodel, small_cfg, batches, STEPS_CHECKED),
+            "jittor": train_steps(jp, jmodel, small_cfg, batches, STEPS_CHECKED),
+            "float64": train_steps(tp, tmodel64, small_cfg, batches64, STEPS_CHECKED)}
+
+
+def optim_rows(snaps, init, step):
+    """Rows for the parameter updates (beyond float32 rounding, see compare.update_stats)
+    and the momentum buffers, Jittor vs PyTorch, with the float64 run as noise reference."""
+    t, j, f64 = snaps["torch"], snaps["jittor"], snaps["float64"]
+    assert set(t["params"]) == set(j["params"])
+    assert set(t["momentum"]) == set(j["momentum"])
+    rows = []
+    for name in t["params"]:
+        if name.endswith(("running_mean", "running_var")):
+            continue  # statistics: checked by test_frozen_parts_and_bn_statistics_do_not_move
+        row = compare.update_stats(f"delta.{name}", j["params"][name], t["params"][name],
+                                   init[name], step)
+        row.noise = compare.update_stats(name, t["params"][name], f64["params"][name],
+                                         init[name], step).rel
+        rows.append(row)
+    for name in t["momentum"]:
+        row = compare.error_stats(f"momentum.{name}", j["momentum"][name], t["momentum"][name])
+        row.noise = compare.error_stats(name, t["momentum"][name], f64["momentum"][name]).rel
+        rows.append(row)
+    kind = "optim" if step == 1 else "trajectory"
+    for row in rows:
+        row.tolerance = compare.tolerance(row.name, row.noise, kind=kind)
+    return rows
+
+
+@pytest.mark.parametrize("step", STEPS_CHECKED)
+def test_parameters_momentum_lr_after_sgd_steps(sgd_runs, small_cfg, step, report_table):
+    snaps = {k: sgd_runs[k][0][step] for k in ("torch", "jittor", "float64")}
+    warmup = small_cfg["optim"]
+    # the lr of the last step taken (0-based iteration step - 1), by the formula of SPEC.md
+    expected_lr = warmup["lr"] * (1 - (1 - (step - 1) / warmup["warmup_iters"])
+                                  * (1 - warmup["warmup_ratio"]))
+    for key in ("torch", "jittor"):
+        assert snaps[key]["lr"] == pytest.approx(expected_lr, rel=1e-12), key
+    rows = optim_rows(snaps, sgd_runs["init"], step)
+    report_table(rows, f"after {step} SGD steps", compare.first_failure(rows))
+    compare.assert_rows(rows, f"after {step} SGD steps")
+    strict = [r for r in rows
+              if r.rel <= compare.tolerance(r.name, r.noise, kind="optim")]
+    assert len(strict) >= compare.TRAJECTORY_STRICT * len(rows), (
+        f"only {len(strict)} of {len(rows)} tensors within the one-step tolerance after "
+        f"{step} steps:\n" + compare.format_table(rows))
+
+
+def test_losses_during_sgd_steps(sgd_runs):
+    for step, (t, j) in enumerate(zip(sgd_runs["torch"][1], sgd_runs["jittor"][1]), 1):
+        for key in compare.LOSS_TOTALS:
+            assert j[key] == pytest.approx(t[key], rel=compare.CAP["loss"]), (step, key)
+
+
+def test_frozen_parts_and_bn_statistics_do_not_move(sgd_runs):
+    """frozen_stages=1 and norm_eval: stem, layer1 and every BN running statistic stay put."""
+    init = sgd_runs["init"]
+    for key in ("torch", "jittor"):
+        params = sgd_runs[key][0][max(STEPS_CHECKED)]["params"]
+        moved = [k for k, v in params.items()
+                 if (k.startswith(("backbone.conv1", "backbone.bn1", "backbone.layer1."))
+                     or k.endswith(("running_mean", "running_var")))
+                 and not np.array_equal(v, init[k])]
+        assert not moved, f"{key}: {moved}"

@@ -1,0 +1,98 @@
+"""Forward parity at every named probe (stem, ResNet stages, FPN levels, head per level).
+
+Each (input case, mode) runs once per port (session cache in conftest.py); a test per probe
+compares one tensor, and `test_first_divergence` walks all probes in forward order and
+fails on the first one beyond tolerance, printing the table of every probe.
+"""
+import copy
+
+import numpy as np
+
+from parity_tests import compare
+
+
+def recorded_order(run):
+    """The probes in the order the reference port recorded them, documented ones missing
+    from it appended (so they show up as failures, not silently skipped)."""
+    order = list(run["torch"]["probes"])
+    return order + [n for n in compare.ALL_PROBES if n not in order]
+
+
+def test_forward_probe(runs, case, mode, forward_probe):
+    run = runs.get(case, mode)
+    rows = compare.compare_all([forward_probe], run["jittor"]["probes"], run["torch"]["probes"],
+                               run["noise"])
+    compare.assert_rows(rows, f"{case}/{mode}")
+
+
+def test_first_divergence(runs, case, mode, report_table):
+    """Every probe (forward, targets, losses) in forward order; the report names the first
+    divergent one and shows the statistics of all the others."""
+    run = runs.get(case, mode)
+    rows = compare.compare_all(recorded_order(run), run["jittor"]["probes"],
+                               run["torch"]["probes"], run["noise"])
+    mark = compare.first_failure(rows)
+    report_table(rows, f"{case} / {mode}: every probe, forward order", mark)
+    compare.assert_rows(rows, f"{case}/{mode}")
+
+
+def test_both_ports_record_the_documented_probes_in_the_same_order(runs, case):
+    run = runs.get(case, "train")
+    torch_names, jittor_names = list(run["torch"]["probes"]), list(run["jittor"]["probes"])
+    missing = [n for n in compare.ALL_PROBES if n not in torch_names]
+    assert not missing, f"torch port does not record {missing}"
+    assert jittor_names == torch_names, (
+        "probe order differs:\n" + "\n".join(
+            f"{i:3d} {t:28s} {j}" for i, (t, j) in enumerate(zip(torch_names, jittor_names))
+            if t != j))
+
+
+def test_float64_reference_covers_losses_and_gradients(runs, case):
+    """The noise that sets the tolerances must come from a full float64 run of the PyTorch
+    port (forward, targets, losses, gradients), not from a forward-only fallback."""
+    run = runs.get(case, "train")
+    assert runs.float64_error is None, runs.float64_error
+    assert set(run["float64"]["grads"]) == set(run["torch"]["grads"])
+    assert "loss" in run["float64"]["losses"]
+
+
+def test_probe_shapes_follow_the_documented_layout(runs, case):
+    """The documented shapes, so a probe that records the wrong tensor is caught even when
+    both ports record the same wrong thing."""
+    run = runs.get(case, "eval")
+    probes = run["torch"]["probes"]
+    cfg = runs.cfg
+    n = runs.batch(case)["imgs"].shape[0]
+    bins = cfg["reg_max"] + 1
+    for lvl in range(compare.NUM_LEVELS):
+        h, w = probes[f"neck.p{lvl + 3}"].shape[2:]
+        assert probes[f"head.cls_score.{lvl}"].shape == (n, cfg["num_classes"], h, w)
+        assert probes[f"head.reg_logits.{lvl}"].shape == (n, 4 * bins, h, w)
+        assert probes[f"head.dgqp_feat.{lvl}"].shape == (n, 4 * (cfg["reg_topk"] + 1), h, w)
+        assert probes[f"head.quality.{lvl}"].shape == (n, 1, h, w)
+        assert probes[f"head.integral.{lvl}"].shape == (n, h * w, 4)
+        score = probes[f"head.cls_score.{lvl}"]
+        assert np.all((score >= 0) & (score <= 1)), "cls_score must be a probability"
+
+
+def test_r50_forward(pair_builder, report_table):
+    """The paper-size model (ResNet-50, 256 channels, 4 convs, GN 32), forward only, once,
+    at a small size that is not a multiple of 32."""
+    from gfocal.config import DEFAULTS
+    model_cfg = dict(DEFAULTS["model"], num_classes=6)
+    tmodel, jmodel, _ = pair_builder(model_cfg)
+    tp, jp = pair_builder.ports
+    imgs = np.random.default_rng(3).standard_normal((1, 3, 70, 90)).astype(np.float32)
+    run = {}
+    for key, port, model, x in (("torch", tp, tmodel, imgs), ("jittor", jp, jmodel, imgs),
+                                ("float64", tp, copy.deepcopy(tmodel).double(),
+                                 imgs.astype(np.float64))):
+        model.eval()
+        with port.probes.capture() as probes:
+            model(port.tensor(x))
+        run[key] = {"probes": dict(probes)}
+    noise = compare.noise_of(run["torch"], run["float64"])
+    names = [n for n in compare.FORWARD_PROBES if not n.startswith("head.integral")]
+    rows = compare.compare_all(names, run["jittor"]["probes"], run["torch"]["probes"], noise)
+    report_table(rows, "R50 forward 70x90", compare.first_failure(rows))
+    compare.assert_rows(rows, "R50 forward 70x90")

@@ -1,0 +1,172 @@
+"""Targets (anchors, valid flags, ATSS, distance / IoU / weight targets, avg_factor) and the
+losses per level and in total, PyTorch port vs Jittor port.
+
+Assignments, labels and counts must be identical; float targets and losses within the
+tolerance policy of compare.py.
+"""
+import numpy as np
+
+from parity_tests import compare
+
+
+def test_target_probe(runs, case, mode, target_probe):
+    run = runs.get(case, mode)
+    rows = compare.compare_all([target_probe], run["jittor"]["probes"], run["torch"]["probes"],
+                               run["noise"])
+    compare.assert_rows(rows, f"{case}/{mode}")
+
+
+def test_loss_probe(runs, case, mode, loss_probe):
+    run = runs.get(case, mode)
+    rows = compare.compare_all([loss_probe], run["jittor"]["probes"], run["torch"]["probes"],
+                               run["noise"])
+    compare.assert_rows(rows, f"{case}/{mode}")
+
+
+def test_loss_totals(runs, case, mode, report_table):
+    run = runs.get(case, mode)
+    rows = compare.compare_all(compare.LOSS_TOTALS, run["jittor"]["losses"],
+                               run["torch"]["losses"], run["noise"])
+    report_table(rows, f"{case} / {mode}: loss totals")
+    compare.assert_rows(rows, f"{case}/{mode} loss totals")
+
+
+def scalar(array):
+    """A Python float from a 0-d (PyTorch) or shape-(1,) (Jittor) array."""
+    return float(np.asarray(array).reshape(-1)[0])
+
+
+def test_totals_are_the_sums_of_the_levels(runs, case):
+    """Per-level probes and returned totals tell the same story (in each port)."""
+    run = runs.get(case, "train")
+    for port in ("torch", "jittor"):
+        probes = run[port]["probes"]
+        losses = {k: scalar(v) for k, v in run[port]["losses"].items()}
+        for what in ("loss_cls", "loss_bbox", "loss_dfl"):
+            levels = sum(scalar(probes[f"loss.{what}.{lvl}"])
+                         for lvl in range(compare.NUM_LEVELS))
+            np.testing.assert_allclose(losses[what], levels, rtol=1e-5, atol=1e-7,
+                                       err_msg=f"{port}: {what}")
+        np.testing.assert_allclose(
+            losses["loss"], losses["loss_cls"] + losses["loss_bbox"] + losses["loss_dfl"],
+            rtol=1e-6)
+
+
+def test_cases_have_positives(runs, case):
+    """A case without positive anchors would make the box-target comparisons vacuous."""
+    run = runs.get(case, "train")
+    assert scalar(run["torch"]["probes"]["targets.num_pos"]) > 0
+    assert scalar(run["torch"]["probes"]["loss.avg_factor"]) > 0
+
+
+# ------------------------------------------------------------- direct calls of the pieces
+FEATMAP_SIZES = [(10, 13), (5, 7), (3, 4), (2, 2), (1, 1)]
+STRIDES = [8, 16, 32, 64, 128]
+
+
+def reference_anchors(featmap_sizes, strides, octave_base_scale=8):
+    out = []
+    for (h, w), s in zip(featmap_sizes, strides):
+        ys, xs = np.meshgrid(np.arange(h) * s, np.arange(w) * s, indexing="ij")
+        cx, cy = xs.ravel().astype(np.float32), ys.ravel().astype(np.float32)
+        half = octave_base_scale * s / 2
+        out.append(np.stack([cx - half, cy - half, cx + half, cy + half], axis=1))
+    return out
+
+
+def reference_valid_flags(featmap_sizes, strides, pad_shape):
+    out = []
+    for (h, w), s in zip(featmap_sizes, strides):
+        vh, vw = min(-(-pad_shape[0] // s), h), min(-(-pad_shape[1] // s), w)
+        flags = np.zeros((h, w), bool)
+        flags[:vh, :vw] = True
+        out.append(flags.ravel())
+    return out
+
+
+def test_anchors_and_valid_flags_exact(port):
+    gen = port.anchors.AnchorGenerator(STRIDES, octave_base_scale=8)
+    anchors = [port.numpy(a) for a in gen.grid_anchors(FEATMAP_SIZES)]
+    for got, want in zip(anchors, reference_anchors(FEATMAP_SIZES, STRIDES)):
+        assert got.dtype == np.float32 and np.array_equal(got, want)
+    for pad_shape in [(75, 100), (64, 96), (33, 17)]:
+        flags = [port.numpy(f) for f in gen.valid_flags(FEATMAP_SIZES, pad_shape)]
+        for lvl, (got, want) in enumerate(zip(flags,
+                                              reference_valid_flags(FEATMAP_SIZES, STRIDES,
+                                                                    pad_shape))):
+            assert np.array_equal(got.astype(bool), want), (pad_shape, lvl)
+
+
+def assign(port, anchors, num_level_anchors, gt_bboxes, gt_labels, topk=9):
+    assigner = port.atss.ATSSAssigner(topk=topk)
+    out = assigner.assign(port.tensor(anchors), num_level_anchors, port.tensor(gt_bboxes),
+                          port.tensor(gt_labels))
+    return [port.numpy(x) for x in out]
+
+
+def test_atss_tie_takes_the_smallest_anchor_index(port):
+    """A gt centred between four anchors (equal distances) with topk=2: the two smallest
+    anchor indices are the candidates; equal IoUs make both positive (std = 0)."""
+    anchors = reference_anchors([(4, 4)], [8])[0]
+    gt = np.array([[2.0, 2.0, 22.0, 22.0]], np.float32)  # centre (12, 12)
+    inds, _, labels = assign(port, anchors, [16], gt, np.array([3]), topk=2)
+    assert np.flatnonzero(inds).tolist() == [5, 6]  # anchors at (8, 8) and (16, 8)
+    assert labels[[5, 6]].tolist() == [3, 3] and np.all(labels[inds == 0] == -1)
+
+
+def test_atss_equal_ious_go_to_the_smallest_gt_index(port):
+    anchors = reference_anchors([(4, 4)], [8])[0]
+    gts = np.array([[0.0, 0.0, 30.0, 30.0], [0.0, 0.0, 30.0, 30.0]], np.float32)
+    inds, _, labels = assign(port, anchors, [16], gts, np.array([1, 2]))
+    assert np.any(inds > 0)
+    assert set(inds[inds > 0].tolist()) == {1} and set(labels[inds > 0].tolist()) == {1}
+
+
+def test_atss_random_boxes_identical_assignment(torch_port, jittor_port):
+    """Many random gts on integer coordinates (ties everywhere), all levels: the assigned gt
+    and label of every anchor must be identical in both ports."""
+    rng = np.random.default_rng(5)
+    sizes = [(12, 16), (6, 8), (3, 4), (2, 2), (1, 1)]
+    anchors = np.concatenate(reference_anchors(sizes, STRIDES))
+    nums = [h * w for h, w in sizes]
+    for trial in range(6):
+        n = int(rng.integers(1, 25))
+        xy = rng.integers(0, 120, (n, 2))
+        wh = rng.integers(1, 80, (n, 2))
+        gts = np.concatenate([xy, xy + wh], axis=1).astype(np.float32)
+        labels = rng.integers(0, 6, n)
+        t = assign(torch_port, anchors, nums, gts, labels)
+        j = assign(jittor_port, anchors, nums, gts, labels)
+        assert np.array_equal(t[0], j[0]), f"trial {trial}: assigned gt differs at " \
+            f"{np.flatnonzero(t[0] != j[0]).tolist()}"
+        assert np.array_equal(t[2], j[2]), f"trial {trial}: labels differ"
+        pos = t[0] > 0
+        np.testing.assert_allclose(j[1][pos], t[1][pos], rtol=1e-6)
+
+
+def test_distance_targets(runs, case):
+    """bbox2distance of each port on the positives of the case (anchor centres and gt boxes in
+    stride units, clamped to [0, reg_max - 0.1]) against a numpy reference."""
+    run = runs.get(case, "train")
+    probes = run["torch"]["probes"]
+    labels = probes["targets.labels"]              # (images, anchors of all levels)
+    boxes = probes["targets.bbox_targets"]         # (images, anchors of all levels, 4)
+    sizes = [probes[f"neck.p{lvl + 3}"].shape[2:] for lvl in range(compare.NUM_LEVELS)]
+    anchors = reference_anchors(sizes, STRIDES)
+    strides = np.concatenate([np.full(len(a), s, np.float32) for a, s in zip(anchors, STRIDES)])
+    anchors = np.concatenate(anchors)
+    assert labels.shape == (len(boxes), len(anchors))
+    pos = labels < runs.cfg["num_classes"]
+    img_idx, anchor_idx = np.nonzero(pos)
+    s = strides[anchor_idx][:, None]
+    centres = (anchors[anchor_idx, :2] + anchors[anchor_idx, 2:]) / 2 / s
+    gts = boxes[img_idx, anchor_idx] / s
+    assert len(centres) > 0
+    max_dis = runs.cfg["reg_max"]
+    want = np.clip(np.stack([centres[:, 0] - gts[:, 0], centres[:, 1] - gts[:, 1],
+                             gts[:, 2] - centres[:, 0], gts[:, 3] - centres[:, 1]], 1),
+                   0, max_dis - 0.1)
+    for port in (runs.torch, runs.jittor):
+        got = port.numpy(port.box_ops.bbox2distance(port.tensor(centres), port.tensor(gts),
+                                                    max_dis))
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * max_dis)
