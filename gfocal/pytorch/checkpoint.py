@@ -18,6 +18,7 @@ def state_dict_numpy(model):
 
 def load_state_dict_numpy(model, state, strict=True, source="state dict"):
     own = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
     if strict:
         diff_state_dicts({k: v.shape for k, v in own.items()}, state, source)
     with torch.no_grad():
