@@ -1,0 +1,319 @@
+"""Measurement helpers for the performance suite (perf_tests/): device sync, peak memory,
+thread/oneDNN facts and the Jittor/PyTorch ratio summary.
+
+Framework imports are lazy so that a Jittor-only environment never imports torch.
+"""
+import contextlib
+import ctypes
+import ctypes.util
+import gc
+import html
+import math
+import statistics
+import zlib
+
+import numpy as np
+
+from gfocal.config import DEFAULTS
+
+FRAMEWORKS = ("torch", "jittor")
+MB = 1024 * 1024
+
+# ---- benchmark inputs ----------------------------------------------------------------------
+CPU_SIZE = (320, 320)      # (h, w): small input so that 2 cores finish in minutes
+GPU_SIZE = (800, 1333)     # the paper's test scale
+SMOKE_SIZE = (128, 128)    # --benchmark-disable: every case once, only to prove it runs
+BOXES_PER_IMAGE = 6
+# Classifier bias of the benchmark model: with the init bias (-4.6) no score passes
+# score_thr 0.05 and NMS would have nothing to do; at -4.0 about 1900 (anchor, class)
+# pairs of the benchmark weights pass at 320x320 (100 kept), a trained detector's load.
+INFERENCE_CLS_BIAS = -4.0
+
+
+def model_config():
+    """The paper model: ResNet-50, 80 classes, every default of SPEC.md."""
+    return dict(DEFAULTS["model"])
+
+
+def make_batch(batch_size, img_hw, num_classes=80, size_divisor=32, seed=0):
+    """A batch dict in the shared pipeline format (docs/ARCHITECTURE.md, "The batch")."""
+    rng = np.random.default_rng([seed, batch_size, *img_hw])
+    h, w = img_hw
+    pad_h = math.ceil(h / size_divisor) * size_divisor
+    pad_w = math.ceil(w / size_divisor) * size_divisor
+    imgs = np.zeros((batch_size, 3, pad_h, pad_w), np.float32)
+    imgs[:, :, :h, :w] = rng.standard_normal((batch_size, 3, h, w), dtype=np.float32)
+    bboxes, labels, metas = [], [], []
+    for i in range(batch_size):
+        side = rng.uniform(0.1, 0.6, size=(BOXES_PER_IMAGE, 2)) * (w, h)
+        x1y1 = rng.uniform(0, 1, size=(BOXES_PER_IMAGE, 2)) * ((w, h) - side)
+        bboxes.append(np.concatenate([x1y1, x1y1 + side], axis=1).astype(np.float32))
+        labels.append(rng.integers(0, num_classes, BOXES_PER_IMAGE).astype(np.int64))
+        metas.append({"img_id": i, "file_name": f"perf_{i}.jpg", "ori_shape": (h, w),
+                      "img_shape": (h, w), "pad_shape": (pad_h, pad_w),
+                      "scale_factor": np.ones(4, np.float32), "flip": False})
+    return {"imgs": imgs, "gt_bboxes": bboxes, "gt_labels": labels,
+            "gt_bboxes_ignore": [np.zeros((0, 4), np.float32) for _ in range(batch_size)],
+            "img_metas": metas}
+
+
+def benchmark_weights(state):
+    """Deterministic weights for both ports, from the port's state-dict names and shapes.
+
+    Seeded by the parameter name, so both ports get the same numbers without building the
+    other port's model; scaled like the ports' own init (He-normal convs, identity norms).
+    """
+    out = {}
+    for name, value in state.items():
+        shape = value.shape
+        rng = np.random.default_rng(zlib.crc32(name.encode()))
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf == "running_var" or (leaf == "weight" and len(shape) == 1) or leaf == "scale":
+            arr = np.ones(shape)
+        elif leaf in ("running_mean", "bias"):
+            arr = np.zeros(shape)
+        elif leaf == "project":
+            arr = np.arange(shape[0])
+        elif len(shape) == 4:
+            fan_in = shape[1] * shape[2] * shape[3]
+            arr = rng.standard_normal(shape) * math.sqrt(2.0 / fan_in)
+        else:
+            raise ValueError(f"benchmark_weights: no rule for parameter {name} {shape}")
+        out[name] = np.asarray(arr, np.float32)
+    if "bbox_head.gfl_cls.bias" in out:
+        out["bbox_head.gfl_cls.bias"][:] = INFERENCE_CLS_BIAS
+    return out
+
+
+
+
+# ---- device sync -------------------------------------------------------------------------
+def synchronize(framework, device):
+    """Wait until queued work is done: Jittor is lazy even on the CPU, CUDA is asynchronous."""
+    if framework == "jittor":
+        import jittor as jt
+        jt.sync_all(True)
+    elif device == "gpu":
+        import torch
+        torch.cuda.synchronize()
+
+
+def device_scope(framework, device):
+    """Jittor picks the device per op from a global flag (the port sets it when a GPU is
+    present): CPU cases on a GPU machine must switch it off; PyTorch follows the tensors."""
+    if framework == "jittor":
+        import jittor as jt
+        return jt.flag_scope(use_cuda=int(device == "gpu"))
+    return contextlib.nullcontext()
+
+
+def no_grad(framework):
+    if framework == "jittor":
+        import jittor as jt
+        return jt.no_grad()
+    import torch
+    return torch.no_grad()
+
+
+def trainable_parameters(framework, model):
+    if framework == "jittor":
+        return [p for p in model.parameters() if not p.is_stop_grad()]
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def gradients(framework, loss, params):
+    """d loss / d params without touching .grad or an optimizer (pure backward cost)."""
+    if framework == "jittor":
+        import jittor as jt
+        return jt.grad(loss, params)
+    import torch
+    return torch.autograd.grad(loss, params, allow_unused=True)
+
+
+# ---- environment facts recorded with every benchmark --------------------------------------
+def framework_info(framework, device):
+    """{framework, device, threads, onednn, version} for a benchmark's extra_info."""
+    from gfocal.runtime import num_threads
+    info = {"framework": framework, "device": device, "threads": num_threads()}
+    if framework == "jittor":
+        import jittor as jt
+
+        from gfocal.runtime import jittor_onednn_enabled
+        # oneDNN convolutions use OMP_NUM_THREADS; Jittor's generated CPU kernels (every
+        # fused element-wise/reduce op) carry no OpenMP pragma, so they run on one thread.
+        info.update(version=jt.__version__, onednn=bool(jittor_onednn_enabled()),
+                    use_cuda=bool(jt.flags.use_cuda), fused_op_threads=1)
+    else:
+        import torch
+        info.update(version=torch.__version__, framework_threads=torch.get_num_threads(),
+                    onednn=bool(torch.backends.mkldnn.is_available()
+                                and torch.backends.mkldnn.enabled))
+    return info
+
+
+# ---- peak memory ---------------------------------------------------------------------------
+def _proc_status_kb(key):
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak_rss():
+    """Linux >= 4.0 resets VmHWM (the process's peak RSS) on '5' > /proc/self/clear_refs."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_supported():
+    return _proc_status_kb("VmHWM") is not None and _reset_peak_rss()
+
+
+def _release_free_heap():
+    # glibc keeps freed heap pages: without a trim the baseline RSS hides the step's growth.
+    name = ctypes.util.find_library("c")
+    if name:
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(name).malloc_trim(0)
+
+
+def release_caches(framework, device):
+    """Return cached blocks to the system so that the next step's peak is its own."""
+    gc.collect()
+    if framework == "jittor":
+        import jittor as jt
+        jt.sync_all(True)
+        jt.gc()
+    elif device == "gpu":
+        import torch
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    _release_free_heap()
+
+
+def measure_peak_memory(framework, device, fn):
+    """Run fn() once and return {name: MB} of its peak memory.
+
+    CPU: process peak RSS (VmHWM after a reset) and its growth over the RSS before the call.
+    GPU: PyTorch's allocator peak (allocated and reserved); Jittor's allocator size after a
+    cache flush, which its caching allocator keeps at the step's high-water mark.
+    """
+    release_caches(framework, device)
+    out = {}
+    if device == "gpu":
+        if framework == "jittor":
+            import jittor as jt
+            fn()
+            synchronize(framework, device)
+            out["gpu_peak_reserved_mb"] = jt.get_mem_info().total_cuda_used / MB
+        else:
+            import torch
+            fn()
+            synchronize(framework, device)
+            out["gpu_peak_allocated_mb"] = torch.cuda.max_memory_allocated() / MB
+            out["gpu_peak_reserved_mb"] = torch.cuda.max_memory_reserved() / MB
+        return out
+    before = _proc_status_kb("VmRSS")
+    if before is None or not _reset_peak_rss():  # not Linux: no per-call peak available
+        fn()
+        synchronize(framework, device)
+        return {"cpu_peak_rss_mb": None, "cpu_peak_rss_growth_mb": None}
+    fn()
+    synchronize(framework, device)
+    peak = _proc_status_kb("VmHWM")
+    return {"cpu_peak_rss_mb": peak / 1024, "cpu_peak_rss_growth_mb": (peak - before) / 1024}
+
+
+# ---- Jittor / PyTorch ratio summary --------------------------------------------------------
+def ratio_rows(benchmarks):
+    """Per group, both ports' min/median (s) and the Jittor/PyTorch ratios.
+
+    `benchmarks`: pytest-benchmark's records (objects with `.group`, `.extra_info` holding
+    'framework', and `.stats` with `.data`, `.min`, `.median`). Records without timings
+    (a disabled or failed benchmark) are ignored; a group where one port has no timing
+    gets ratio None.
+    """
+    by_group = {}
+    for bench in benchmarks:
+        framework = (getattr(bench, "extra_info", None) or {}).get("framework")
+        stats = getattr(bench, "stats", None)
+        if framework not in FRAMEWORKS or stats is None or not getattr(stats, "data", None):
+            continue
+        by_group.setdefault(bench.group or "", {})[framework] = (stats.min, stats.median)
+    rows = []
+    for group in by_group:  # first-seen order = test order
+        times = by_group[group]
+        row = {"group": group}
+        for fw in FRAMEWORKS:
+            row[f"{fw}_min"], row[f"{fw}_median"] = times.get(fw, (None, None))
+        for stat in ("min", "median"):
+            t, j = row[f"torch_{stat}"], row[f"jittor_{stat}"]
+            row[f"ratio_{stat}"] = j / t if t and j is not None else None
+        rows.append(row)
+    return rows
+
+
+def geometric_mean(values):
+    values = [v for v in values if v]
+    if not values:
+        return None
+    return statistics.geometric_mean(values)
+
+
+def _fmt_time(seconds):
+    return "-" if seconds is None else f"{seconds * 1000:.1f}"
+
+
+def _fmt_ratio(ratio):
+    return "-" if ratio is None else f"{ratio:.2f}"
+
+
+def ratio_table_text(rows):
+    """Plain-text table for the terminal; says so when there are no timings."""
+    if not rows:
+        return ("no timings (benchmarks disabled, e.g. --benchmark-disable smoke mode, "
+                "or none collected)")
+    head = ("case", "torch min ms", "torch med ms", "jittor min ms", "jittor med ms",
+            "J/T min", "J/T med")
+    body = [(r["group"], _fmt_time(r["torch_min"]), _fmt_time(r["torch_median"]),
+             _fmt_time(r["jittor_min"]), _fmt_time(r["jittor_median"]),
+             _fmt_ratio(r["ratio_min"]), _fmt_ratio(r["ratio_median"])) for r in rows]
+    gm = (geometric_mean(r["ratio_min"] for r in rows),
+          geometric_mean(r["ratio_median"] for r in rows))
+    body.append(("geometric mean", "", "", "", "", _fmt_ratio(gm[0]), _fmt_ratio(gm[1])))
+    widths = [max(len(line[i]) for line in [head] + body) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                       for i, (c, w) in enumerate(zip(line, widths))) for line in [head] + body]
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines)
+
+
+def ratio_table_html(rows):
+    """The same table as an HTML fragment for pytest-html's summary."""
+    title = "<h2>Jittor / PyTorch time ratio per case</h2>"
+    if not rows:
+        return title + "<p>" + html.escape(ratio_table_text(rows)) + "</p>"
+    cells = "".join(f"<th>{h}</th>" for h in (
+        "case", "torch min (ms)", "torch median (ms)", "jittor min (ms)",
+        "jittor median (ms)", "ratio min", "ratio median"))
+    body = []
+    for r in rows:
+        values = (html.escape(r["group"]), _fmt_time(r["torch_min"]),
+                  _fmt_time(r["torch_median"]), _fmt_time(r["jittor_min"]),
+                  _fmt_time(r["jittor_median"]), _fmt_ratio(r["ratio_min"]),
+                  _fmt_ratio(r["ratio_median"]))
+        slow = r["ratio_median"] is not None and r["ratio_median"] > 1.0
+        style = " style='color:#b00'" if slow else ""
+        body.append("<tr>" + "".join(f"<td{style}>{v}</td>" for v in values) + "</tr>")
+    return (title + "<p>ratio = Jittor time / PyTorch time (below 1: Jittor faster).</p>"
+            "<table border='1' cellpadding='3'><tr>" + cells + "</tr>" + "".join(body)
+            + "</table>")

@@ -1,0 +1,58 @@
+"""Performance suite set-up: the R50 paper model of each port with identical weights,
+hand-built batches in the shared batch format, and the Jittor/PyTorch ratio summary
+(terminal and HTML report). See perf_tests/README.md for the workflow."""
+import pytest
+
+from gfocal.perf import benchmark_weights, model_config, ratio_rows, ratio_table_html, \
+    ratio_table_text
+
+_ran_perf = pytest.StashKey[bool]()
+
+
+class ModelCache:
+    """One detector per (framework, device), built once per session; weights reset per test."""
+
+    def __init__(self):
+        self._models = {}
+        self._weights = None
+
+    def get(self, port, device):
+        key = (port.FRAMEWORK, device)
+        if key not in self._models:
+            model = port.build_detector(model_config())
+            if device == "gpu" and port.FRAMEWORK == "torch":
+                model = model.cuda()
+            self._models[key] = model
+        model = self._models[key]
+        if self._weights is None:
+            self._weights = benchmark_weights(port.checkpoint.state_dict_numpy(model))
+        port.checkpoint.load_state_dict_numpy(model, self._weights, strict=True)
+        return model
+
+
+@pytest.fixture(scope="session")
+def model_cache():
+    return ModelCache()
+
+
+@pytest.fixture(autouse=True)
+def _mark_perf_session(request):
+    request.config.stash[_ran_perf] = True
+
+
+def _summary_rows(config):
+    session = getattr(config, "_benchmarksession", None)
+    return ratio_rows(session.benchmarks) if session is not None else []
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_terminal_summary(terminalreporter, config):
+    if not config.stash.get(_ran_perf, False):
+        return
+    terminalreporter.write_sep("-", "Jittor / PyTorch time ratio (Jittor time / PyTorch time)")
+    terminalreporter.write_line(ratio_table_text(_summary_rows(config)))
+
+
+def pytest_html_results_summary(prefix, summary, postfix, session):
+    if session.config.stash.get(_ran_perf, False):
+        postfix.append(ratio_table_html(_summary_rows(session.config)))

@@ -1,0 +1,173 @@
+"""pytest-benchmark cases, PyTorch and Jittor side by side (benchmark.group = case).
+
+Cases: backbone forward, full forward, forward + backward, one training step (loss,
+backward, SGD) with its peak memory, inference (forward + decoding + NMS). Batch 1 and 2;
+a small input on the CPU, the paper's 800x1333 on a GPU (marked `gpu`). Warm-up rounds keep
+Jittor's compilation and both ports' caches out of the timings. With --benchmark-disable
+every case runs once as a smoke test. Workflow and baselines: perf_tests/README.md.
+"""
+import os
+
+import numpy as np
+import pytest
+
+from gfocal import perf
+from gfocal.perf import CPU_SIZE, GPU_SIZE, SMOKE_SIZE, make_batch, model_config
+
+DEVICES = [pytest.param("cpu", id="cpu"),
+           pytest.param("gpu", id="gpu", marks=pytest.mark.gpu)]
+BATCHES = [1, 2]
+WARMUP_ROUNDS = 2        # Jittor compiles on the first call and settles its caches on the next
+ROUNDS = {"backbone_forward": 8, "forward": 8, "forward_backward": 5, "train_step": 5,
+          "inference": 8}
+
+
+def rounds_for(case):
+    """Timed rounds: the case's default, or GFOCAL_PERF_ROUNDS for every case."""
+    return int(os.environ.get("GFOCAL_PERF_ROUNDS", ROUNDS[case]))
+
+
+def input_size(device, timed=True):
+    if not timed:  # --benchmark-disable: one untimed call per case, a smoke test
+        return SMOKE_SIZE
+    return CPU_SIZE if device == "cpu" else GPU_SIZE
+
+
+class Case:
+    """One benchmark: model, batch and bookkeeping for a (port, device, batch) triple."""
+
+    def __init__(self, name, port, device, batch_size, model_cache, benchmark):
+        self.name, self.port, self.device = name, port, device
+        self.framework = port.FRAMEWORK
+        h, w = input_size(device, benchmark.enabled)
+        self.batch = make_batch(batch_size, (h, w), model_config()["num_classes"])
+        self.model = model_cache.get(port, device)
+        self.benchmark = benchmark
+        benchmark.group = f"{name} {device} {h}x{w} b{batch_size}"
+        benchmark.extra_info.update(perf.framework_info(self.framework, device), case=name,
+                                    input_size=f"{h}x{w}", batch=batch_size)
+
+    def imgs(self):
+        t = self.port.tensor(self.batch["imgs"])
+        return t.cuda() if self.device == "gpu" and self.framework == "torch" else t
+
+    def run(self, fn):
+        """Time fn (warm-up first); the device is synchronised inside the timed call."""
+        def timed():
+            with perf.device_scope(self.framework, self.device):
+                out = fn()
+                perf.synchronize(self.framework, self.device)
+            return out
+        return self.benchmark.pedantic(timed, rounds=rounds_for(self.name),
+                                       warmup_rounds=WARMUP_ROUNDS, iterations=1)
+
+    def note(self, **info):
+        self.benchmark.extra_info.update(info)
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    return request.param
+
+
+@pytest.fixture
+def case_factory(port, device, model_cache, benchmark):
+    if device == "gpu" and port.FRAMEWORK == "torch":
+        model_cache.get(port, device)  # moved to the GPU
+        if not port.tensor(np.zeros(1, np.float32)).is_cuda:
+            pytest.skip("gfocal.pytorch.tensor() builds CPU tensors: the PyTorch port has no "
+                        "GPU device switch yet, so model.loss/predict cannot run on a GPU")
+    return lambda name, batch_size: Case(name, port, device, batch_size, model_cache,
+                                         benchmark)
+
+
+def _total(outputs):
+    cls_scores, bbox_preds = outputs
+    return sum(c.sum() for c in cls_scores) + sum(r.sum() for r in bbox_preds)
+
+
+@pytest.mark.parametrize("batch_size", BATCHES)
+def test_backbone_forward(case_factory, batch_size):
+    case = case_factory("backbone_forward", batch_size)
+    case.model.eval()
+    imgs = case.imgs()
+
+    def forward():
+        with perf.no_grad(case.framework):
+            return case.model.backbone(imgs)
+
+    feats = case.run(forward)
+    h, w = case.batch["imgs"].shape[2:]
+    assert [tuple(f.shape) for f in feats] == [
+        (batch_size, c, -(-h // s), -(-w // s)) for c, s in ((512, 8), (1024, 16), (2048, 32))]
+
+
+@pytest.mark.parametrize("batch_size", BATCHES)
+def test_forward(case_factory, batch_size):
+    case = case_factory("forward", batch_size)
+    case.model.eval()
+    imgs = case.imgs()
+
+    def forward():
+        with perf.no_grad(case.framework):
+            return case.model(imgs)
+
+    cls_scores, bbox_preds = case.run(forward)
+    assert len(cls_scores) == len(bbox_preds) == 5
+    assert tuple(cls_scores[0].shape)[:2] == (batch_size, 80)
+    assert tuple(bbox_preds[0].shape)[:2] == (batch_size, 68)
+
+
+@pytest.mark.parametrize("batch_size", BATCHES)
+def test_forward_backward(case_factory, batch_size):
+    """Network autograd only (sum of the outputs): no targets, loss or optimizer."""
+    case = case_factory("forward_backward", batch_size)
+    case.model.train()
+    imgs = case.imgs()
+    params = perf.trainable_parameters(case.framework, case.model)
+
+    def forward_backward():
+        return perf.gradients(case.framework, _total(case.model(imgs)), params)
+
+    grads = case.run(forward_backward)
+    assert len(grads) == len(params)
+    assert np.isfinite(case.port.numpy(grads[-1])).all()
+
+
+@pytest.mark.parametrize("batch_size", BATCHES)
+def test_train_step(case_factory, batch_size):
+    """port.train.train_step: loss (targets included), backward, SGD update; peak memory."""
+    case = case_factory("train_step", batch_size)
+    case.model.train()
+    train = case.port.train
+    optimizer = train.build_optimizer(case.model, {"lr": 1e-4, "momentum": 0.9,
+                                                   "weight_decay": 1e-4})
+    train.set_lr(optimizer, 1e-4)
+
+    def step():
+        return train.train_step(case.model, optimizer, case.batch)
+
+    losses = case.run(step)
+    assert set(losses) >= {"loss", "loss_cls", "loss_bbox", "loss_dfl"}
+    assert np.isfinite(losses["loss"])
+    if case.benchmark.enabled:  # one more, untimed step under the memory probe
+        with perf.device_scope(case.framework, case.device):
+            memory = perf.measure_peak_memory(case.framework, case.device, step)
+        case.note(**{k: None if v is None else round(v, 1) for k, v in memory.items()})
+
+
+@pytest.mark.parametrize("batch_size", BATCHES)
+def test_inference(case_factory, batch_size):
+    """model.predict: forward, integral decoding, nms_pre, score threshold, batched NMS."""
+    case = case_factory("inference", batch_size)
+    case.model.eval()
+    detections = case.run(lambda: case.model.predict(case.batch))
+    assert len(detections) == batch_size
+    max_per_img = model_config()["max_per_img"]
+    counts = [len(d["scores"]) for d in detections]
+    assert all(0 < n <= max_per_img for n in counts), counts
+    case.note(detections_per_image=counts)
+    stats = case.benchmark.stats
+    if stats:
+        case.note(per_image_min_s=stats.stats.min / batch_size,
+                  per_image_median_s=stats.stats.median / batch_size)

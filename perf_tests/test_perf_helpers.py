@@ -1,0 +1,93 @@
+"""The measurement helpers behind the benchmarks (gfocal/perf.py): fast, no model."""
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from gfocal import perf
+
+
+def record(group, framework, times):
+    return SimpleNamespace(group=group, extra_info={"framework": framework},
+                           stats=SimpleNamespace(data=list(times), min=min(times),
+                                                 median=float(np.median(times))))
+
+
+def test_ratio_rows_divides_jittor_by_torch_per_group():
+    rows = perf.ratio_rows([
+        record("forward b1", "torch", [0.2, 0.4, 0.3]),
+        record("forward b1", "jittor", [0.3, 0.9, 0.6]),
+        record("train b1", "jittor", [2.0]),
+        record("train b1", "torch", [4.0]),
+    ])
+    assert [r["group"] for r in rows] == ["forward b1", "train b1"]
+    assert rows[0]["ratio_min"] == pytest.approx(0.3 / 0.2)
+    assert rows[0]["ratio_median"] == pytest.approx(0.6 / 0.3)
+    assert rows[1]["ratio_min"] == pytest.approx(0.5)
+
+
+def test_ratio_rows_skips_untimed_records_and_keeps_half_groups():
+    disabled = SimpleNamespace(group="x", extra_info={"framework": "torch"}, stats=None)
+    empty = record("y", "jittor", [1.0])
+    empty.stats.data = []
+    rows = perf.ratio_rows([disabled, empty, record("z", "torch", [1.0]),
+                            SimpleNamespace(group="w", extra_info={}, stats=None)])
+    assert [r["group"] for r in rows] == ["z"]
+    assert rows[0]["torch_min"] == 1.0 and rows[0]["jittor_min"] is None
+    assert rows[0]["ratio_min"] is None and rows[0]["ratio_median"] is None
+
+
+def test_summary_tables_cope_with_no_timings():
+    assert "no timings" in perf.ratio_table_text([])
+    assert "no timings" in perf.ratio_table_html([])
+
+
+def test_summary_tables_show_ratio_and_geometric_mean():
+    rows = perf.ratio_rows([record("a", "torch", [0.1]), record("a", "jittor", [0.4]),
+                            record("b", "torch", [0.4]), record("b", "jittor", [0.1])])
+    text = perf.ratio_table_text(rows)
+    assert "4.00" in text and "0.25" in text
+    assert text.splitlines()[-1].split()[-2:] == ["1.00", "1.00"]  # sqrt(4 * 0.25)
+    assert "<table" in perf.ratio_table_html(rows) and "4.00" in perf.ratio_table_html(rows)
+
+
+@pytest.mark.skipif(not perf.peak_rss_supported(), reason="needs Linux /proc peak-RSS reset")
+def test_peak_memory_sees_a_temporary_allocation():
+    size = 200 * perf.MB
+
+    def allocate():
+        block = np.ones(size, np.uint8)  # touched, so resident
+        return int(block[::4096].sum())
+
+    small = perf.measure_peak_memory("torch", "cpu", lambda: None)
+    big = perf.measure_peak_memory("torch", "cpu", allocate)
+    assert big["cpu_peak_rss_growth_mb"] >= 190
+    assert small["cpu_peak_rss_growth_mb"] < 50
+    assert big["cpu_peak_rss_mb"] >= big["cpu_peak_rss_growth_mb"]
+
+
+def test_make_batch_follows_the_shared_batch_format():
+    batch = perf.make_batch(2, (300, 333))
+    assert batch["imgs"].shape == (2, 3, 320, 352) and batch["imgs"].dtype == np.float32
+    assert not batch["imgs"][:, :, 300:].any() and not batch["imgs"][:, :, :, 333:].any()
+    for boxes, labels, meta in zip(batch["gt_bboxes"], batch["gt_labels"],
+                                   batch["img_metas"]):
+        assert boxes.dtype == np.float32 and labels.dtype == np.int64
+        assert (boxes[:, :2] >= 0).all() and (boxes[:, 2] <= 333).all()
+        assert (boxes[:, 3] <= 300).all() and (boxes[:, 2:] > boxes[:, :2]).all()
+        assert meta["img_shape"] == (300, 333) and meta["pad_shape"] == (320, 352)
+    again = perf.make_batch(2, (300, 333))
+    assert np.array_equal(batch["imgs"], again["imgs"])
+
+
+def test_benchmark_weights_are_deterministic_and_shaped():
+    state = {"backbone.conv1.weight": np.zeros((4, 3, 3, 3)),
+             "backbone.bn1.running_var": np.zeros(4), "backbone.bn1.weight": np.zeros(4),
+             "bbox_head.gfl_cls.bias": np.zeros(80), "bbox_head.integral.project": np.zeros(17)}
+    a, b = perf.benchmark_weights(state), perf.benchmark_weights(dict(reversed(state.items())))
+    assert all(np.array_equal(a[k], b[k]) and a[k].dtype == np.float32 for k in state)
+    assert a["backbone.conv1.weight"].std() > 0 and (a["backbone.bn1.running_var"] == 1).all()
+    assert (a["bbox_head.gfl_cls.bias"] == perf.INFERENCE_CLS_BIAS).all()
+    assert np.array_equal(a["bbox_head.integral.project"], np.arange(17))
+    with pytest.raises(ValueError, match="odd.thing"):
+        perf.benchmark_weights({"odd.thing": np.zeros((2, 2))})
