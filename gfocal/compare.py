@@ -25,6 +25,27 @@ def comparison_config(config_path=None, data_root=None, epochs=None):
     return load_config(config_path or DEFAULT_CONFIG, overrides)
 
 
+RUN_OUTPUTS = ("torch", "jittor", "init_weights.pth", "init_weights.pkl", "report.md",
+               "report.html", "plots")
+
+
+def archive_previous_run(out_dir):
+    """Move an earlier comparison's outputs to out_dir/previous/<time>/ (never overwrite)."""
+    found = [name for name in RUN_OUTPUTS if os.path.exists(os.path.join(out_dir, name))]
+    if not found:
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target = os.path.join(out_dir, "previous", stamp)
+    n = 1
+    while os.path.exists(target):
+        n += 1
+        target = os.path.join(out_dir, "previous", f"{stamp}-{n}")
+    os.makedirs(target)
+    for name in found:
+        os.rename(os.path.join(out_dir, name), os.path.join(target, name))
+    return target
+
+
 def write_initial_weights(cfg, out_dir):
     """One random initialisation (PyTorch port, seeded), written for both ports."""
     import torch
@@ -86,6 +107,9 @@ def run_comparison(args):
     cfg = comparison_config(args.config, args.data_root, args.epochs)
     out_dir = os.path.abspath(args.out_dir)
     os.makedirs(out_dir, exist_ok=True)
+    archived = archive_previous_run(out_dir)
+    if archived:
+        print(f"== the previous comparison in {out_dir} was moved to {archived}")
     init = write_initial_weights(cfg, out_dir)
     runs = {}
     for framework in FRAMEWORKS:

@@ -1,9 +1,10 @@
 """`gfocal compare`: quick run on a COCO-format subset (default suite), full run (slow)."""
+import os
 from types import SimpleNamespace
 
 import pytest
 
-from gfocal.compare import run_comparison
+from gfocal.compare import archive_previous_run, run_comparison
 
 
 def args(**kw):
@@ -29,6 +30,19 @@ def test_compare_on_a_subset_writes_the_report(tiny_config, tiny_coco, tmp_path)
     assert "torch" in md and "jittor" in md and "AP50" in md
     assert (out_dir / "report.html").is_file()
     assert (out_dir / "keep.txt").read_text() == "user data"
+
+
+def test_a_second_run_archives_the_first(tmp_path):
+    (tmp_path / "torch").mkdir()
+    (tmp_path / "torch" / "latest.pth").write_bytes(b"checkpoint")
+    (tmp_path / "report.md").write_text("old report")
+    (tmp_path / "notes.txt").write_text("user file")
+    target = archive_previous_run(str(tmp_path))
+    assert (tmp_path / "notes.txt").read_text() == "user file"
+    assert not (tmp_path / "torch").exists() and not (tmp_path / "report.md").exists()
+    assert open(os.path.join(target, "torch", "latest.pth"), "rb").read() == b"checkpoint"
+    assert open(os.path.join(target, "report.md")).read() == "old report"
+    assert archive_previous_run(str(tmp_path)) is None  # nothing left to archive
 
 
 @pytest.mark.slow
