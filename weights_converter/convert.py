@@ -84,15 +84,7 @@ def torchvision_to_canonical(state):
             if not k.startswith("fc.") and not k.endswith("num_batches_tracked")}
 
 
-def read(path, fmt, num_classes=None):
-    """Canonical state dict of the file at `path` written in format `fmt`."""
-    if fmt not in FORMATS:
-        raise CheckpointError(f"unknown source format {fmt!r} (choose from {', '.join(FORMATS)})")
-    if not os.path.isfile(path):
-        raise CheckpointError(f"{path}: file not found")
-    if fmt == "jittor":
-        return _state_of(_jittor_load(path), path)
-    state = _state_of(_torch_load(path), path)
+def _canonical(state, fmt, num_classes):
     if fmt == "mmdet":
         return mmdet_to_canonical(state, num_classes)
     if fmt == "torchvision":
@@ -100,11 +92,23 @@ def read(path, fmt, num_classes=None):
     return {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
 
 
-def detect_format(path):
-    """Best guess of a weights file's format, for `init_weights` in a config."""
+def _load(path, fmt):
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: file not found")
+    return _jittor_load(path) if fmt == "jittor" else _torch_load(path)
+
+
+def read(path, fmt, num_classes=None):
+    """Canonical state dict of the file at `path` written in format `fmt`."""
+    if fmt not in FORMATS:
+        raise CheckpointError(f"unknown source format {fmt!r} (choose from {', '.join(FORMATS)})")
+    return _canonical(_state_of(_load(path, fmt), path), fmt, num_classes)
+
+
+def detect_format(path, payload):
+    """Best guess of a loaded weights file's format, for `init_weights` in a config."""
     if path.endswith(".pkl"):
         return "jittor"
-    payload = _torch_load(path)
     meta = payload.get("meta", {}) if isinstance(payload, dict) else {}
     if isinstance(meta, dict) and meta.get("framework") == "torch":
         return "torch"
@@ -115,7 +119,10 @@ def detect_format(path):
 
 
 def load_any(path, num_classes=None):
-    return read(path, detect_format(path), num_classes)
+    """Canonical state dict of a weights file in any supported format (read once)."""
+    payload = _load(path, "jittor" if path.endswith(".pkl") else "torch")
+    fmt = detect_format(path, payload)
+    return _canonical(_state_of(payload, path), fmt, num_classes)
 
 
 def infer_model_cfg(state):
