@@ -54,8 +54,10 @@ def test_full_comparison_on_the_bundled_data(tmp_path):
     assert torch_run.failure is None and jittor_run.failure is None
     agreement = agreement_summary(torch_run.log, jittor_run.log, first_n=20)
     assert agreement["max_rel_first_n"] <= 1e-3
-    # after iteration 20 float32 rounding differences grow through SGD: the envelope is
-    # documented in README (measured), checked here on the median
+    # After iteration 20, float32 rounding differences (and ReLU kinks, see
+    # parity_tests/TOLERANCES.md) compound through SGD into two nearby trajectories.
+    # Measured on the bundled data (2026-11-24, 480 iterations): max 5.8e-4 over the first
+    # 20, median 0.029 and max 0.196 after. The envelope checks the median.
     assert agreement["median_rel_after"] <= 0.05
     for run in (torch_run, jittor_run):
         assert run.final_stats["AP"] >= 0.25
