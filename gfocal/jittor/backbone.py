@@ -2,6 +2,7 @@
 import jittor as jt
 from jittor import nn
 
+from .kernels import Conv2d
 from .probes import record
 
 
@@ -31,11 +32,11 @@ class Bottleneck(nn.Module):
 
     def __init__(self, inplanes, planes, stride=1, downsample=None):
         super().__init__()
-        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
+        self.conv1 = Conv2d(inplanes, planes, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = nn.Conv2d(planes, planes * self.expansion, 1, bias=False)
+        self.conv3 = Conv2d(planes, planes * self.expansion, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(planes * self.expansion)
         self.relu = nn.ReLU()
         self.downsample = downsample
@@ -67,7 +68,7 @@ def make_layer(block, inplanes, planes, num_blocks, stride):
     downsample = None
     if stride != 1 or inplanes != planes * block.expansion:
         downsample = nn.Sequential(
-            nn.Conv2d(inplanes, planes * block.expansion, 1, stride=stride, bias=False),
+            Conv2d(inplanes, planes * block.expansion, 1, stride=stride, bias=False),
             nn.BatchNorm2d(planes * block.expansion))
     blocks = [block(inplanes, planes, stride, downsample)]
     for _ in range(1, num_blocks):

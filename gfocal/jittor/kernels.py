@@ -1,0 +1,76 @@
+"""Jittor-only replacements for slow CPU kernels (no PyTorch counterpart: framework idiom).
+
+Measured on the benchmark model (perf_tests/README.md, "What the Jittor port changed"):
+Jittor's generated CPU reduce kernels are scalar and single-threaded (its OpenMP
+ParallelPass loops forever on 2 threads), so the group and channel sums of GroupNorm's
+backward are matrix-vector products (oneDNN sgemm, threaded) instead; and a 1x1 stride-1
+convolution of one image is one sgemm, which skips the activation and weight reorders
+that Jittor's oneDNN convolution pays on every call.
+"""
+import jittor as jt
+from jittor import nn
+
+
+def row_sum(rows):
+    """(R, L) -> (R,): sum along L as rows @ ones (sgemm)."""
+    ones = jt.ones((rows.shape[1], 1), rows.dtype)
+    return jt.matmul(rows, ones).reshape(rows.shape[0])
+
+
+def channel_sum(t):
+    """(N, C, ...) -> (C,): sum over every axis but 1."""
+    n, c = t.shape[:2]
+    per_image = row_sum(t.reshape(n * c, -1)).reshape(n, c)
+    return per_image[0] if n == 1 else per_image.sum(0)
+
+
+def _per_channel(v, like):
+    return v.broadcast(like, [0] + list(range(2, like.ndim)))
+
+
+class GroupNormFunction(jt.Function):
+    """GroupNorm, two-pass variance as PyTorch; backward with sgemm group/channel sums."""
+
+    def __init__(self, num_groups, eps):
+        self.num_groups, self.eps = num_groups, eps
+
+    def execute(self, x, weight, bias):
+        groups = x.reshape((x.shape[0], self.num_groups, -1))
+        mean = groups.mean(dim=2, keepdims=True)
+        centred = groups - mean
+        var = (centred * centred).mean(dim=2, keepdims=True)
+        std = jt.sqrt(var + self.eps)
+        self.rstd = 1.0 / std
+        self.normed = (centred / std).reshape(x.shape)
+        self.weight = weight
+        return self.normed * _per_channel(weight, x) + _per_channel(bias, x)
+
+    def grad(self, grad):
+        normed, rstd = self.normed, self.rstd
+        rows = grad.shape[0] * self.num_groups
+        g_normed = (grad * _per_channel(self.weight, grad)).reshape(rows, -1)
+        n_rows = normed.reshape(rows, -1)
+        length = n_rows.shape[1]
+        mean_g = (row_sum(g_normed) / length).reshape(rows, 1)
+        mean_gn = (row_sum(g_normed * n_rows) / length).reshape(rows, 1)
+        grad_x = (g_normed - mean_g - n_rows * mean_gn) * rstd.reshape(rows, 1)
+        return (grad_x.reshape(grad.shape), channel_sum(grad * normed), channel_sum(grad))
+
+
+def pointwise_conv(x, weight):
+    """1x1 stride-1 convolution of a single image as weight (O, I) @ x (I, H*W)."""
+    _, c, h, w = x.shape
+    out = jt.matmul(weight.reshape(weight.shape[0], c), x.reshape(c, h * w))
+    return out.reshape(1, -1, h, w)
+
+
+class Conv2d(nn.Conv2d):
+    """nn.Conv2d that runs bias-free 1x1 stride-1 convolutions of one image as an sgemm
+    (batches of more images, where a batched matmul is slower, keep oneDNN)."""
+
+    def execute(self, x):
+        if (x.shape[0] == 1 and self.kernel_size == (1, 1) and self.stride == (1, 1)
+                and self.padding == (0, 0) and self.dilation == (1, 1) and self.groups == 1
+                and self.bias is None):
+            return pointwise_conv(x, self.weight)
+        return super().execute(x)
