@@ -4,7 +4,7 @@ Measured on the benchmark model (perf_tests/README.md, "What the Jittor port cha
 Jittor's generated CPU reduce kernels are scalar and single-threaded (its OpenMP
 ParallelPass loops forever on 2 threads), so the group and channel sums in the backward
 of GroupNorm and of BatchNorm with fixed statistics are matrix-vector products (oneDNN
-sgemm, threaded) instead; and a 1x1 stride-1 convolution of one image is one sgemm, which
+sgemm, threaded) instead; and a 1x1 stride-1 convolution is one sgemm per image, which
 skips the activation and weight reorders that Jittor's oneDNN convolution pays per call.
 """
 import jittor as jt
@@ -58,20 +58,20 @@ class GroupNormFunction(jt.Function):
 
 
 def pointwise_conv(x, weight):
-    """1x1 stride-1 convolution of a single image as weight (O, I) @ x (I, H*W)."""
-    _, c, h, w = x.shape
-    out = jt.matmul(weight.reshape(weight.shape[0], c), x.reshape(c, h * w))
-    return out.reshape(1, -1, h, w)
+    """1x1 stride-1 convolution as weight (O, I) @ image (I, H*W), one sgemm per image
+    (Jittor's batched matmul is several times slower than per-image products)."""
+    n, c, h, w = x.shape
+    weight = weight.reshape(weight.shape[0], c)
+    outs = [jt.matmul(weight, x[i].reshape(c, h * w)).reshape(1, -1, h, w) for i in range(n)]
+    return outs[0] if n == 1 else jt.concat(outs, 0)
 
 
 class Conv2d(nn.Conv2d):
-    """nn.Conv2d that runs bias-free 1x1 stride-1 convolutions of one image as an sgemm
-    (batches of more images, where a batched matmul is slower, keep oneDNN)."""
+    """nn.Conv2d that runs bias-free 1x1 stride-1 convolutions as sgemm."""
 
     def execute(self, x):
-        if (x.shape[0] == 1 and self.kernel_size == (1, 1) and self.stride == (1, 1)
-                and self.padding == (0, 0) and self.dilation == (1, 1) and self.groups == 1
-                and self.bias is None):
+        if (self.kernel_size == (1, 1) and self.stride == (1, 1) and self.padding == (0, 0)
+                and self.dilation == (1, 1) and self.groups == 1 and self.bias is None):
             return pointwise_conv(x, self.weight)
         return super().execute(x)
 
