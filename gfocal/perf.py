@@ -262,6 +262,55 @@ def ratio_rows(benchmarks):
     return rows
 
 
+def paired_ratios(torch_times, jittor_times):
+    """Jittor/PyTorch ratio of each interleaved pair, and their median and minimum."""
+    ratios = [j / t for t, j in zip(torch_times, jittor_times)]
+    return {"pair_ratios": ratios, "ratio_median": statistics.median(ratios),
+            "ratio_of_mins": min(jittor_times) / min(torch_times)}
+
+
+def paired_rows(benchmarks):
+    """Rows of the interleaved cases (extra_info framework 'paired'), in test order."""
+    rows = []
+    for bench in benchmarks:
+        info = getattr(bench, "extra_info", None) or {}
+        if info.get("framework") == "paired" and info.get("pair_ratios"):
+            rows.append({"group": bench.group or "", "pairs": len(info["pair_ratios"]),
+                         "torch_median": statistics.median(info["torch_times"]),
+                         "jittor_median": statistics.median(info["jittor_times"]),
+                         "ratio_median": info["ratio_median"],
+                         "ratio_of_mins": info["ratio_of_mins"]})
+    return rows
+
+
+def paired_table_text(rows):
+    if not rows:
+        return "no interleaved timings"
+    head = ("case (interleaved)", "pairs", "torch med ms", "jittor med ms",
+            "median pair J/T", "J/T of mins")
+    body = [(r["group"], str(r["pairs"]), _fmt_time(r["torch_median"]),
+             _fmt_time(r["jittor_median"]), _fmt_ratio(r["ratio_median"]),
+             _fmt_ratio(r["ratio_of_mins"])) for r in rows]
+    return _text_table(head, body)
+
+
+def paired_table_html(rows):
+    title = "<h2>Interleaved (paired) Jittor / PyTorch ratio</h2>"
+    if not rows:
+        return title + "<p>no interleaved timings</p>"
+    cells = "".join(f"<th>{h}</th>" for h in ("case", "pairs", "torch median (ms)",
+                                               "jittor median (ms)", "median pair ratio",
+                                               "ratio of minima"))
+    body = "".join(
+        "<tr>" + "".join(f"<td>{v}</td>" for v in (
+            html.escape(r["group"]), r["pairs"], _fmt_time(r["torch_median"]),
+            _fmt_time(r["jittor_median"]), _fmt_ratio(r["ratio_median"]),
+            _fmt_ratio(r["ratio_of_mins"]))) + "</tr>" for r in rows)
+    return (title + "<p>One PyTorch call and one Jittor call per round, alternating which "
+            "goes first: load that drifts over minutes hits both alike.</p>"
+            "<table border='1' cellpadding='3'><tr>" + cells + "</tr>" + body + "</table>")
+
+
 def geometric_mean(values):
     values = [v for v in values if v]
     if not values:
@@ -290,6 +339,10 @@ def ratio_table_text(rows):
     gm = (geometric_mean(r["ratio_min"] for r in rows),
           geometric_mean(r["ratio_median"] for r in rows))
     body.append(("geometric mean", "", "", "", "", _fmt_ratio(gm[0]), _fmt_ratio(gm[1])))
+    return _text_table(head, body)
+
+
+def _text_table(head, body):
     widths = [max(len(line[i]) for line in [head] + body) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w)
                        for i, (c, w) in enumerate(zip(line, widths))) for line in [head] + body]

@@ -3,8 +3,8 @@ hand-built batches in the shared batch format, and the Jittor/PyTorch ratio summ
 (terminal and HTML report). See perf_tests/README.md for the workflow."""
 import pytest
 
-from gfocal.perf import benchmark_weights, model_config, ratio_rows, ratio_table_html, \
-    ratio_table_text
+from gfocal.perf import benchmark_weights, model_config, paired_rows, paired_table_html, \
+    paired_table_text, ratio_rows, ratio_table_html, ratio_table_text
 
 _ran_perf = pytest.StashKey[bool]()
 
@@ -40,9 +40,9 @@ def _mark_perf_session(request):
     request.config.stash[_ran_perf] = True
 
 
-def _summary_rows(config):
+def _benchmarks(config):
     session = getattr(config, "_benchmarksession", None)
-    return ratio_rows(session.benchmarks) if session is not None else []
+    return session.benchmarks if session is not None else []
 
 
 @pytest.hookimpl(trylast=True)
@@ -50,9 +50,16 @@ def pytest_terminal_summary(terminalreporter, config):
     if not config.stash.get(_ran_perf, False):
         return
     terminalreporter.write_sep("-", "Jittor / PyTorch time ratio (Jittor time / PyTorch time)")
-    terminalreporter.write_line(ratio_table_text(_summary_rows(config)))
+    terminalreporter.write_line(ratio_table_text(ratio_rows(_benchmarks(config))))
+    paired = paired_rows(_benchmarks(config))
+    if paired:
+        terminalreporter.write_line("")
+        terminalreporter.write_line(paired_table_text(paired))
 
 
 def pytest_html_results_summary(prefix, summary, postfix, session):
     if session.config.stash.get(_ran_perf, False):
-        postfix.append(ratio_table_html(_summary_rows(session.config)))
+        postfix.append(ratio_table_html(ratio_rows(_benchmarks(session.config))))
+        paired = paired_rows(_benchmarks(session.config))
+        if paired:
+            postfix.append(paired_table_html(paired))

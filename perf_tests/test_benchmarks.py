@@ -1,25 +1,28 @@
 """pytest-benchmark cases, PyTorch and Jittor side by side (benchmark.group = case).
 
 Cases: backbone forward, full forward, forward + backward, one training step (loss,
-backward, SGD) with its peak memory, inference (forward + decoding + NMS). Batch 1 and 2;
+backward, SGD) with its peak memory, inference (forward + decoding + NMS), and the last
+two again with both ports interleaved call by call (`paired`, CPU). Batch 1 and 2;
 a small input on the CPU, the paper's 800x1333 on a GPU (marked `gpu`). Warm-up rounds keep
 Jittor's compilation and both ports' caches out of the timings. With --benchmark-disable
 every case runs once as a smoke test. Workflow and baselines: perf_tests/README.md.
 """
 import os
+import time
 
 import numpy as np
 import pytest
 
 from gfocal import perf
 from gfocal.perf import CPU_SIZE, GPU_SIZE, SMOKE_SIZE, make_batch, model_config
+from gfocal.runtime import num_threads
 
 DEVICES = [pytest.param("cpu", id="cpu"),
            pytest.param("gpu", id="gpu", marks=pytest.mark.gpu)]
 BATCHES = [1, 2]
 WARMUP_ROUNDS = 2        # Jittor compiles on the first call and settles its caches on the next
 ROUNDS = {"backbone_forward": 8, "forward": 8, "forward_backward": 5, "train_step": 5,
-          "inference": 8}
+          "inference": 8, "paired": 6}
 
 
 def rounds_for(case):
@@ -134,19 +137,28 @@ def test_forward_backward(case_factory, batch_size):
     assert np.isfinite(case.port.numpy(grads[-1])).all()
 
 
+def train_step_fn(port, model, batch):
+    model.train()
+    train = port.train
+    optimizer = train.build_optimizer(model, {"lr": 1e-4, "momentum": 0.9,
+                                              "weight_decay": 1e-4})
+    train.set_lr(optimizer, 1e-4)
+    return lambda: train.train_step(model, optimizer, batch)
+
+
+def inference_fn(port, model, batch):
+    model.eval()
+    return lambda: model.predict(batch)
+
+
+STEPS = {"train_step": train_step_fn, "inference": inference_fn}
+
+
 @pytest.mark.parametrize("batch_size", BATCHES)
 def test_train_step(case_factory, batch_size):
     """port.train.train_step: loss (targets included), backward, SGD update; peak memory."""
     case = case_factory("train_step", batch_size)
-    case.model.train()
-    train = case.port.train
-    optimizer = train.build_optimizer(case.model, {"lr": 1e-4, "momentum": 0.9,
-                                                   "weight_decay": 1e-4})
-    train.set_lr(optimizer, 1e-4)
-
-    def step():
-        return train.train_step(case.model, optimizer, case.batch)
-
+    step = train_step_fn(case.port, case.model, case.batch)
     losses = case.run(step)
     assert set(losses) >= {"loss", "loss_cls", "loss_bbox", "loss_dfl"}
     assert np.isfinite(losses["loss"])
@@ -160,8 +172,7 @@ def test_train_step(case_factory, batch_size):
 def test_inference(case_factory, batch_size):
     """model.predict: forward, integral decoding, nms_pre, score threshold, batched NMS."""
     case = case_factory("inference", batch_size)
-    case.model.eval()
-    detections = case.run(lambda: case.model.predict(case.batch))
+    detections = case.run(inference_fn(case.port, case.model, case.batch))
     assert len(detections) == batch_size
     max_per_img = model_config()["max_per_img"]
     counts = [len(d["scores"]) for d in detections]
@@ -171,3 +182,39 @@ def test_inference(case_factory, batch_size):
     if stats:
         case.note(per_image_min_s=stats.stats.min / batch_size,
                   per_image_median_s=stats.stats.median / batch_size)
+
+
+@pytest.mark.parametrize("batch_size", BATCHES)
+@pytest.mark.parametrize("name", ["train_step", "inference"])
+def test_paired(name, batch_size, torch_port, jittor_port, model_cache, benchmark):
+    """One PyTorch and one Jittor call per round, alternating which goes first, so that load
+    drifting over minutes on a shared machine hits both ports alike. The benchmark times a
+    pair; extra_info splits it and holds the median of the per-pair Jittor/PyTorch ratios."""
+    h, w = input_size("cpu", benchmark.enabled)
+    batch = make_batch(batch_size, (h, w), model_config()["num_classes"])
+    ports = (torch_port, jittor_port)
+    steps = [STEPS[name](port, model_cache.get(port, "cpu"), batch) for port in ports]
+    times = {port.FRAMEWORK: [] for port in ports}
+    rounds_done = []
+
+    def pair():
+        first = len(rounds_done) % 2
+        rounds_done.append(first)
+        for i in (first, 1 - first):
+            framework = ports[i].FRAMEWORK
+            with perf.device_scope(framework, "cpu"):
+                start = time.perf_counter()
+                steps[i]()
+                perf.synchronize(framework, "cpu")
+                times[framework].append(time.perf_counter() - start)
+
+    rounds = rounds_for("paired")
+    benchmark.group = f"paired {name} cpu {h}x{w} b{batch_size}"
+    benchmark.extra_info.update(framework="paired", device="cpu", threads=num_threads(),
+                                case=name, input_size=f"{h}x{w}", batch=batch_size)
+    benchmark.pedantic(pair, rounds=rounds, warmup_rounds=WARMUP_ROUNDS, iterations=1)
+    timed = {fw: t[-rounds:] for fw, t in times.items()}  # the warm-up pairs dropped
+    assert len(timed["torch"]) == len(timed["jittor"]) >= 1
+    assert all(t > 0 for t in timed["torch"] + timed["jittor"])
+    benchmark.extra_info.update(torch_times=timed["torch"], jittor_times=timed["jittor"],
+                                **perf.paired_ratios(timed["torch"], timed["jittor"]))

@@ -91,3 +91,22 @@ def test_benchmark_weights_are_deterministic_and_shaped():
     assert np.array_equal(a["bbox_head.integral.project"], np.arange(17))
     with pytest.raises(ValueError, match="odd.thing"):
         perf.benchmark_weights({"odd.thing": np.zeros((2, 2))})
+
+
+def test_paired_ratios_are_per_pair_then_median():
+    out = perf.paired_ratios([1.0, 2.0, 4.0], [1.5, 2.0, 2.0])
+    assert out["pair_ratios"] == [1.5, 1.0, 0.5]
+    assert out["ratio_median"] == 1.0
+    assert out["ratio_of_mins"] == pytest.approx(1.5)
+
+
+def test_paired_rows_and_tables_take_only_interleaved_records():
+    paired = SimpleNamespace(group="paired inference b1", stats=None, extra_info=dict(
+        framework="paired", torch_times=[0.2, 0.4], jittor_times=[0.3, 0.4],
+        **perf.paired_ratios([0.2, 0.4], [0.3, 0.4])))
+    rows = perf.paired_rows([record("inference b1", "torch", [0.2]), paired])
+    assert len(rows) == 1 and rows[0]["pairs"] == 2
+    assert rows[0]["ratio_median"] == pytest.approx(1.25)
+    assert perf.ratio_rows([paired]) == []  # not a port: left out of the per-port table
+    assert "1.25" in perf.paired_table_text(rows) and "<table" in perf.paired_table_html(rows)
+    assert "no interleaved" in perf.paired_table_text([])
