@@ -133,6 +133,8 @@ class ResNet(nn.Module):
     def _freeze_stages(self):
         for module in self.frozen_modules():
             eval_mode(module)
+            for m in module.modules():
+                m.frozen = True  # kernels.BatchNorm2d: plain formula, no jt.Function
             for p in module.parameters():
                 p.stop_grad()
 
