@@ -298,17 +298,14 @@ def paired_table_html(rows):
     title = "<h2>Interleaved (paired) Jittor / PyTorch ratio</h2>"
     if not rows:
         return title + "<p>no interleaved timings</p>"
-    cells = "".join(f"<th>{h}</th>" for h in ("case", "pairs", "torch median (ms)",
-                                               "jittor median (ms)", "median pair ratio",
-                                               "ratio of minima"))
-    body = "".join(
-        "<tr>" + "".join(f"<td>{v}</td>" for v in (
-            html.escape(r["group"]), r["pairs"], _fmt_time(r["torch_median"]),
-            _fmt_time(r["jittor_median"]), _fmt_ratio(r["ratio_median"]),
-            _fmt_ratio(r["ratio_of_mins"]))) + "</tr>" for r in rows)
-    return (title + "<p>One PyTorch call and one Jittor call per round, alternating which "
-            "goes first: load that drifts over minutes hits both alike.</p>"
-            "<table border='1' cellpadding='3'><tr>" + cells + "</tr>" + body + "</table>")
+    head = ("case", "pairs", "torch median (ms)", "jittor median (ms)", "median pair ratio",
+            "ratio of minima")
+    body = [(html.escape(r["group"]), r["pairs"], _fmt_time(r["torch_median"]),
+             _fmt_time(r["jittor_median"]), _fmt_ratio(r["ratio_median"]),
+             _fmt_ratio(r["ratio_of_mins"])) for r in rows]
+    return _html_table(title, "One PyTorch call and one Jittor call per round, alternating "
+                       "which goes first: load that drifts over minutes hits both alike.",
+                       head, body)
 
 
 def geometric_mean(values):
@@ -355,18 +352,23 @@ def ratio_table_html(rows):
     title = "<h2>Jittor / PyTorch time ratio per case</h2>"
     if not rows:
         return title + "<p>" + html.escape(ratio_table_text(rows)) + "</p>"
-    cells = "".join(f"<th>{h}</th>" for h in (
-        "case", "torch min (ms)", "torch median (ms)", "jittor min (ms)",
-        "jittor median (ms)", "ratio min", "ratio median"))
-    body = []
-    for r in rows:
-        values = (html.escape(r["group"]), _fmt_time(r["torch_min"]),
-                  _fmt_time(r["torch_median"]), _fmt_time(r["jittor_min"]),
-                  _fmt_time(r["jittor_median"]), _fmt_ratio(r["ratio_min"]),
-                  _fmt_ratio(r["ratio_median"]))
-        slow = r["ratio_median"] is not None and r["ratio_median"] > 1.0
-        style = " style='color:#b00'" if slow else ""
-        body.append("<tr>" + "".join(f"<td{style}>{v}</td>" for v in values) + "</tr>")
-    return (title + "<p>ratio = Jittor time / PyTorch time (below 1: Jittor faster).</p>"
-            "<table border='1' cellpadding='3'><tr>" + cells + "</tr>" + "".join(body)
-            + "</table>")
+    head = ("case", "torch min (ms)", "torch median (ms)", "jittor min (ms)",
+            "jittor median (ms)", "ratio min", "ratio median")
+    body = [(html.escape(r["group"]), _fmt_time(r["torch_min"]), _fmt_time(r["torch_median"]),
+             _fmt_time(r["jittor_min"]), _fmt_time(r["jittor_median"]),
+             _fmt_ratio(r["ratio_min"]), _fmt_ratio(r["ratio_median"])) for r in rows]
+    slow = [r["ratio_median"] is not None and r["ratio_median"] > 1.0 for r in rows]
+    return _html_table(title, "ratio = Jittor time / PyTorch time (below 1: Jittor faster).",
+                       head, body, slow)
+
+
+def _html_table(title, intro, head, body, slow=None):
+    """Title, one intro paragraph, a bordered table; rows flagged in `slow` in red."""
+    slow = slow or [False] * len(body)
+    cells = "".join(f"<th>{h}</th>" for h in head)
+    lines = []
+    for values, is_slow in zip(body, slow):
+        style = " style='color:#b00'" if is_slow else ""
+        lines.append("<tr>" + "".join(f"<td{style}>{v}</td>" for v in values) + "</tr>")
+    return (title + f"<p>{intro}</p><table border='1' cellpadding='3'><tr>" + cells + "</tr>"
+            + "".join(lines) + "</table>")

@@ -50,8 +50,9 @@ def pytest_terminal_summary(terminalreporter, config):
     if not config.stash.get(_ran_perf, False):
         return
     terminalreporter.write_sep("-", "Jittor / PyTorch time ratio (Jittor time / PyTorch time)")
-    terminalreporter.write_line(ratio_table_text(ratio_rows(_benchmarks(config))))
-    paired = paired_rows(_benchmarks(config))
+    benchmarks = _benchmarks(config)
+    terminalreporter.write_line(ratio_table_text(ratio_rows(benchmarks)))
+    paired = paired_rows(benchmarks)
     if paired:
         terminalreporter.write_line("")
         terminalreporter.write_line(paired_table_text(paired))
@@ -59,7 +60,8 @@ def pytest_terminal_summary(terminalreporter, config):
 
 def pytest_html_results_summary(prefix, summary, postfix, session):
     if session.config.stash.get(_ran_perf, False):
-        postfix.append(ratio_table_html(ratio_rows(_benchmarks(session.config))))
-        paired = paired_rows(_benchmarks(session.config))
+        benchmarks = _benchmarks(session.config)
+        postfix.append(ratio_table_html(ratio_rows(benchmarks)))
+        paired = paired_rows(benchmarks)
         if paired:
             postfix.append(paired_table_html(paired))

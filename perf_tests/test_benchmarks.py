@@ -195,11 +195,9 @@ def test_paired(name, batch_size, torch_port, jittor_port, model_cache, benchmar
     ports = (torch_port, jittor_port)
     steps = [STEPS[name](port, model_cache.get(port, "cpu"), batch) for port in ports]
     times = {port.FRAMEWORK: [] for port in ports}
-    rounds_done = []
 
     def pair():
-        first = len(rounds_done) % 2
-        rounds_done.append(first)
+        first = len(times["torch"]) % 2  # alternate which port goes first
         for i in (first, 1 - first):
             framework = ports[i].FRAMEWORK
             with perf.device_scope(framework, "cpu"):

@@ -115,6 +115,10 @@ class ResNet(nn.Module):
         self.out_channels = [64 * 2 ** i * block.expansion for i in out_indices]
         self.init_weights()
         self._freeze_stages()
+        for module in self.frozen_modules():
+            for m in module.modules():
+                if isinstance(m, BatchNorm2d):
+                    m.frozen = True  # plain formula, no jt.Function (kernels.py)
 
     def init_weights(self):
         for m in self.modules():
@@ -133,8 +137,6 @@ class ResNet(nn.Module):
     def _freeze_stages(self):
         for module in self.frozen_modules():
             eval_mode(module)
-            for m in module.modules():
-                m.frozen = True  # kernels.BatchNorm2d: plain formula, no jt.Function
             for p in module.parameters():
                 p.stop_grad()
 
