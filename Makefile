@@ -1,9 +1,10 @@
 # One command each: `make test` (set-up + default test suite + HTML report),
 # `make compare` (set-up + PyTorch-vs-Jittor comparison report on the bundled data).
-VENV ?= .venv
+# .venv/bin/ holds launchers onto the shared environment (scripts/setup.sh says why).
+VENV = .venv
 PYTEST = $(VENV)/bin/python -m pytest
 
-.PHONY: setup test parity perf compare clean
+.PHONY: setup test parity perf compare clean clean-env
 
 setup:
 	@bash scripts/setup.sh
@@ -22,3 +23,7 @@ compare: setup
 
 clean:
 	rm -rf reports .pytest_cache .hypothesis
+
+# Deletes the shared frameworks environment of this dependency set and this checkout's .venv/.
+clean-env:
+	@bash scripts/setup.sh --remove

@@ -20,8 +20,8 @@ def configure_frameworks(threads=None):
     """Set Jittor's and the thread pools' environment; idempotent, call before imports."""
     threads = threads or int(os.environ.get("GFOCAL_THREADS", os.cpu_count() or 1))
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
-    # Jittor names its kernel cache after the git branch of the folder it is installed in
-    # (our venv sits inside this repo): pin the name so a branch switch does not recompile.
+    # Jittor names its kernel cache after the git branch of the folder it is installed in: pin
+    # the name so an environment inside a git checkout does not recompile on a branch switch.
     os.environ.setdefault("cache_name", "default")
     if not cuda_available():
         # An nvcc without a CUDA runtime makes Jittor try (and fail) to build CUDA ops.

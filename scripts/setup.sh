@@ -1,27 +1,120 @@
 #!/usr/bin/env bash
-# One-command set-up: a virtual environment with both frameworks, oneDNN for Jittor's CPU
-# convolutions from Debian's libdnnl-dev, and Jittor's core compiled once.
-# Idempotent: a second run only checks stamps (a few seconds).
+# One-command set-up, in two parts:
+#  1. the frameworks (torch, torchvision, jittor, numpy < 2, test tools) in one environment
+#     kept OUTSIDE the checkout, under ~/.cache/gfocal-parity/env-<hash of the dependency set>,
+#     so that every checkout on this machine reuses it and, with it, Jittor's compiled kernels
+#     (Jittor keys each kernel on the absolute paths of the interpreter and of its own sources);
+#  2. `.venv/bin/` in this checkout: launchers (python, pytest, gfocal, gfocal-convert,
+#     gfocal-subset, activate) that run that environment's interpreter on THIS checkout's code
+#     (PYTHONPATH), so two checkouts share the frameworks but never each other's code.
+# Plus oneDNN for Jittor's CPU convolutions from Debian's libdnnl-dev, and Jittor's core
+# compiled once. Idempotent: a second run only checks stamps (seconds).
+#
+#   bash scripts/setup.sh            set up (what `make test` / `make compare` run first)
+#   bash scripts/setup.sh --env-path print the shared environment's path, set up nothing
+#   bash scripts/setup.sh --remove   delete the shared environment and this checkout's .venv/
+#
+# GFOCAL_VENV=/path chooses the environment's path; PYTHON=python3.x its base interpreter.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-VENV=${GFOCAL_VENV:-.venv}
+checkout=$(pwd -P)
 PY=${PYTHON:-python3}
-stamp="$VENV/.gfocal-installed"
-want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
+LAUNCHERS=.venv
+RECIPE=2  # bump when the way the environment is built changes
 
 log() { printf '[setup] %s\n' "$*"; }
+die() { printf '[setup] error: %s\n' "$*" >&2; exit 1; }
 
-if [ ! -x "$VENV/bin/python" ]; then
-    log "creating virtual environment $VENV"
-    "$PY" -m venv "$VENV"
+command -v "$PY" >/dev/null || die "no Python interpreter '$PY' (set PYTHON=...)"
+
+# The dependency set, one requirement a line: pyproject's dependencies and test extras.
+requirements=$("$PY" - <<'PY'
+import tomllib
+with open("pyproject.toml", "rb") as f:
+    project = tomllib.load(f)["project"]
+print("\n".join(project["dependencies"] + project["optional-dependencies"]["test"]))
+PY
+) || die "cannot read the dependency lists of pyproject.toml (needs Python >= 3.11)"
+base_python=$("$PY" -c 'import os, sys; print(os.path.realpath(sys.executable), sys.version)')
+key=$(printf '%s\n%s\nrecipe %s\n' "$requirements" "$base_python" "$RECIPE" | sha256sum | cut -c1-12)
+cache_root=${XDG_CACHE_HOME:-$HOME/.cache}/gfocal-parity
+ENV=${GFOCAL_VENV:-$cache_root/env-$key}
+
+case "${1:-}" in
+    --env-path) echo "$ENV"; exit 0 ;;
+    --remove)
+        removed=0
+        for path in "$ENV" "$ENV.lock" "$LAUNCHERS"; do
+            if [ -e "$path" ]; then rm -rf "$path"; log "removed $path"; removed=1; fi
+        done
+        [ "$removed" = 1 ] || log "nothing to remove (no $ENV, no $LAUNCHERS)"
+        log "Jittor's compiled kernels stay in ~/.cache/jittor (delete that folder to drop them)"
+        exit 0 ;;
+    "") ;;
+    *) die "unknown option '$1' (use --env-path or --remove)" ;;
+esac
+
+# 1. The shared environment. A lock, so that two checkouts setting up at once take turns.
+mkdir -p "$(dirname "$ENV")"
+exec 9>"$ENV.lock"
+flock 9
+stamp="$ENV/.gfocal-requirements"
+if [ ! -x "$ENV/bin/python" ]; then
+    log "creating the shared environment $ENV"
+    "$PY" -m venv "$ENV"
 fi
-if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-    log "installing the project and its dependencies into $VENV"
-    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[test]" 2>&1 | { grep -v "is ignored: it is neither" || true; }
-    echo "$want" > "$stamp"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$requirements" ]; then
+    log "installing the frameworks into $ENV (once per machine and dependency set)"
+    mapfile -t reqs <<<"$requirements"
+    "$ENV/bin/python" -m pip install -q --disable-pip-version-check "${reqs[@]}" 2>&1 |
+        { grep -v "is ignored: it is neither" || true; }
+    printf '%s\n' "$requirements" > "$stamp"
 else
-    log "dependencies already installed"
+    log "frameworks already installed in $ENV"
 fi
+flock -u 9
+
+# 2. This checkout's launchers. An older set-up kept a real virtual environment in .venv/
+#    (it holds our stamp): replace it, since nothing runs from it any more.
+if [ -f "$LAUNCHERS/pyvenv.cfg" ] && [ -f "$LAUNCHERS/.gfocal-installed" ]; then
+    log "replacing the old in-checkout virtual environment $LAUNCHERS/ by launchers"
+    rm -rf "$LAUNCHERS"
+fi
+mkdir -p "$LAUNCHERS/bin"
+launcher() {  # launcher NAME PYTHON-ARGS...: NAME runs the shared interpreter on this checkout
+    {
+        printf '#!/bin/sh\n# Written by scripts/setup.sh: the shared environment, this checkout'"'"'s code.\n'
+        printf 'PYTHONPATH=%q${PYTHONPATH:+:$PYTHONPATH}\nexport PYTHONPATH\n' "$checkout"
+        printf 'exec %q' "$ENV/bin/python"
+        printf ' %q' "$@"
+        printf ' "$@"\n'
+    } > "$LAUNCHERS/bin/$1.tmp"
+    chmod +x "$LAUNCHERS/bin/$1.tmp"
+    mv "$LAUNCHERS/bin/$1.tmp" "$LAUNCHERS/bin/$1"
+}
+launcher python
+launcher pytest -m pytest
+# The console scripts of pyproject.toml, each as `python -c 'from MODULE import FUNC ...'`.
+"$PY" - <<'PY' | while read -r name module func; do
+import tomllib
+with open("pyproject.toml", "rb") as f:
+    for name, target in tomllib.load(f)["project"]["scripts"].items():
+        module, func = target.split(":")
+        print(name, module, func)
+PY
+    launcher "$name" -c "import sys; from $module import $func; sys.argv[0] = '$name'; sys.exit($func())"
+done
+cat > "$LAUNCHERS/bin/activate" <<EOF
+# Written by scripts/setup.sh. \`source .venv/bin/activate\`: this checkout's launchers first
+# on PATH (python, pytest, gfocal, ...); \`deactivate\` undoes it.
+_gfocal_old_path=\$PATH
+PATH=$(printf %q "$checkout/$LAUNCHERS/bin"):\$PATH
+VIRTUAL_ENV=$(printf %q "$ENV")
+export PATH VIRTUAL_ENV
+deactivate() { PATH=\$_gfocal_old_path; unset VIRTUAL_ENV _gfocal_old_path; unset -f deactivate; hash -r; }
+hash -r
+EOF
+echo "$ENV" > "$LAUNCHERS/env-path"
 
 # oneDNN: Jittor downloads it at first import, which fails offline. Debian's libdnnl-dev
 # laid out where Jittor looks makes it skip the download (SPEC.md section 10).
@@ -50,7 +143,7 @@ fi
 # Compile Jittor's core now (about 2 minutes the first time, cached in ~/.cache/jittor)
 # so that the first test does not pay for it.
 log "checking that both frameworks import"
-"$VENV/bin/python" - <<'PY'
+"$LAUNCHERS/bin/python" - <<'PY'
 from gfocal.runtime import configure_frameworks, describe_environment
 configure_frameworks()
 import torch, jittor  # noqa: F401
@@ -58,4 +151,4 @@ env = describe_environment()
 print("[setup] torch", env["torch"], "| jittor", env["jittor"], "| numpy", env["numpy"],
       "| jittor oneDNN:", env["jittor_onednn"])
 PY
-log "done"
+log "done: run the tests with $LAUNCHERS/bin/pytest, or \`source $LAUNCHERS/bin/activate\`"
