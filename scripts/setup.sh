@@ -82,15 +82,17 @@ if [ -f "$LAUNCHERS/pyvenv.cfg" ] && [ -f "$LAUNCHERS/.gfocal-installed" ]; then
 fi
 mkdir -p "$LAUNCHERS/bin"
 launcher() {  # launcher NAME PYTHON-ARGS...: NAME runs the shared interpreter on this checkout
+    local name=$1
+    shift
     {
         printf '#!/bin/sh\n# Written by scripts/setup.sh: the shared environment, this checkout'"'"'s code.\n'
         printf 'PYTHONPATH=%q${PYTHONPATH:+:$PYTHONPATH}\nexport PYTHONPATH\n' "$checkout"
         printf 'exec %q' "$ENV/bin/python"
-        printf ' %q' "$@"
+        [ $# = 0 ] || printf ' %q' "$@"
         printf ' "$@"\n'
-    } > "$LAUNCHERS/bin/$1.tmp"
-    chmod +x "$LAUNCHERS/bin/$1.tmp"
-    mv "$LAUNCHERS/bin/$1.tmp" "$LAUNCHERS/bin/$1"
+    } > "$LAUNCHERS/bin/$name.tmp"
+    chmod +x "$LAUNCHERS/bin/$name.tmp"
+    mv "$LAUNCHERS/bin/$name.tmp" "$LAUNCHERS/bin/$name"
 }
 launcher python
 launcher pytest -m pytest
