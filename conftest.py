@@ -1,16 +1,14 @@
 """Root test configuration: frameworks set up before import, markers, seeds, report metadata."""
-import importlib
 import random
 import sys
 
 import numpy as np
 import pytest
 
+from gfocal.checkpoint_io import PORT_MODULES, load_port
 from gfocal.runtime import DEFAULT_SEED, configure_frameworks, cuda_available
 
 configure_frameworks()  # Jittor reads its env at import: this must run before any import of it
-
-PORTS = {"torch": "gfocal.pytorch", "jittor": "gfocal.jittor"}
 
 
 def pytest_configure(config):
@@ -62,12 +60,7 @@ def _seed_everything():
     yield
 
 
-def load_port(name):
-    """The port package for 'torch' or 'jittor' (sub-modules import lazily)."""
-    return importlib.import_module(PORTS[name])
-
-
-@pytest.fixture(params=sorted(PORTS), ids=lambda name: name)
+@pytest.fixture(params=sorted(PORT_MODULES), ids=lambda name: name)
 def port(request):
     """Runs a test once per port: `port.gfl_head.GFLHead`, `port.tensor(arr)`, ..."""
     return load_port(request.param)

@@ -23,13 +23,15 @@ def build_parser():
     p.add_argument("config")
     _add_framework(p)
     p.add_argument("--work-dir", required=True)
-    p.add_argument("--resume", help="checkpoint to resume from")
+    p.add_argument("--resume", help="checkpoint of either port to resume from (weights and "
+                                    "momentum are converted)")
     p.add_argument("--init-weights", help="initial weights (any format the converter reads)")
     p.add_argument("--max-iters", type=int, help="stop after this many iterations")
 
     p = sub.add_parser("test", help="evaluate a checkpoint on the val split")
     p.add_argument("config")
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", help="a checkpoint of either port, or an official GFocalV2 / "
+                                      "mmdetection one (converted in memory)")
     _add_framework(p)
     p.add_argument("--eval", choices=["bbox"], default="bbox")
     p.add_argument("--out", help="write the COCO results JSON here")
@@ -51,23 +53,37 @@ def _print_stats(stats):
 
 
 def run(args):
+    """Carry out one command; returns the exit status."""
     from gfocal import engine
     from gfocal.config import load_config
     if args.command == "train":
         cfg = load_config(args.config)
         out = engine.train(cfg, args.framework, args.work_dir, resume=args.resume,
                            max_iters=args.max_iters, init_weights=args.init_weights)
+        if out["complete"]:
+            print(f"nothing to train: {out['checkpoint']} already holds iteration "
+                  f"{out['iters']} of {out['total']}; the run's checkpoint is "
+                  f"{out['checkpoint']}")
+            return 0
         print(f"checkpoint: {out['checkpoint']}\nlog: {out['log']}")
         for ev in out["evals"]:
             print(f"epoch {ev['epoch']}: " + json.dumps(ev["stats"]))
     elif args.command == "test":
         cfg = load_config(args.config)
         port, model = engine.build_model(cfg, args.framework)
-        port.checkpoint.load_checkpoint(args.checkpoint, model)
+        engine.load_weights(port, model, args.checkpoint, cfg)
         _print_stats(engine.evaluate(cfg, model, progress=True, out_json=args.out))
+        if args.out:
+            print(f"results: {args.out}")
     elif args.command == "compare":
         from gfocal.compare import run_comparison
-        run_comparison(args)
+        runs = run_comparison(args)
+        failed = [name for name, r in runs.items() if r.failure]
+        if failed:
+            print(f"gfocal compare: {' and '.join(failed)} failed (the report says why)",
+                  file=sys.stderr)
+            return 1
+    return 0
 
 
 def main(argv=None):
@@ -75,11 +91,10 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     from gfocal.errors import USER_ERRORS
     try:
-        run(args)
+        return run(args)
     except USER_ERRORS as exc:
         print(f"gfocal {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

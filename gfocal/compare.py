@@ -102,9 +102,21 @@ def run_port(cfg, framework, out_dir, init_weights, max_iters=None, progress=Tru
     return data
 
 
+def check_inputs(cfg):
+    """Stop before any work (DatasetError / CheckpointError, one line) on a data root, split
+    or init_weights file that cannot be used."""
+    from gfocal.checkpoint_io import load_any
+    from gfocal.data.loader import build_dataloader
+    for split in ("train", "val"):
+        build_dataloader(cfg, split)
+    if cfg["train"]["init_weights"]:
+        load_any(cfg["train"]["init_weights"], cfg["model"]["num_classes"])
+
+
 def run_comparison(args):
     from gfocal.report import write_report
     cfg = comparison_config(args.config, args.data_root, args.epochs)
+    check_inputs(cfg)
     out_dir = os.path.abspath(args.out_dir)
     os.makedirs(out_dir, exist_ok=True)
     archived = archive_previous_run(out_dir)

@@ -5,27 +5,17 @@ A port supplies the framework-specific pieces (`build_detector`, `train.build_op
 module owns the schedule, the batches, the log, checkpoints and the NaN stop, so both ports
 are trained by literally the same loop.
 """
-import importlib
 import os
 import time
 
 from tqdm import tqdm
 
+from gfocal.checkpoint_io import load_any, load_port, read_training_state
 from gfocal.data.loader import build_dataloader
 from gfocal.evaluation.coco_eval import evaluate as coco_evaluate
 from gfocal.evaluation.coco_eval import results_to_coco
 from gfocal.runlog import RunLog, check_finite, console_line
 from gfocal.schedule import learning_rate
-
-PORT_MODULES = {"torch": "gfocal.pytorch", "jittor": "gfocal.jittor"}
-
-
-def load_port(framework):
-    if framework not in PORT_MODULES:
-        raise ValueError(f"unknown framework {framework!r} (choose from "
-                         f"{', '.join(PORT_MODULES)})")
-    return importlib.import_module(PORT_MODULES[framework])
-
 
 def build_model(cfg, framework, init_weights=None):
     """A detector of `framework`, with weights from `init_weights` (a checkpoint) if given."""
@@ -33,9 +23,23 @@ def build_model(cfg, framework, init_weights=None):
     model = port.build_detector(cfg["model"])
     init_weights = init_weights or cfg["train"]["init_weights"]
     if init_weights:
-        from weights_converter.convert import load_any
-        port.checkpoint.load_state_dict_numpy(model, load_any(init_weights), source=init_weights)
+        load_weights(port, model, init_weights, cfg)
     return port, model
+
+
+def load_weights(port, model, path, cfg):
+    """Weights of any format the converter reads (either port's checkpoint, an official
+    GFocalV2 / mmdetection one, converted in memory) into `model`, strictly."""
+    state = load_any(path, num_classes=cfg["model"]["num_classes"])
+    port.checkpoint.load_state_dict_numpy(model, state, source=path)
+
+
+def resume_training(port, model, optimizer, path, cfg):
+    """Weights and momentum from a checkpoint of either port; returns its meta dict."""
+    saved = read_training_state(path, num_classes=cfg["model"]["num_classes"])
+    port.checkpoint.load_state_dict_numpy(model, saved["state_dict"], source=path)
+    port.checkpoint.load_optimizer_state_numpy(model, optimizer, saved["momentum"])
+    return saved["meta"]
 
 
 def checkpoint_path(work_dir, port, name):
@@ -44,10 +48,14 @@ def checkpoint_path(work_dir, port, name):
 
 def train(cfg, framework, work_dir, resume=None, max_iters=None, init_weights=None,
           evaluate_every_epoch=None, progress=True, on_epoch_end=None):
-    """Train per cfg; returns {'log': path, 'checkpoint': path, 'evals': [...], 'iters': n}.
+    """Train per cfg; returns {'log': path, 'checkpoint': path, 'evals': [...], 'iters': n,
+    'complete': bool}.
 
-    `max_iters` stops early (a checkpoint `latest` is still written). `on_epoch_end(epoch,
-    stats)` is called after each evaluation.
+    `max_iters` stops early (a checkpoint `latest` is still written). `resume` is a
+    checkpoint of either port (weights and momentum are converted). Resuming a run that has
+    already done every iteration trains nothing and writes nothing: 'complete' is then True,
+    'checkpoint' the resumed file and 'log' None. `on_epoch_end(epoch, stats)` is called
+    after each evaluation.
     """
     port, model = build_model(cfg, framework, init_weights)
     optim_cfg = cfg["optim"]
@@ -56,17 +64,20 @@ def train(cfg, framework, work_dir, resume=None, max_iters=None, init_weights=No
     iters_per_epoch = len(loader)
     start_epoch, skip, it = 0, 0, 0
     if resume:
-        meta = port.checkpoint.load_checkpoint(resume, model, optimizer)
-        it = meta.get("iter", 0)
+        it = resume_training(port, model, optimizer, resume, cfg).get("iter", 0)
         start_epoch, skip = divmod(it, iters_per_epoch)
+    total = optim_cfg["epochs"] * iters_per_epoch
+    if max_iters is not None:
+        total = min(total, max_iters)
+    if resume and it >= total:
+        return {"log": None, "checkpoint": resume, "evals": [], "iters": it, "total": total,
+                "complete": True, "model": model, "port": port}
+    classes = loader.dataset.class_names
     os.makedirs(work_dir, exist_ok=True)
     log = RunLog(os.path.join(work_dir, f"log_{framework}.jsonl"), resume=bool(resume))
     eval_every = evaluate_every_epoch if evaluate_every_epoch is not None \
         else cfg["train"]["eval_interval"]
     evals = []
-    total = optim_cfg["epochs"] * iters_per_epoch
-    if max_iters is not None:
-        total = min(total, max_iters)
     bar = tqdm(total=total, initial=it, desc=f"train[{framework}]", disable=not progress,
                dynamic_ncols=True)
     model.train()
@@ -95,7 +106,7 @@ def train(cfg, framework, work_dir, resume=None, max_iters=None, init_weights=No
                 bar.set_postfix_str(console_line(record), refresh=False)
                 t_data = time.perf_counter()
             epoch_done = it % iters_per_epoch == 0 and it > 0
-            meta = {"iter": it, "epoch": epoch + 1 if epoch_done else epoch}
+            meta = {"iter": it, "epoch": epoch + 1 if epoch_done else epoch, "classes": classes}
             port.checkpoint.save_checkpoint(checkpoint_path(work_dir, port, "latest"),
                                             model, optimizer, meta)
             if not epoch_done:
@@ -116,7 +127,8 @@ def train(cfg, framework, work_dir, resume=None, max_iters=None, init_weights=No
         bar.close()
         log.close()
     return {"log": log.path, "checkpoint": checkpoint_path(work_dir, port, "latest"),
-            "evals": evals, "iters": it, "model": model, "port": port}
+            "evals": evals, "iters": it, "total": total, "complete": False, "model": model,
+            "port": port}
 
 
 def predict_dataset(model, loader, progress=False, latencies=None):

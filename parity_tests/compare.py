@@ -284,11 +284,106 @@ def noise_of(run32, run64):
 
 
 def assert_rows(rows, context):
-    """Fail with the first-divergence table when any row is beyond its tolerance."""
+    """Fail with the first-divergence table when any row is beyond its tolerance; every
+    row asserted here counts in the run's verdict table."""
     __tracebackhide__ = True
+    record_verdict(rows, context)
     if first_failure(rows) is not None:
         import pytest
         pytest.fail(divergence_message(rows, context), pytrace=False)
+
+
+# ---------------------------------------------------------------- the run's verdict
+# One line per kind of check, over every tensor asserted in this run (compare.assert_rows),
+# for the top of the HTML report and the end of the terminal output.
+CHECKS = ("forward probes", "targets and assignment", "losses", "gradients", "SGD steps",
+          "detections", "COCO statistics")
+CHECK_OF_KIND = {"forward": "forward probes", "targets": "targets and assignment",
+                 "loss": "losses", "grad": "gradients", "optim": "SGD steps"}
+VERDICT = {}  # (context, name) -> row dict; a tensor asserted twice in a context counts once
+
+
+def check_of(name):
+    """The verdict line a compared tensor belongs to."""
+    if name.startswith("coco."):
+        return "COCO statistics"
+    if name.startswith("detections."):
+        return "detections"
+    return CHECK_OF_KIND[probe_kind(name)]
+
+
+def record_verdict(rows, context):
+    for r in rows:
+        VERDICT[(context, r.name)] = {
+            "check": check_of(r.name), "context": context, "name": r.name, "exact": r.exact,
+            "ok": r.ok, "rel": r.rel if math.isfinite(r.rel) else None,
+            "mismatches": r.mismatches, "tolerance": r.tolerance}
+
+
+VERDICT_HEADER = ["check", "tensors", "exact (elements differing)", "max err", "median err",
+                  "tolerance in force", "failed", "verdict"]
+
+
+def verdict_lines(records):
+    """One dict per check of CHECKS (in that order) from verdict records."""
+    out = []
+    for check in CHECKS:
+        rows = [r for r in records if r["check"] == check]
+        close = [r for r in rows if not r["exact"]]
+        rels = [r["rel"] for r in close if r["rel"] is not None]
+        tols = sorted({r["tolerance"] for r in close})
+        failed = sum(not r["ok"] for r in rows)
+        exact = [r for r in rows if r["exact"]]
+        out.append({
+            "check": check, "tensors": len(rows), "exact": len(exact),
+            "differing": sum(r["mismatches"] for r in exact),
+            "max": max(rels) if rels else None,
+            "median": float(np.median(rels)) if rels else None,
+            "tol_min": tols[0] if tols else None, "tol_max": tols[-1] if tols else None,
+            "nonfinite": len(close) - len(rels), "failed": failed,
+            "verdict": "not run" if not rows else ("FAIL" if failed else "PASS")})
+    return out
+
+
+def _verdict_cells(line):
+    if not line["tensors"]:
+        return [line["check"], "0", "-", "-", "-", "-", "-", line["verdict"]]
+    if line["tol_min"] is None:
+        tol = "exact"
+    elif line["tol_min"] == line["tol_max"]:
+        tol = _fmt(line["tol_min"])
+    else:
+        tol = f"{_fmt(line['tol_min'])} .. {_fmt(line['tol_max'])}"
+    exact = f"{line['exact']} ({line['differing']})" if line["exact"] else "0"
+    worst = "inf" if line["nonfinite"] else (_fmt(line["max"]) if line["max"] is not None
+                                             else "-")
+    median = _fmt(line["median"]) if line["median"] is not None else "-"
+    return [line["check"], str(line["tensors"]), exact, worst, median, tol,
+            str(line["failed"]), line["verdict"]]
+
+
+def verdict_text(records):
+    cells = [VERDICT_HEADER] + [_verdict_cells(line) for line in verdict_lines(records)]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(VERDICT_HEADER))]
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(c, widths)).rstrip() for c in cells)
+
+
+VERDICT_NOTE = ("Errors are relative (max |jittor - torch| / max |torch| per tensor; COCO "
+                "statistics: absolute difference). Tolerances: parity_tests/TOLERANCES.md.")
+
+
+def verdict_html(records):
+    colour = {"PASS": "#cfc", "FAIL": "#f88", "not run": "#eee"}
+    out = ["<h2>Parity verdict</h2>",
+           "<table id='parity-verdict' border='1' style='border-collapse:collapse;"
+           "font-family:monospace'>",
+           "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in VERDICT_HEADER) + "</tr>"]
+    for line in verdict_lines(records):
+        out.append(f"<tr style='background:{colour[line['verdict']]}'>"
+                   + "".join(f"<td>{html.escape(c)}</td>" for c in _verdict_cells(line))
+                   + "</tr>")
+    out.append(f"</table><p>{html.escape(VERDICT_NOTE)}</p>")
+    return "\n".join(out)
 
 
 MEASURED = {}  # context -> rows as dicts, filled by record_rows during a session

@@ -116,7 +116,7 @@ def build_pair(model_cfg, seed=0):
     """(torch model, jittor model) with the torch port's seeded weights in both."""
     import torch
 
-    from gfocal.engine import load_port
+    from gfocal.checkpoint_io import load_port
     tp, jp = load_port("torch"), load_port("jittor")
     torch.manual_seed(seed)
     tmodel = tp.build_detector(model_cfg)
@@ -141,7 +141,7 @@ class ParityRuns:
     """Runs every (case, mode) once per port, plus the float64 PyTorch reference."""
 
     def __init__(self, model_cfg, weights_from_converter=None):
-        from gfocal.engine import load_port
+        from gfocal.checkpoint_io import load_port
         self.torch, self.jittor = load_port("torch"), load_port("jittor")
         self.cfg = model_cfg
         self.tmodel, self.jmodel, self.state = build_pair(model_cfg)
@@ -191,7 +191,7 @@ class ParityRuns:
 def pair_builder():
     """build_pair(model_cfg, seed=0) -> (torch model, jittor model, state); `.ports` holds
     (torch port, jittor port)."""
-    from gfocal.engine import load_port
+    from gfocal.checkpoint_io import load_port
 
     def build(model_cfg, seed=0):
         return build_pair(model_cfg, seed)
@@ -210,7 +210,7 @@ def converted_weights(small_cfg, tmp_path_factory):
     files to a Jittor checkpoint; returns the state dict read back from the .pkl."""
     import torch
 
-    from gfocal.engine import load_port
+    from gfocal.checkpoint_io import load_port
     from weights_converter.convert import convert, write
     tp, jp = load_port("torch"), load_port("jittor")
     torch.manual_seed(0)
@@ -248,9 +248,24 @@ def report_table(request):
 
 
 def pytest_sessionfinish(session, exitstatus):
-    """GFOCAL_PARITY_SUMMARY=path.json writes every compared row (for TOLERANCES.md)."""
-    path = os.environ.get("GFOCAL_PARITY_SUMMARY")
-    if path and compare.MEASURED:
-        import json
-        with open(path, "w") as f:
-            json.dump(compare.MEASURED, f, indent=1)
+    """GFOCAL_PARITY_SUMMARY=path.json writes every compared row (for TOLERANCES.md);
+    GFOCAL_PARITY_VERDICT=path.json every row the verdict table counts."""
+    import json
+    for variable, data in (("GFOCAL_PARITY_SUMMARY", compare.MEASURED),
+                           ("GFOCAL_PARITY_VERDICT", list(compare.VERDICT.values()))):
+        path = os.environ.get(variable)
+        if path and data:
+            with open(path, "w") as f:
+                json.dump(data, f, indent=1)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if compare.VERDICT:
+        terminalreporter.write_sep("=", "parity verdict")
+        terminalreporter.write_line(compare.verdict_text(compare.VERDICT.values()))
+        terminalreporter.write_line(compare.VERDICT_NOTE)
+
+
+def pytest_html_results_summary(prefix, summary, postfix):
+    if compare.VERDICT:
+        prefix.append(compare.verdict_html(compare.VERDICT.values()))

@@ -127,7 +127,7 @@ def at_boundary(det, idx, model_cfg):
     return full and abs(score - float(det["scores"][-1])) <= SCORE_TOL
 
 
-def test_detection_sets_identical(dets):
+def test_detection_sets_identical(request, dets):
     model_cfg = dets["cfg"]["model"]
     problems, total, box_err, score_err, ties = [], 0, 0.0, 0.0, 0
     for img_id, t, j in zip(dets["img_ids"], dets["torch"], dets["jittor"]):
@@ -147,7 +147,16 @@ def test_detection_sets_identical(dets):
                             f"{[describe(t, i) for i in unexplained_t][:3]}; only in jittor: "
                             f"{[describe(j, i) for i in unexplained_j][:3]}")
     assert total > 10 * len(dets["img_ids"]), f"only {total} detections: too few to prove much"
+    nan = float("nan")
+    rows = [compare.ErrorStats("detections.boxes", (total, 4), box_err, 1.0, box_err, nan,
+                               note="relative to the image's larger side", tolerance=BOX_TOL),
+            compare.ErrorStats("detections.scores", (total,), score_err, 1.0, score_err, nan,
+                               tolerance=SCORE_TOL),
+            compare.ErrorStats("detections.unmatched", (len(dets["img_ids"]),), nan, nan, nan,
+                               nan, mismatches=len(problems), tolerance=0.0)]
+    compare.record_verdict(rows, f"detections ({request.node.callspec.id})")
     assert not problems, "\n".join(problems)
+    compare.assert_rows(rows, f"detections ({request.node.callspec.id})")
     print(f"{total} detections matched one to one ({ties} boundary ties); max box err "
           f"{box_err:.2e} of the image size, max score err {score_err:.2e}")
 
@@ -179,6 +188,7 @@ def test_coco_statistics_equal(request, dets, report_table):
                                float("nan"), tolerance=tol)
             for k in stats["torch"]]
     report_table(rows, "COCO statistics (absolute difference)")
+    compare.record_verdict(rows, f"COCO statistics ({request.node.callspec.id})")
     assert stats["torch"]["AR100"] > 0, "no true positive at all:\n" + "\n".join(lines)
     if "trained" in request.node.callspec.id:
         assert stats["torch"]["AP50"] >= MIN_AP50, (

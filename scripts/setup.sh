@@ -44,7 +44,7 @@ case "${1:-}" in
     --env-path) echo "$ENV"; exit 0 ;;
     --remove)
         removed=0
-        for path in "$ENV" "$ENV.lock" "$LAUNCHERS"; do
+        for path in "$ENV" "$ENV.lock" "$checkout/$LAUNCHERS"; do
             if [ -e "$path" ]; then rm -rf "$path"; log "removed $path"; removed=1; fi
         done
         [ "$removed" = 1 ] || log "nothing to remove (no $ENV, no $LAUNCHERS)"

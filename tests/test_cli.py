@@ -1,4 +1,6 @@
 """`gfocal train/test` end to end on a tiny config, and one clear message per bad input."""
+import os
+
 import pytest
 
 from gfocal.cli import main
@@ -40,3 +42,89 @@ def test_checkpoint_of_another_model_lists_the_bad_keys(tiny_config, tmp_path, c
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
     assert "something.else" in err and "missing" in err and "unexpected" in err
+
+
+def printed_paths(text, prefixes):
+    """Paths printed after one of `prefixes` at the start of a line."""
+    return [line.split(":", 1)[1].strip() for line in text.splitlines()
+            if line.startswith(prefixes)]
+
+
+def test_compare_with_a_missing_data_root_stops_before_any_work(tmp_path, capsys):
+    out_dir = tmp_path / "out"
+    code = main(["compare", "--data-root", str(tmp_path / "nonexistent"),
+                 "--out-dir", str(out_dir)])
+    captured = capsys.readouterr()
+    assert code == 2 and "Traceback" not in captured.err
+    assert len(captured.err.strip().splitlines()) == 1
+    assert str(tmp_path / "nonexistent") in captured.err and "not found" in captured.err
+    assert "training" not in captured.out and not out_dir.exists()
+
+
+def test_compare_with_a_failed_port_writes_its_report_and_exits_1(tiny_config, tmp_path,
+                                                                 capsys, monkeypatch):
+    from gfocal import compare
+    real_train = compare.engine.train
+
+    def train(cfg, framework, *args, **kwargs):
+        if framework == "jittor":
+            raise RuntimeError("planted failure")
+        return real_train(cfg, framework, *args, **kwargs)
+
+    monkeypatch.setattr(compare.engine, "train", train)
+    out_dir = tmp_path / "out"
+    code = main(["compare", tiny_config, "--out-dir", str(out_dir), "--max-iters", "1"])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "jittor failed" in captured.err and "planted failure" in captured.out
+    report = (out_dir / "report.md").read_text()
+    assert "planted failure" in report
+    printed = captured.out.split("report:", 1)[1].split()
+    assert printed and all(os.path.isfile(p) for p in printed)
+
+
+@pytest.mark.parametrize("resumed_by", ["torch", "jittor"])
+def test_resuming_a_finished_run_says_so_and_names_an_existing_file(tiny_config, tmp_path,
+                                                                   capsys, resumed_by):
+    work = tmp_path / "work"
+    assert main(["train", tiny_config, "--framework", "torch", "--work-dir", str(work),
+                 "--max-iters", "1"]) == 0
+    capsys.readouterr()
+    latest = work / "latest.pth"
+    again = tmp_path / "again"
+    assert main(["train", tiny_config, "--framework", resumed_by, "--work-dir", str(again),
+                 "--resume", str(latest), "--max-iters", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "nothing to train" in out and str(latest) in out and "iteration 1 of 1" in out
+    assert not again.exists()  # no empty log, no checkpoint it would not write
+    assert "latest.pkl" not in out
+
+
+def test_resume_from_an_official_checkpoint_is_one_line(tiny_config, tiny_model, tmp_path,
+                                                         capsys):
+    from tests.official_layout import official_model, save_official_checkpoint
+    path = str(tmp_path / "official.pth")
+    save_official_checkpoint(path, official_model(tiny_model), [f"c{i}" for i in range(6)])
+    code = main(["train", tiny_config, "--framework", "torch", "--work-dir",
+                 str(tmp_path / "w"), "--resume", path])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "--init-weights" in err
+
+
+@pytest.mark.parametrize("module, command", [("gfocal", "gfocal"),
+                                             ("weights_converter", "gfocal-convert")])
+def test_python_dash_m_is_the_command(module, command, tmp_path):
+    """`python -m gfocal` / `python -m weights_converter`: same parser, same exit codes."""
+    import subprocess
+    import sys
+    run = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0 and run.stdout.startswith(f"usage: {command} ")
+    missing = str(tmp_path / "missing.py")
+    argv = (["train", missing, "--framework", "torch", "--work-dir", str(tmp_path / "w")]
+            if module == "gfocal" else [missing, str(tmp_path / "out.pth"), "--from", "torch",
+                                        "--to", "jittor"])
+    run = subprocess.run([sys.executable, "-m", module] + argv, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert missing in run.stderr and "not found" in run.stderr

@@ -7,7 +7,8 @@ import torch
 from gfocal.config import DEFAULTS
 from gfocal.state_dict import CheckpointError
 from weights_converter.cli import main
-from weights_converter.convert import convert, mmdet_to_canonical, read, write
+from gfocal.checkpoint_io import mmdet_to_canonical, read
+from weights_converter.convert import convert, write
 
 TINY = dict(DEFAULTS["model"], depth=18, num_classes=6, feat_channels=32, fpn_channels=32,
             stacked_convs=1, gn_groups=8)
@@ -136,7 +137,7 @@ def test_torchvision_resnet_fills_the_backbone(tmp_path, config_file):
     """The converted backbone computes what torchvision's ResNet computes, in both ports."""
     import torchvision
 
-    from gfocal.engine import load_port
+    from gfocal.checkpoint_io import load_port
     torch.manual_seed(1)
     resnet = torchvision.models.resnet18(weights=None)
     with torch.no_grad():  # non-trivial BN statistics, so a wrong BN key map shows

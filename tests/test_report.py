@@ -377,3 +377,11 @@ def test_moving_average_is_the_mean_of_each_trailing_window(xs, window):
         return
     expected = [sum(xs[i - window + 1:i + 1]) / window for i in range(window - 1, len(xs))]
     assert np.allclose(got, expected, rtol=1e-9, atol=1e-6)
+
+
+def test_html_report_renders_in_a_browser_with_every_plot_decoded(complete, tmp_path):
+    from tests.browser import render
+    dom, check = render(complete["html_path"], tmp_path / "profile")
+    assert check["images"] == len(PLOTS) and check["broken"] == [], check
+    assert check["missing"] == [], check
+    assert "Per epoch" in dom

@@ -2,6 +2,7 @@
 import json
 import os
 
+import numpy as np
 import pytest
 
 from gfocal import engine
@@ -94,3 +95,40 @@ def test_crash_while_saving_keeps_the_previous_checkpoint(port, cfg, init_weight
         port.checkpoint.save_checkpoint(out["checkpoint"], out["model"])
     assert open(out["checkpoint"], "rb").read() == before
     assert [p for p in os.listdir(tmp_path) if p.endswith(".tmp")] == []
+
+
+@pytest.mark.parametrize("saved_by, resumed_by", [("torch", "jittor"), ("jittor", "torch")])
+def test_resume_from_the_other_ports_checkpoint(cfg, init_weights, tmp_path, saved_by,
+                                                resumed_by):
+    """Weights and momentum convert: the other port continues as the saving port would."""
+    from gfocal.checkpoint_io import load_port, read_training_state
+    first = engine.train(cfg, saved_by, str(tmp_path / "a"), max_iters=2,
+                         init_weights=init_weights, progress=False)
+    port = load_port(resumed_by)
+    model = port.build_detector(cfg["model"])
+    optimizer = port.train.build_optimizer(model, cfg["optim"])
+    meta = engine.resume_training(port, model, optimizer, first["checkpoint"], cfg)
+    saved = read_training_state(first["checkpoint"])
+    assert meta["iter"] == 2 and len(saved["momentum"]) > 10
+    restored = port.checkpoint.optimizer_state_numpy(model, optimizer)
+    for name, value in saved["momentum"].items():
+        assert np.array_equal(restored[name], value), name
+    same = engine.train(cfg, saved_by, str(tmp_path / "c"), max_iters=3,
+                        resume=first["checkpoint"], progress=False)
+    other = engine.train(cfg, resumed_by, str(tmp_path / "b"), max_iters=3,
+                         resume=first["checkpoint"], progress=False)
+    a, b = read_log(same["log"])[-1], read_log(other["log"])[-1]
+    assert a["iter"] == b["iter"] == 3
+    # one forward of each port on identical weights and batch: the parity suite's loss
+    # tolerance (1e-4 relative) bounds what they may differ by
+    for key in ("loss", "loss_cls", "loss_bbox", "loss_dfl"):
+        assert b[key] == pytest.approx(a[key], rel=1e-4), key
+
+
+def test_resuming_a_finished_run_trains_and_writes_nothing(port, cfg, init_weights, tmp_path):
+    done = engine.train(cfg, port.FRAMEWORK, str(tmp_path / "a"), max_iters=2,
+                        init_weights=init_weights, progress=False)
+    again = engine.train(cfg, port.FRAMEWORK, str(tmp_path / "b"), max_iters=2,
+                         resume=done["checkpoint"], progress=False)
+    assert again["complete"] and again["checkpoint"] == done["checkpoint"]
+    assert again["log"] is None and not (tmp_path / "b").exists()

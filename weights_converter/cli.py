@@ -1,10 +1,14 @@
-"""`gfocal-convert SRC DST --from torch|jittor|mmdet|torchvision --to torch|jittor`."""
+"""`gfocal-convert SRC DST --from torch|jittor|mmdet|torchvision --to torch|jittor|mmdet`.
+
+`--to mmdet` writes the official GFocalV2 / mmdetection layout, for the official code."""
 import argparse
 import sys
 
 from gfocal.runtime import configure_frameworks
 
-from .convert import FORMATS, TARGETS, convert
+from gfocal.checkpoint_io import FORMATS
+
+from .convert import TARGETS, convert
 
 
 def main(argv=None):

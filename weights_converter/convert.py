@@ -8,121 +8,33 @@ import pickle
 
 import numpy as np
 
+from gfocal.checkpoint_io import FORMATS, canonical, classes_of, load_payload, load_port, meta_of
 from gfocal.state_dict import CheckpointError, diff_state_dicts
 
-FORMATS = ("torch", "jittor", "mmdet", "torchvision")
-TARGETS = ("torch", "jittor")
+TARGETS = ("torch", "jittor", "mmdet")
+# The official layout's background channel: zero weights and this bias give it a
+# probability of exactly 0.0 in float32 under a sigmoid (exp(1e4) overflows to inf, so
+# 1 / (1 + inf) = 0) and under a softmax next to any logit above -9900 (exp(-9900) = 0).
+BACKGROUND_BIAS = -1e4
 
 
-def _torch_load(path):
-    import torch
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise CheckpointError(f"{path}: not a readable PyTorch file "
-                              f"({type(exc).__name__}: {exc})") from exc
+def canonical_to_mmdet(state):
+    """Our canonical state dict in the official GFocalV2 / mmdetection layout.
 
-
-def _jittor_load(path):
-    try:
-        with open(path, "rb") as f:
-            return pickle.load(f)
-    except Exception as exc:
-        raise CheckpointError(f"{path}: not a readable Jittor checkpoint "
-                              f"({type(exc).__name__}: {exc})") from exc
-
-
-def _to_numpy(state, path):
-    out = {}
-    for name, value in state.items():
-        if hasattr(value, "detach"):      # torch tensor
-            value = value.detach().cpu().numpy()
-        elif hasattr(value, "numpy"):     # jittor Var
-            value = value.numpy()
-        if not isinstance(value, np.ndarray):
-            raise CheckpointError(f"{path}: entry '{name}' is a {type(value).__name__}, "
-                                  "not a tensor")
-        out[name] = value
-    return out
-
-
-def _state_of(payload, path):
-    if not isinstance(payload, dict):
-        raise CheckpointError(f"{path}: expected a dict, found {type(payload).__name__}")
-    state = payload.get("state_dict", payload)
-    if not isinstance(state, dict) or not state:
-        raise CheckpointError(f"{path}: holds no state dict")
-    return _to_numpy(state, path)
-
-
-def mmdet_to_canonical(state, num_classes=None):
-    """An official GFocalV2 / mmdetection state dict in our layout.
-
-    Drops `num_batches_tracked` and a `module.` prefix. The official config's classifier
-    has num_classes + 1 outputs (a by-product of use_sigmoid=False): its last channel is
-    only ever trained towards 0 and is never read at test time, so it is dropped.
+    Scales become 0-d (mmcv's `Scale`); the classifier gets mmdetection's background channel
+    appended last, with zero weights and a bias of BACKGROUND_BIAS, so its probability is
+    exactly 0 and the official code's detections are those of our num_classes channels.
     """
     out = {}
     for name, value in state.items():
-        name = name[len("module."):] if name.startswith("module.") else name
-        if name.endswith("num_batches_tracked"):
-            continue
+        if name.startswith("bbox_head.scales.") and value.shape == (1,):
+            value = value.reshape(())
+        elif name == "bbox_head.gfl_cls.weight":
+            value = np.concatenate([value, np.zeros_like(value[:1])])
+        elif name == "bbox_head.gfl_cls.bias":
+            value = np.concatenate([value, np.full(1, BACKGROUND_BIAS, value.dtype)])
         out[name] = value
-    cls_w = out.get("bbox_head.gfl_cls.weight")
-    if cls_w is not None and num_classes is not None and cls_w.shape[0] == num_classes + 1:
-        out["bbox_head.gfl_cls.weight"] = cls_w[:num_classes].copy()
-        out["bbox_head.gfl_cls.bias"] = out["bbox_head.gfl_cls.bias"][:num_classes].copy()
-    if "bbox_head.gfl_reg.weight" in out and "bbox_head.integral.project" not in out:
-        reg_max = out["bbox_head.gfl_reg.weight"].shape[0] // 4 - 1
-        out["bbox_head.integral.project"] = np.arange(reg_max + 1, dtype=np.float32)
     return out
-
-
-def torchvision_to_canonical(state):
-    """A torchvision ResNet state dict as `backbone.*` keys (the classifier `fc` dropped)."""
-    return {"backbone." + k: v for k, v in state.items()
-            if not k.startswith("fc.") and not k.endswith("num_batches_tracked")}
-
-
-def _canonical(state, fmt, num_classes):
-    if fmt == "mmdet":
-        return mmdet_to_canonical(state, num_classes)
-    if fmt == "torchvision":
-        return torchvision_to_canonical(state)
-    return {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
-
-
-def _load(path, fmt):
-    if not os.path.isfile(path):
-        raise CheckpointError(f"{path}: file not found")
-    return _jittor_load(path) if fmt == "jittor" else _torch_load(path)
-
-
-def read(path, fmt, num_classes=None):
-    """Canonical state dict of the file at `path` written in format `fmt`."""
-    if fmt not in FORMATS:
-        raise CheckpointError(f"unknown source format {fmt!r} (choose from {', '.join(FORMATS)})")
-    return _canonical(_state_of(_load(path, fmt), path), fmt, num_classes)
-
-
-def detect_format(path, payload):
-    """Best guess of a loaded weights file's format, for `init_weights` in a config."""
-    if path.endswith(".pkl"):
-        return "jittor"
-    meta = payload.get("meta", {}) if isinstance(payload, dict) else {}
-    if isinstance(meta, dict) and meta.get("framework") == "torch":
-        return "torch"
-    state = _state_of(payload, path)
-    if any(k.startswith("fc.") or k == "conv1.weight" for k in state):
-        return "torchvision"
-    return "mmdet"
-
-
-def load_any(path, num_classes=None):
-    """Canonical state dict of a weights file in any supported format (read once)."""
-    payload = _load(path, "jittor" if path.endswith(".pkl") else "torch")
-    fmt = detect_format(path, payload)
-    return _canonical(_state_of(payload, path), fmt, num_classes)
 
 
 def infer_model_cfg(state):
@@ -153,8 +65,8 @@ def infer_model_cfg(state):
 
 
 def build_target_model(model_cfg, to):
-    from gfocal.engine import load_port
-    port = load_port(to)
+    """A freshly initialised detector to check weights against (PyTorch's for 'mmdet')."""
+    port = load_port("torch" if to == "mmdet" else to)
     return port, port.build_detector(model_cfg)
 
 
@@ -166,21 +78,48 @@ def check_against_model(state, model_cfg, to, source):
     return port, model
 
 
-def write(path, state, to, meta=None):
-    """Write a canonical state dict as a checkpoint of port `to` (dtypes and shapes kept)."""
+def _contiguous(value):
+    # not np.ascontiguousarray: it turns a 0-d array (an mmcv Scale) into shape (1,)
+    return value if value.flags.c_contiguous else value.copy()
+
+
+def mmdet_payload(state, classes=None, meta=None):
+    """What mmcv saves: {'meta': {..., 'CLASSES'}, 'state_dict': {name: torch tensor}}, with
+    a `num_batches_tracked` (0) beside every BatchNorm, as the official model has."""
+    import torch
+    tensors = {}
+    for name, value in canonical_to_mmdet(state).items():
+        tensors[name] = torch.from_numpy(_contiguous(value))
+        if name.endswith(".running_var"):
+            tensors[name[:-len("running_var")] + "num_batches_tracked"] = torch.tensor(0)
+    meta = dict(meta or {})
+    if classes is not None:
+        meta["CLASSES"] = tuple(classes)
+    return {"meta": meta, "state_dict": tensors}
+
+
+def write(path, state, to, meta=None, classes=None):
+    """Write a canonical state dict as a checkpoint of port `to`, or in the official
+    layout for 'mmdet' (dtypes and shapes kept); `classes` are the class names if known."""
     from gfocal.atomic import atomic_path
     if to not in TARGETS:
         raise CheckpointError(f"unknown target format {to!r} (choose from {', '.join(TARGETS)})")
-    payload = {"state_dict": state, "momentum": {}, "meta": dict(meta or {}, framework=to)}
+    if to == "mmdet":
+        payload = mmdet_payload(state, classes, meta)
+    else:
+        payload = {"state_dict": state, "momentum": {}, "meta": dict(meta or {}, framework=to)}
+        if classes is not None:
+            payload["meta"]["classes"] = list(classes)
     with atomic_path(path) as tmp:
-        if to == "torch":
-            import torch
-            payload["state_dict"] = {k: torch.from_numpy(np.ascontiguousarray(v))
-                                     for k, v in state.items()}
-            torch.save(payload, tmp)
-        else:
+        if to == "jittor":
             with open(tmp, "wb") as f:
                 pickle.dump(payload, f, protocol=pickle.HIGHEST_PROTOCOL)
+            return
+        import torch
+        if to == "torch":
+            payload["state_dict"] = {k: torch.from_numpy(_contiguous(v))
+                                     for k, v in state.items()}
+        torch.save(payload, tmp)
 
 
 def convert(src, dst, src_fmt, to, model_cfg=None):
@@ -188,10 +127,16 @@ def convert(src, dst, src_fmt, to, model_cfg=None):
 
     torchvision weights fill the backbone of a freshly initialised detector of `model_cfg`
     (default: the paper's R50 model); every other source must be a complete detector.
+    Class names (an official checkpoint's meta CLASSES, ours' meta classes) travel along.
     """
     if os.path.abspath(src) == os.path.abspath(dst):
         raise CheckpointError(f"{dst}: refusing to overwrite the source file")
-    state = read(src, src_fmt, num_classes=(model_cfg or {}).get("num_classes", 80))
+    if src_fmt not in FORMATS:
+        raise CheckpointError(f"unknown source format {src_fmt!r} (choose from "
+                              f"{', '.join(FORMATS)})")
+    payload = load_payload(src, src_fmt)
+    state = canonical(payload, src_fmt, src, (model_cfg or {}).get("num_classes"))
+    classes = classes_of(meta_of(payload))
     if src_fmt == "torchvision":
         from gfocal.config import DEFAULTS
         model_cfg = model_cfg or dict(DEFAULTS["model"])
@@ -200,10 +145,10 @@ def convert(src, dst, src_fmt, to, model_cfg=None):
         backbone = {k: v for k, v in full.items() if k.startswith("backbone.")}
         diff_state_dicts({k: v.shape for k, v in backbone.items()}, state, src)
         full.update(state)
-        state = full
+        state, classes = full, None
     else:
         model_cfg = model_cfg or infer_model_cfg(state)
         check_against_model(state, model_cfg, to, src)
     write(dst, state, to, meta={"source": os.path.basename(src), "source_format": src_fmt,
-                                "model": model_cfg})
+                                "model": model_cfg}, classes=classes)
     return model_cfg

@@ -79,6 +79,8 @@ class CocoDataset:
         self.label_to_cat_id = list(self.cat_ids)
         self.cat_id_to_label = {cat_id: label for label, cat_id in enumerate(self.cat_ids)}
         self.num_classes = len(self.cat_ids)
+        # by label: what an mmdetection checkpoint's meta CLASSES holds
+        self.class_names = [str(self.coco.cats[c].get("name", c)) for c in self.cat_ids]
         self._ann_info = {}
         img_ids = []
         for img in data["images"]:  # file order, like mmdetection

@@ -1,0 +1,204 @@
+"""The port lookup and the reading of every weights format, framework-neutral.
+
+Both the training engine and the weights converter read checkpoints; this module sits below
+both (it imports neither), so neither imports the other.
+
+Formats read: 'torch' / 'jittor' (our checkpoints, {'state_dict', 'momentum', 'meta'}),
+'mmdet' (official GFocalV2 and mmdetection checkpoints as mmcv 1.x and mmengine save them)
+and 'torchvision' (an ImageNet ResNet). Everything is read into the canonical form
+{mmdetection-style name: numpy array} of docs/ARCHITECTURE.md.
+"""
+import importlib
+import os
+import pickle
+
+import numpy as np
+
+from gfocal.state_dict import CheckpointError
+
+PORT_MODULES = {"torch": "gfocal.pytorch", "jittor": "gfocal.jittor"}
+FORMATS = ("torch", "jittor", "mmdet", "torchvision")
+OWN_FORMATS = ("torch", "jittor")
+COCO_NUM_CLASSES = 80
+
+
+def load_port(framework):
+    """The port package for 'torch' or 'jittor' (its sub-modules import lazily)."""
+    if framework not in PORT_MODULES:
+        raise ValueError(f"unknown framework {framework!r} (choose from "
+                         f"{', '.join(PORT_MODULES)})")
+    return importlib.import_module(PORT_MODULES[framework])
+
+
+def _read_pickle(path):
+    try:
+        with open(path, "rb") as f:  # jt.save appends a checksum after the pickle's end
+            return pickle.load(f)
+    except Exception as exc:
+        raise CheckpointError(f"{path}: not a readable Jittor checkpoint "
+                              f"({type(exc).__name__}: {exc})") from exc
+
+
+def _is_plain_pickle(path):
+    """A Jittor checkpoint is a plain pickle of a dict; torch.save writes a zip archive (or,
+    in its legacy format, a pickled magic number first)."""
+    with open(path, "rb") as f:
+        if f.read(4) == b"PK\x03\x04":
+            return False
+    try:
+        return isinstance(_read_pickle(path), dict)
+    except CheckpointError:
+        return False
+
+
+def load_payload(path, fmt=None):
+    """The unpickled content of a weights file: a plain pickle for 'jittor', torch.load for
+    the other formats; with `fmt` None, whichever the file's content is."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: file not found")
+    if fmt == "jittor" or (fmt is None and _is_plain_pickle(path)):
+        return _read_pickle(path)
+    import torch
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise CheckpointError(f"{path}: not a readable PyTorch file "
+                              f"({type(exc).__name__}: {exc})") from exc
+
+
+def _to_numpy(state, path):
+    out = {}
+    for name, value in state.items():
+        if hasattr(value, "detach"):      # torch tensor
+            value = value.detach().cpu().numpy()
+        elif hasattr(value, "numpy"):     # jittor Var
+            value = value.numpy()
+        if not isinstance(value, np.ndarray):
+            raise CheckpointError(f"{path}: entry '{name}' is a {type(value).__name__}, "
+                                  "not a tensor")
+        out[name] = value
+    return out
+
+
+def state_of(payload, path):
+    """The {name: numpy} state dict of a loaded payload (bare, or under 'state_dict')."""
+    if not isinstance(payload, dict):
+        raise CheckpointError(f"{path}: expected a dict, found {type(payload).__name__}")
+    state = payload.get("state_dict", payload)
+    if not isinstance(state, dict) or not state:
+        raise CheckpointError(f"{path}: holds no state dict")
+    return _to_numpy(state, path)
+
+
+def meta_of(payload):
+    meta = payload.get("meta") if isinstance(payload, dict) else None
+    return meta if isinstance(meta, dict) else {}
+
+
+def classes_of(meta):
+    """Class names a checkpoint was trained on, or None: mmcv 1.x keeps them in
+    meta['CLASSES'], mmengine (mmdetection 3.x) in meta['dataset_meta']['classes'], our
+    checkpoints in meta['classes']."""
+    classes = meta.get("CLASSES", meta.get("classes"))
+    if classes is None and isinstance(meta.get("dataset_meta"), dict):
+        classes = meta["dataset_meta"].get("classes")
+    if isinstance(classes, str):  # a single-class data set may store a bare string
+        classes = [classes]
+    return list(classes) if classes is not None else None
+
+
+def mmdet_to_canonical(state, num_classes=None, classes=None, source="checkpoint"):
+    """An official GFocalV2 / mmdetection state dict in our layout.
+
+    - a `module.` prefix (a checkpoint saved from a DataParallel wrapper) is removed and
+      `num_batches_tracked` dropped (Jittor has no such buffer);
+    - mmcv's `Scale` stores a 0-d parameter: reshaped to our (1,);
+    - the official config's classifier has num_classes + 1 outputs (a by-product of
+      use_sigmoid=False); mmdetection puts background last, that channel is only ever
+      trained towards 0 and never read at test time, so it is dropped;
+    - `bbox_head.integral.project` (a fixed 0..reg_max buffer) is added when an export left
+      it out.
+    `classes` (the checkpoint's meta) must agree with `num_classes` when both are known;
+    with neither, the classifier is taken to be COCO's (80 classes, 81 outputs).
+    """
+    if classes is not None:
+        if num_classes is not None and len(classes) != num_classes:
+            raise CheckpointError(
+                f"{source}: trained on {len(classes)} classes (meta CLASSES) but the model "
+                f"has num_classes = {num_classes}")
+        num_classes = len(classes)
+    if num_classes is None:
+        num_classes = COCO_NUM_CLASSES
+    out = {}
+    for name, value in state.items():
+        name = name[len("module."):] if name.startswith("module.") else name
+        if name.endswith("num_batches_tracked"):
+            continue
+        if name.startswith("bbox_head.scales.") and value.ndim == 0:
+            value = value.reshape(1)
+        out[name] = value
+    cls_w = out.get("bbox_head.gfl_cls.weight")
+    if cls_w is not None and num_classes is not None and cls_w.shape[0] == num_classes + 1:
+        out["bbox_head.gfl_cls.weight"] = cls_w[:num_classes].copy()
+        out["bbox_head.gfl_cls.bias"] = out["bbox_head.gfl_cls.bias"][:num_classes].copy()
+    if "bbox_head.gfl_reg.weight" in out and "bbox_head.integral.project" not in out:
+        reg_max = out["bbox_head.gfl_reg.weight"].shape[0] // 4 - 1
+        out["bbox_head.integral.project"] = np.arange(reg_max + 1, dtype=np.float32)
+    return out
+
+
+def torchvision_to_canonical(state):
+    """A torchvision ResNet state dict as `backbone.*` keys (the classifier `fc` dropped)."""
+    return {"backbone." + k: v for k, v in state.items()
+            if not k.startswith("fc.") and not k.endswith("num_batches_tracked")}
+
+
+def detect_format(path, payload):
+    """Best guess of a loaded weights file's format (for `init_weights`, `gfocal test`)."""
+    if meta_of(payload).get("framework") in OWN_FORMATS:
+        return meta_of(payload)["framework"]
+    state = state_of(payload, path)
+    if any(k.startswith("fc.") or k == "conv1.weight" for k in state):
+        return "torchvision"
+    return "mmdet"
+
+
+def canonical(payload, fmt, path, num_classes=None):
+    """The canonical state dict of a payload loaded from `path`, read as format `fmt`."""
+    state = state_of(payload, path)
+    if fmt == "mmdet":
+        return mmdet_to_canonical(state, num_classes, classes_of(meta_of(payload)), path)
+    if fmt == "torchvision":
+        return torchvision_to_canonical(state)
+    return {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+
+
+def read(path, fmt, num_classes=None):
+    """Canonical state dict of the file at `path` written in format `fmt`."""
+    if fmt not in FORMATS:
+        raise CheckpointError(f"unknown source format {fmt!r} (choose from {', '.join(FORMATS)})")
+    return canonical(load_payload(path, fmt), fmt, path, num_classes)
+
+
+def read_any(path, num_classes=None):
+    """(format, canonical state dict, payload) of a weights file in any supported format."""
+    payload = load_payload(path)
+    fmt = detect_format(path, payload)
+    return fmt, canonical(payload, fmt, path, num_classes), payload
+
+
+def load_any(path, num_classes=None):
+    """Canonical state dict of a weights file in any supported format (read once)."""
+    return read_any(path, num_classes)[1]
+
+
+def read_training_state(path, num_classes=None):
+    """Weights, SGD momentum (by parameter name) and meta of a checkpoint of either port,
+    for resuming: a PyTorch run resumes from a Jittor checkpoint and the other way round."""
+    fmt, state, payload = read_any(path, num_classes)
+    if fmt not in OWN_FORMATS:
+        raise CheckpointError(f"{path}: a {fmt} checkpoint holds no training state of ours; "
+                              "start from it with --init-weights instead of --resume")
+    momentum = payload.get("momentum") or {}
+    return {"state_dict": state, "momentum": _to_numpy(momentum, path),
+            "meta": meta_of(payload), "format": fmt}
