@@ -9,6 +9,7 @@ import sys
 from gfocal.runtime import configure_frameworks
 
 STAT_FORMAT = "{:<6} {:.3f}"
+DEFAULT_BUDGET_MINUTES = 20
 
 
 def _add_framework(p):
@@ -44,6 +45,12 @@ def build_parser():
     p.add_argument("--out-dir", default="reports/comparison")
     p.add_argument("--epochs", type=int, help="override optim.epochs")
     p.add_argument("--max-iters", type=int, help="stop each port after this many iterations")
+    p.add_argument("--seeds", type=int, default=1,
+                   help="initialisations to compare (each trains all three arms: N times the "
+                        "cost); the report shows the spread of final AP")
+    p.add_argument("--budget-minutes", type=float, default=DEFAULT_BUDGET_MINUTES,
+                   help="the control arm runs the whole epochs that fit in this budget for "
+                        f"the first seed (default {DEFAULT_BUDGET_MINUTES}; 0: no limit)")
     return parser
 
 
@@ -76,9 +83,8 @@ def run(args):
         if args.out:
             print(f"results: {args.out}")
     elif args.command == "compare":
-        from gfocal.compare import run_comparison
-        runs = run_comparison(args)
-        failed = [name for name, r in runs.items() if r.failure]
+        from gfocal.compare import failed_arms, run_comparison
+        failed = failed_arms(*run_comparison(args))
         if failed:
             print(f"gfocal compare: {' and '.join(failed)} failed (the report says why)",
                   file=sys.stderr)

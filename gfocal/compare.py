@@ -1,8 +1,13 @@
 """`gfocal compare`: train both ports from identical weights, evaluate, benchmark, report.
 
 Both ports read the same batches (same seed, same shared pipeline) and start from one set of
-weights: initialised once by the PyTorch port and converted, never re-initialised.
+weights: initialised once by the PyTorch port and converted, never re-initialised. A third
+run, the control arm, trains the PyTorch port again from those weights moved by one float32
+ulp (gfocal/report/noise.py): the band of differences rounding alone produces, against which
+the Jittor-vs-PyTorch difference is read. Every TRACE_EVERY iterations the weights of the
+Jittor run and the control are compared with the PyTorch run's.
 """
+import copy
 import os
 import time
 import traceback
@@ -14,6 +19,7 @@ from gfocal.runtime import describe_environment
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                               "configs", "gfl_r18_mini.py")
 FRAMEWORKS = ("torch", "jittor")
+TRACE_EVERY = 20            # mini preset: 480 iterations, 25 snapshots of ~50 MB
 
 
 def comparison_config(config_path=None, data_root=None, epochs=None):
@@ -25,8 +31,8 @@ def comparison_config(config_path=None, data_root=None, epochs=None):
     return load_config(config_path or DEFAULT_CONFIG, overrides)
 
 
-RUN_OUTPUTS = ("torch", "jittor", "init_weights.pth", "init_weights.pkl", "report.md",
-               "report.html", "plots")
+RUN_OUTPUTS = ("torch", "jittor", "control", "seeds", "init_weights.pth", "init_weights.pkl",
+               "init_weights_control.pth", "report.md", "report.html", "plots")
 
 
 def archive_previous_run(out_dir):
@@ -47,19 +53,24 @@ def archive_previous_run(out_dir):
 
 
 def write_initial_weights(cfg, out_dir):
-    """One random initialisation (PyTorch port, seeded), written for both ports."""
+    """One random initialisation (PyTorch port, seeded), written for both ports, and the
+    control arm's copy moved by one ulp; returns ({arm: path}, the initial state)."""
     import torch
 
     from gfocal.pytorch.checkpoint import state_dict_numpy
+    from gfocal.report.noise import perturb_one_ulp
     from weights_converter.convert import write
     torch.manual_seed(cfg["train"]["seed"])
     port, model = engine.build_model(cfg, "torch", init_weights="")
     state = state_dict_numpy(model)
     paths = {"torch": os.path.join(out_dir, "init_weights.pth"),
-             "jittor": os.path.join(out_dir, "init_weights.pkl")}
-    for framework, path in paths.items():
-        write(path, state, framework, meta={"source": "gfocal compare initialisation"})
-    return paths
+             "jittor": os.path.join(out_dir, "init_weights.pkl"),
+             "control": os.path.join(out_dir, "init_weights_control.pth")}
+    for arm, path in paths.items():
+        weights = perturb_one_ulp(state, cfg["train"]["seed"]) if arm == "control" else state
+        fmt = "jittor" if arm == "jittor" else "torch"
+        write(path, weights, fmt, meta={"source": f"gfocal compare initialisation ({arm})"})
+    return paths, state
 
 
 def benchmark_inference(cfg, model, warmup=3):
@@ -76,15 +87,18 @@ def benchmark_inference(cfg, model, warmup=3):
     return latencies
 
 
-def run_port(cfg, framework, out_dir, init_weights, max_iters=None, progress=True):
-    """Train, evaluate and benchmark one port; a failure is caught and reported."""
+def run_port(cfg, framework, out_dir, init_weights, max_iters=None, progress=True,
+             work_name=None, trace=None):
+    """Train, evaluate and benchmark one port in out_dir/`work_name` (default: the
+    framework's name); a failure is caught and reported. `trace`: a noise.WeightTrace."""
     from gfocal.report import RunData, read_log
-    work_dir = os.path.join(out_dir, framework)
+    work_dir = os.path.join(out_dir, work_name or framework)
     data = RunData(framework=framework)
     t0 = time.perf_counter()
     try:
         out = engine.train(cfg, framework, work_dir, init_weights=init_weights,
-                           max_iters=max_iters, progress=progress)
+                           max_iters=max_iters, progress=progress,
+                           on_iter_end=trace.hook if trace else None)
         data.log = read_log(out["log"])
         data.evals = out["evals"]
         if not data.evals:
@@ -104,17 +118,86 @@ def run_port(cfg, framework, out_dir, init_weights, max_iters=None, progress=Tru
 
 def check_inputs(cfg):
     """Stop before any work (DatasetError / CheckpointError, one line) on a data root, split
-    or init_weights file that cannot be used."""
+    or init_weights file that cannot be used; returns the iterations of one epoch."""
     from gfocal.checkpoint_io import load_any
     from gfocal.data.loader import build_dataloader
-    for split in ("train", "val"):
-        build_dataloader(cfg, split)
+    iters_per_epoch = len(build_dataloader(cfg, "train"))
+    build_dataloader(cfg, "val")
     if cfg["train"]["init_weights"]:
         load_any(cfg["train"]["init_weights"], cfg["model"]["num_classes"])
+    return iters_per_epoch
+
+
+def control_iterations(cfg, iters_per_epoch, reference, budget_left, max_iters=None):
+    """(iterations, note): the control arm's length in whole epochs that fit `budget_left`
+    seconds at the reference run's pace (its wall time includes evaluations)."""
+    total = cfg["optim"]["epochs"] * iters_per_epoch
+    if max_iters is not None:
+        total = min(total, max_iters)
+    done = len(reference.log)
+    if reference.failure or not done or budget_left is None:
+        return total, None
+    pace = reference.wall_time / done
+    fit = int(budget_left / pace) // iters_per_epoch * iters_per_epoch
+    if fit >= total:
+        return total, None
+    if fit == 0:
+        return 0, (f"the control arm did not run: {budget_left:.0f} s of the time budget were "
+                   f"left, one epoch takes about {pace * iters_per_epoch:.0f} s")
+    return fit, (f"the control arm ran {fit // iters_per_epoch} of "
+                 f"{total // iters_per_epoch} epochs (the rest did not fit the time budget); "
+                 "its final AP is not comparable with the other two")
+
+
+def run_arms(cfg, out_dir, budget_s=None, max_iters=None, progress=True, started=None):
+    """torch, jittor and the control arm from one initialisation; returns (runs, noise)."""
+    from gfocal.report import noise
+    started = started or time.perf_counter()
+    iters_per_epoch = check_inputs(cfg)
+    init, state = write_initial_weights(cfg, out_dir)
+    reference = noise.WeightTrace(TRACE_EVERY)
+    traces = {"jittor": noise.WeightTrace(TRACE_EVERY, reference),
+              "control": noise.WeightTrace(TRACE_EVERY, reference)}
+    reference(0, state)
+    traces["jittor"](0, state)
+    traces["control"](0, noise.perturb_one_ulp(state, cfg["train"]["seed"]))
+    runs = {}
+    for framework in FRAMEWORKS:
+        print(f"== {framework}: training {cfg['optim']['epochs']} epochs from {init[framework]}")
+        runs[framework] = run_port(cfg, framework, out_dir, init[framework], max_iters,
+                                   progress, trace=traces.get(framework, reference))
+        if runs[framework].failure:
+            print(f"== {framework} FAILED: {runs[framework].failure}")
+    budget_left = None if budget_s is None else budget_s - (time.perf_counter() - started)
+    iters, note = control_iterations(cfg, iters_per_epoch, runs["torch"], budget_left, max_iters)
+    from gfocal.report import RunData
+    control = RunData(framework="torch", failure="not run: " + (note or "no iterations"))
+    if iters:
+        print(f"== control: the PyTorch port again, {iters} iterations from {init['control']} "
+              "(one ulp away)")
+        control = run_port(cfg, "torch", out_dir, init["control"], iters, progress,
+                           work_name="control", trace=traces["control"])
+        if control.failure:
+            print(f"== control FAILED: {control.failure}")
+    reference.snapshots.clear()  # ~50 MB each: free them before the report
+    result = {"control": control, "note": note,
+              "traces": {arm: t.records for arm, t in traces.items()}}
+    if not control.failure and not runs["torch"].failure:
+        result["check"] = noise.control_check(runs["torch"].log, control.log)
+    if all(not r.failure for r in (*runs.values(), control)):
+        result["verdict"] = noise.verdict(runs["torch"], runs["jittor"], control)
+        result["exit"] = noise.band_exit(result["traces"]["jittor"], result["traces"]["control"])
+    return runs, result
+
+
+def final_ap(run):
+    return None if run.failure else (run.stats() or {}).get("AP")
 
 
 def run_comparison(args):
+    """Returns (runs of the two ports, the control arm's result: noise.py's numbers)."""
     from gfocal.report import write_report
+    started = time.perf_counter()
     cfg = comparison_config(args.config, args.data_root, args.epochs)
     check_inputs(cfg)
     out_dir = os.path.abspath(args.out_dir)
@@ -122,16 +205,37 @@ def run_comparison(args):
     archived = archive_previous_run(out_dir)
     if archived:
         print(f"== the previous comparison in {out_dir} was moved to {archived}")
-    init = write_initial_weights(cfg, out_dir)
-    runs = {}
-    for framework in FRAMEWORKS:
-        print(f"== {framework}: training {cfg['optim']['epochs']} epochs from {init[framework]}")
-        runs[framework] = run_port(cfg, framework, out_dir, init[framework], args.max_iters)
-        if runs[framework].failure:
-            print(f"== {framework} FAILED: {runs[framework].failure}")
+    budget = getattr(args, "budget_minutes", None)
+    runs, noise_result = run_arms(cfg, out_dir, budget * 60 if budget else None, args.max_iters,
+                                  started=started)
+    seeds = max(1, getattr(args, "seeds", None) or 1)
+    base_seed = cfg["train"]["seed"]
+    spread = {base_seed: {arm: final_ap(r) for arm, r in
+                          (*runs.items(), ("control", noise_result["control"]))}}
+    for k in range(1, seeds):
+        seed_cfg = copy.deepcopy(cfg)
+        seed_cfg["train"]["seed"] = base_seed + k
+        seed_dir = os.path.join(out_dir, "seeds", f"seed_{base_seed + k}")
+        os.makedirs(seed_dir, exist_ok=True)
+        print(f"== seed {base_seed + k} ({k + 1} of {seeds})")
+        seed_runs, seed_noise = run_arms(seed_cfg, seed_dir, None, args.max_iters)
+        spread[base_seed + k] = {arm: final_ap(r) for arm, r in
+                                 (*seed_runs.items(), ("control", seed_noise["control"]))}
+    noise_result["seeds"] = spread
     summary = {"config": cfg["source"], "data_root": cfg["data"]["root"] or "bundled mini COCO",
                "model": cfg["model"], "optim": cfg["optim"],
-               "batch_size": cfg["data"]["batch_size"], "img_scale": cfg["data"]["img_scale"]}
-    md, html = write_report(out_dir, runs, describe_environment(), summary)
+               "batch_size": cfg["data"]["batch_size"], "img_scale": cfg["data"]["img_scale"],
+               "seeds": sorted(spread)}
+    md, html = write_report(out_dir, runs, describe_environment(), summary, noise=noise_result)
+    if "verdict" in noise_result:
+        print("== " + noise_result["verdict"]["line"])
     print(f"report: {md}\n        {html}")
-    return runs
+    return runs, noise_result
+
+
+def failed_arms(runs, noise_result):
+    """The arms that failed (a control left out by the time budget has not failed)."""
+    failed = [name for name, r in runs.items() if r.failure]
+    if noise_result["control"].failure and not noise_result["note"]:
+        failed.append("control")
+    return failed

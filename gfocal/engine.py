@@ -47,7 +47,7 @@ def checkpoint_path(work_dir, port, name):
 
 
 def train(cfg, framework, work_dir, resume=None, max_iters=None, init_weights=None,
-          evaluate_every_epoch=None, progress=True, on_epoch_end=None):
+          evaluate_every_epoch=None, progress=True, on_epoch_end=None, on_iter_end=None):
     """Train per cfg; returns {'log': path, 'checkpoint': path, 'evals': [...], 'iters': n,
     'complete': bool}.
 
@@ -55,7 +55,7 @@ def train(cfg, framework, work_dir, resume=None, max_iters=None, init_weights=No
     checkpoint of either port (weights and momentum are converted). Resuming a run that has
     already done every iteration trains nothing and writes nothing: 'complete' is then True,
     'checkpoint' the resumed file and 'log' None. `on_epoch_end(epoch, stats)` is called
-    after each evaluation.
+    after each evaluation, `on_iter_end(iteration, model, port)` after each iteration.
     """
     port, model = build_model(cfg, framework, init_weights)
     optim_cfg = cfg["optim"]
@@ -102,6 +102,8 @@ def train(cfg, framework, work_dir, resume=None, max_iters=None, init_weights=No
                 record = dict(losses, iter=it, epoch=epoch + 1, lr=lr,
                               time=time.perf_counter() - t0, data_time=data_time)
                 log.write(record)
+                if on_iter_end:
+                    on_iter_end(it, model, port)
                 bar.update(1)
                 bar.set_postfix_str(console_line(record), refresh=False)
                 t_data = time.perf_counter()

@@ -16,8 +16,8 @@ def test_compare_on_a_subset_writes_the_report(tiny_config, tiny_coco, tmp_path)
     out_dir = tmp_path / "report"
     out_dir.mkdir()
     (out_dir / "keep.txt").write_text("user data")
-    runs = run_comparison(args(config=tiny_config, data_root=tiny_coco, out_dir=str(out_dir),
-                               max_iters=3))
+    runs, noise = run_comparison(args(config=tiny_config, data_root=tiny_coco,
+                                      out_dir=str(out_dir), max_iters=3))
     assert set(runs) == {"torch", "jittor"}
     for run in runs.values():
         assert run.failure is None, run.traceback
@@ -30,6 +30,15 @@ def test_compare_on_a_subset_writes_the_report(tiny_config, tiny_coco, tmp_path)
     assert "torch" in md and "jittor" in md and "AP50" in md
     assert (out_dir / "report.html").is_file()
     assert (out_dir / "keep.txt").read_text() == "user data"
+    # the control arm: the PyTorch port again, from weights one ulp away
+    control = noise["control"]
+    assert control.failure is None and [r["iter"] for r in control.log] == [1, 2, 3]
+    assert noise["check"]["ok"], noise["check"]["text"]
+    assert "## Noise or bug? The same-framework control arm" in md
+    assert "No verdict: fewer than 21 iterations" in md  # 3 iterations: too few to judge
+    assert [r["iter"] for r in noise["traces"]["control"]] == [0]
+    assert noise["traces"]["jittor"][0]["total"] == 0.0  # identical initial weights
+    assert 0 < noise["traces"]["control"][0]["total"] < 1e-6
 
 
 def test_a_second_run_archives_the_first(tmp_path):
@@ -49,7 +58,7 @@ def test_a_second_run_archives_the_first(tmp_path):
 def test_full_comparison_on_the_bundled_data(tmp_path):
     """The main command: both ports reach AP >= 0.25 and agree (issue 7's acceptance)."""
     from gfocal.report import agreement_summary
-    runs = run_comparison(args(out_dir=str(tmp_path)))
+    runs, noise = run_comparison(args(out_dir=str(tmp_path)))
     torch_run, jittor_run = runs["torch"], runs["jittor"]
     assert torch_run.failure is None and jittor_run.failure is None
     agreement = agreement_summary(torch_run.log, jittor_run.log, first_n=20)

@@ -385,3 +385,31 @@ def test_html_report_renders_in_a_browser_with_every_plot_decoded(complete, tmp_
     assert check["images"] == len(PLOTS) and check["broken"] == [], check
     assert check["missing"] == [], check
     assert "Per epoch" in dom
+
+
+def test_noise_section_with_the_verdict_three_way_table_and_both_plots(tmp_path):
+    from gfocal.report import noise as noise_math
+    from gfocal.report.plots import NOISE_PLOTS
+    t, j, c = Synthetic("torch", 11), Synthetic("jittor", 12), Synthetic("torch", 13)
+    runs = {"torch": t.run, "jittor": j.run}
+    traces = {arm: [dict(dict.fromkeys(noise_math.GROUP_NAMES, scale * (it + 1)), iter=it)
+                    for it in (0, 4, 8)] for arm, scale in (("jittor", 1e-6), ("control", 1e-7))}
+    result = {"control": c.run, "note": None, "traces": traces,
+              "check": noise_math.control_check(t.run.log, c.run.log),
+              "verdict": noise_math.verdict(t.run, j.run, c.run, first_n=2),
+              "exit": noise_math.band_exit(traces["jittor"], traces["control"]),
+              "seeds": {0: {"torch": 0.4, "jittor": 0.41, "control": 0.39},
+                        1: {"torch": 0.42, "jittor": 0.40, "control": 0.43}}}
+    md_path, html_path = write_report(tmp_path, runs, ENV, CONFIG, noise=result)
+    md = open(md_path).read()
+    assert result["verdict"]["line"] in md and noise_math.VERDICT_RULE in md
+    assert md.index("## Noise or bug?") < md.index("## Environment")
+    _, three = md_table(md, "### Final COCO statistics of the three runs")
+    want = c.stats[EPOCHS]["AP"] - t.stats[EPOCHS]["AP"]
+    assert close(three["AP"][2], c.stats[EPOCHS]["AP"]) and close(three["AP"][4], want)
+    assert f"at iteration 0, in group stem" in md  # 1e-6 vs 1e-7: out from the start
+    _, seeds = md_table(md, "### Final AP across seeds")
+    assert close(seeds["jittor"][2], 0.405)
+    for name, _, _ in NOISE_PLOTS:
+        assert (tmp_path / "plots" / name).is_file()
+    assert len(re.findall(r'src="data:', open(html_path).read())) == len(PLOTS) + len(NOISE_PLOTS)

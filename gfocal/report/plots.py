@@ -226,16 +226,85 @@ PLOTS = (
 )
 
 
-def write_plots(plots_dir, runs):
-    """Draw every plot into `plots_dir`; returns [(file, title, written, caption or reason)].
+def noise_band_loss(runs, noise_result):
+    """Jittor-vs-PyTorch loss difference over the control-vs-PyTorch one."""
+    from gfocal.report.noise import FIRST_N
+    control = noise_result.get("control")
+    if not (control and control.log and runs.get("torch") and runs["torch"].log):
+        return None, "needs the iteration logs of PyTorch and of the control arm"
+    fig = Figure(figsize=(10, 4.5))
+    ax = fig.add_subplot(1, 1, 1)
+    for label, run, color, style in (("Jittor vs PyTorch", runs.get("jittor"), COLORS["jittor"],
+                                      "-"),
+                                     ("control vs PyTorch", control, "#555", "--")):
+        if run is None or not run.log:
+            continue
+        iters, t, other = paired(runs["torch"].log, run.log, "loss")
+        rel = np.maximum(relative_difference(t, other), 1e-16)
+        ax.semilogy(iters, rel, style, color=color, alpha=0.35, lw=0.8)
+        window = smoothing_window(rel.size)
+        smooth = moving_average(rel, window)
+        ax.semilogy(iters[iters.size - smooth.size:], smooth, style, color=color, lw=1.6,
+                    label=f"{label} (moving average, {window} it)")
+    ax.axvline(FIRST_N, color="#999", lw=0.8)
+    ax.set(title="relative loss difference against the same-framework noise band",
+           xlabel="iteration", ylabel="|run - torch| / |torch|")
+    ax.legend()
+    fig.tight_layout()
+    return fig, (f"Per-iteration |loss - loss_torch| / |loss_torch| of the Jittor run (solid) and "
+                 f"of the control arm, PyTorch from weights one ulp away (dashed); faint: raw, "
+                 f"bold: moving average. The verdict compares medians after iteration {FIRST_N} "
+                 "(grey line).")
 
-    A plot of this writer that is skipped this time is removed, so no stale figure remains.
-    """
+
+def weight_divergence(runs, noise_result):
+    """||theta - theta_torch|| / ||theta_torch||, total and per group, both arms."""
+    from gfocal.report.noise import GROUP_NAMES
+    traces = noise_result.get("traces") or {}
+    if not traces.get("jittor") or not traces.get("control"):
+        return None, "needs the weight traces of the Jittor run and of the control arm"
+    fig = Figure(figsize=(11, 8))
+    groups = GROUP_NAMES[1:]
+    cmap = [f"C{i}" for i in range(len(groups))]
+    for k, title in enumerate(("total", "per parameter group")):
+        ax = fig.add_subplot(2, 1, k + 1)
+        for arm, style in (("jittor", "-"), ("control", "--")):
+            records = traces[arm]
+            iters = [r["iter"] for r in records]
+            names = ("total",) if k == 0 else groups
+            for name, color in zip(names, ("#222",) if k == 0 else cmap):
+                d = np.maximum([r[name] for r in records], 1e-12)
+                ax.semilogy(iters, d, style, color=color, lw=1.2,
+                            label=f"{name}" if arm == "jittor" and k == 1 else
+                            (f"{arm}" if k == 0 else None))
+        exit_point = noise_result.get("exit")
+        if exit_point:
+            ax.axvline(exit_point[0], color="#b00", lw=1)
+            if k == 1:
+                ax.annotate(f"leaves the band: {exit_point[1]}, it {exit_point[0]}",
+                            (exit_point[0], ax.get_ylim()[1]), color="#b00", fontsize=8,
+                            ha="left", va="top")
+        ax.set(title=f"weight distance to the PyTorch run, {title} (solid: Jittor, dashed: "
+                     "control)", xlabel="iteration", ylabel="relative distance")
+        ax.legend(fontsize=7, ncol=2 if k == 1 else 1)
+    fig.tight_layout()
+    return fig, ("||theta - theta_torch|| / ||theta_torch|| every few iterations, in total (top) "
+                 "and per parameter group (bottom); the red line marks the first iteration where "
+                 "the Jittor run is more than twice as far as the control in some group.")
+
+
+NOISE_PLOTS = (
+    ("noise_band_loss.png", "Loss difference against the noise band", noise_band_loss),
+    ("weight_divergence.png", "Weight divergence", weight_divergence),
+)
+
+
+def _write(plots_dir, items, *args):
     os.makedirs(plots_dir, exist_ok=True)
     results = []
-    for file_name, title, draw in PLOTS:
+    for file_name, title, draw in items:
         path = os.path.join(plots_dir, file_name)
-        fig, text = draw(runs)
+        fig, text = draw(*args)
         if fig is None:
             if os.path.exists(path):
                 os.unlink(path)
@@ -245,3 +314,16 @@ def write_plots(plots_dir, runs):
             fig.savefig(tmp, format="png", dpi=DPI, metadata={"Software": None})
         results.append((file_name, title, True, text))
     return results
+
+
+def write_plots(plots_dir, runs):
+    """Draw every plot into `plots_dir`; returns [(file, title, written, caption or reason)].
+
+    A plot of this writer that is skipped this time is removed, so no stale figure remains.
+    """
+    return _write(plots_dir, PLOTS, runs)
+
+
+def write_noise_plots(plots_dir, runs, noise_result):
+    """The control arm's two plots (same contract as write_plots)."""
+    return _write(plots_dir, NOISE_PLOTS, runs, noise_result)

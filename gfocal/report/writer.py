@@ -10,8 +10,11 @@ import json
 import os
 import time
 
+import numpy as np
+
 from gfocal.atomic import write_text
 from gfocal.report import plots
+from gfocal.report.noise import BAND_FACTOR
 from gfocal.report.rundata import (COCO_STAT_NAMES, FRAMEWORKS, RunData, agreement_summary,
                                    latency_stats, loss_stats, per_epoch, speed_stats)
 from gfocal.runlog import LOSS_KEYS
@@ -209,15 +212,76 @@ def latency_section(runs):
             Table(["quantity", "torch", "jittor", RATIO], rows)]
 
 
+ARMS = ("torch", "jittor", "control")
+
+
+def noise_section(runs, noise_result, plot_results):
+    """The control arm: the verdict, its rule, the three-way statistics and the traces."""
+    blocks = [Heading(2, "Noise or bug? The same-framework control arm")]
+    verdict = noise_result.get("verdict")
+    if verdict:
+        blocks.append(Para(verdict["line"], warn=verdict["within"] is False))
+        blocks.append(Para(verdict["rule"]))
+    else:
+        blocks.append(Para("No verdict: an arm failed or did not run (see below).", warn=True))
+    if noise_result.get("check"):
+        blocks.append(Para(noise_result["check"]["text"], warn=not noise_result["check"]["ok"]))
+    if noise_result.get("note"):
+        blocks.append(Para(f"Note: {noise_result['note']}.", warn=True))
+    control = noise_result["control"]
+    if control.failure:
+        blocks.append(Para(f"control arm: {control.failure}", warn=True))
+    arms = {"torch": runs.get("torch"), "jittor": runs.get("jittor"), "control": control}
+
+    def stat(arm, name):
+        run = arms[arm]
+        return None if run is None or run.failure else (run.stats() or {}).get(name)
+    rows = []
+    for name in COCO_STAT_NAMES:
+        t, j, c = (stat(arm, name) for arm in ARMS)
+        rows.append([name, *[num(v) if v is not None else missing(arms[a])
+                             for a, v in zip(ARMS, (t, j, c))], diff_cell(t, j), diff_cell(t, c)])
+    blocks += [Heading(3, "Final COCO statistics of the three runs"),
+               Table(["statistic", "torch", "jittor", "control", DIFF,
+                      "diff (control-torch)"], rows)]
+    exit_point = noise_result.get("exit")
+    traces = noise_result.get("traces") or {}
+    if traces.get("jittor") and traces.get("control"):
+        text = (f"The Jittor run's weights first leave the control's band (more than "
+                f"{BAND_FACTOR:g}x the control's distance to the PyTorch run) at iteration "
+                f"{exit_point[0]}, in group {exit_point[1]}." if exit_point else
+                f"The Jittor run's weights stay within {BAND_FACTOR:g}x the control's distance "
+                "to the PyTorch run in every group at every traced iteration.")
+        last = {arm: traces[arm][-1] for arm in ("jittor", "control")}
+        blocks += [Heading(3, "Weight divergence"), Para(text),
+                   Table(["group", f"jittor at it {last['jittor']['iter']}",
+                          f"control at it {last['control']['iter']}"],
+                         [[g, num(last["jittor"][g]), num(last["control"][g])]
+                          for g in last["jittor"] if g != "iter"])]
+    seeds = noise_result.get("seeds") or {}
+    if len(seeds) > 1:
+        rows = []
+        for arm in ARMS:
+            aps = [v[arm] for v in seeds.values() if v.get(arm) is not None]
+            rows.append([arm, *[num(v[arm]) if v.get(arm) is not None else "n/a"
+                                for v in seeds.values()],
+                         num(float(np.mean(aps))) if aps else "n/a",
+                         num(float(np.std(aps))) if aps else "n/a"])
+        blocks += [Heading(3, "Final AP across seeds"),
+                   Table(["arm", *[f"seed {k}" for k in seeds], "mean", "std"], rows)]
+    return blocks + [Plot(*p) for p in plot_results]
+
+
 def plot_section(plot_results):
     return [Heading(2, "Plots"), *[Plot(*p) for p in plot_results]]
 
 
-def build_blocks(runs, env, config_summary, plot_results):
+def build_blocks(runs, env, config_summary, plot_results, noise_blocks=()):
     stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     return [Heading(1, "GFocalV2 port comparison: PyTorch vs Jittor"),
             Para(f"Generated {stamp}."),
-            *status_section(runs), *environment_section(env), *config_section(config_summary),
+            *status_section(runs), *noise_blocks, *environment_section(env),
+            *config_section(config_summary),
             *loss_section(runs), *epoch_section(runs), *coco_section(runs),
             *speed_section(runs), *latency_section(runs), *plot_section(plot_results),
             *failure_details(runs)]
@@ -309,16 +373,20 @@ def check_runs(runs):
             raise ValueError(f"write_report: runs[{name!r}] holds a run of {run.framework!r}")
 
 
-def write_report(out_dir, runs, env, config_summary):
+def write_report(out_dir, runs, env, config_summary, noise=None):
     """Write report.md, report.html and plots/*.png into `out_dir`; returns (md, html) paths.
 
+    `noise`: the control arm's result (gfocal.compare.run_arms), shown right after the status.
     Only these files are (atomically) replaced; anything else in `out_dir` is left alone.
     """
     check_runs(runs)
     out_dir = os.path.abspath(os.fspath(out_dir))
     plots_dir = os.path.join(out_dir, PLOTS_DIR)
     plot_results = plots.write_plots(plots_dir, runs)
-    blocks = build_blocks(runs, env, config_summary, plot_results)
+    noise_blocks = ()
+    if noise is not None:
+        noise_blocks = noise_section(runs, noise, plots.write_noise_plots(plots_dir, runs, noise))
+    blocks = build_blocks(runs, env, config_summary, plot_results, noise_blocks)
     md_path, html_path = os.path.join(out_dir, MD_NAME), os.path.join(out_dir, HTML_NAME)
     write_text(md_path, render_markdown(blocks))
     write_text(html_path, render_html(blocks, plots_dir))

@@ -1,0 +1,114 @@
+"""The control arm's arithmetic (gfocal/report/noise.py) on hand-made numbers, and a short
+real run with a bug planted in one port that the verdict must call outside the band."""
+import numpy as np
+import pytest
+
+from gfocal.report import RunData
+from gfocal.report import noise
+
+
+def test_weight_distances_total_and_per_group():
+    ref = {"backbone.layer1.0.conv1.weight": np.array([3.0, 4.0], np.float32),     # norm 5
+           "bbox_head.reg_conf.0.weight": np.array([0.0, 12.0], np.float32),       # norm 12
+           "backbone.bn1.running_var": np.array([1.0], np.float32),                # not a weight
+           "bbox_head.integral.project": np.arange(3, dtype=np.float32)}
+    other = dict(ref)
+    other["backbone.layer1.0.conv1.weight"] = np.array([3.0, 5.0], np.float32)    # moved by 1
+    other["backbone.bn1.running_var"] = np.array([100.0], np.float32)             # ignored
+    d = noise.weight_distances(ref, other)
+    assert d["layer1"] == pytest.approx(1 / 5) and d["dgqp"] == 0.0
+    assert d["total"] == pytest.approx(1 / 13)  # sqrt(1) / sqrt(25 + 144)
+    assert d["stem"] == 0.0 and set(d) == set(noise.GROUP_NAMES)
+
+
+def test_perturbation_moves_every_weight_by_exactly_one_ulp():
+    rng = np.random.default_rng(0)
+    state = {"neck.fpn_convs.0.conv.weight": rng.standard_normal((8, 8)).astype(np.float32),
+             "backbone.bn1.running_mean": rng.standard_normal(8).astype(np.float32),
+             "bbox_head.integral.project": np.arange(17, dtype=np.float32)}
+    moved = noise.perturb_one_ulp(state, seed=3)
+    w, w2 = state["neck.fpn_convs.0.conv.weight"], moved["neck.fpn_convs.0.conv.weight"]
+    assert w2.dtype == np.float32
+    assert np.array_equal(np.abs(w2.astype(np.float64) - w), np.spacing(np.abs(w)))
+    up = w2 > w
+    assert 0 < up.sum() < w.size  # both directions
+    for name in ("backbone.bn1.running_mean", "bbox_head.integral.project"):
+        assert np.array_equal(moved[name], state[name])
+
+
+def log_of(losses):
+    return [{"iter": i + 1, "epoch": 1, "loss": float(v)} for i, v in enumerate(losses)]
+
+
+@pytest.mark.parametrize("first_rel, ok", [(0.0, False), (3e-7, True), (1e-3, False)])
+def test_control_check_wants_a_rounding_sized_first_difference(first_rel, ok):
+    check = noise.control_check(log_of([2.0, 1.9]), log_of([2.0 * (1 + first_rel), 1.9]))
+    assert check["ok"] is ok and check["first_rel"] == pytest.approx(first_rel)
+    assert check["text"].startswith("WARNING") is (not ok)
+
+
+def synthetic(seed, scale, n=200):
+    """A decaying loss curve, moved by relative noise that grows from 1e-7 to `scale`."""
+    rng = np.random.default_rng(seed)
+    base = 2.0 / np.sqrt(np.arange(1, n + 1))
+    growth = np.minimum(1e-7 * np.exp(np.arange(n) / 5.0), scale)
+    return base * (1 + growth * rng.standard_normal(n))
+
+
+def test_verdict_within_for_noise_of_the_controls_size_outside_for_a_bug():
+    n = 200
+    ref = RunData("torch", log=log_of(2.0 / np.sqrt(np.arange(1, n + 1))),
+                  final_stats={"AP": 0.40})
+    control = RunData("torch", log=log_of(synthetic(1, 0.03)), final_stats={"AP": 0.41})
+    same = RunData("jittor", log=log_of(synthetic(2, 0.03)), final_stats={"AP": 0.395})
+    bug = RunData("jittor", log=log_of(synthetic(3, 0.3)), final_stats={"AP": 0.30})
+    ok = noise.verdict(ref, same, control)
+    assert ok["within"] and ok["ratio"] <= noise.RATIO_LIMIT
+    assert ok["line"].startswith("Jittor-vs-PyTorch divergence is within")
+    assert "dAP -0.005 vs control dAP +0.010" in ok["line"]
+    bad = noise.verdict(ref, bug, control)
+    assert bad["within"] is False and bad["ratio"] > 5
+    assert "outside the same-framework noise band" in bad["line"]
+
+
+def test_band_exit_is_the_first_iteration_and_largest_group():
+    def rec(it, **groups):
+        return dict(dict.fromkeys(noise.GROUP_NAMES, 1e-6), iter=it, **groups)
+    control = [rec(0), rec(20), rec(40)]
+    jittor = [rec(0), rec(20, fpn=1.5e-6), rec(40, fpn=3e-6, dgqp=9e-6)]
+    assert noise.band_exit(jittor, control) == (40, "dgqp")
+    assert noise.band_exit(jittor[:2], control) is None
+
+
+def test_control_runs_the_whole_epochs_that_fit(tiny_config):
+    from gfocal.compare import control_iterations
+    from gfocal.config import load_config
+    cfg = load_config(tiny_config, {"optim": {"epochs": 8}})
+    reference = RunData("torch", log=log_of(np.ones(32)), wall_time=64.0)  # 2 s / iteration
+    assert control_iterations(cfg, 4, reference, None) == (32, None)
+    assert control_iterations(cfg, 4, reference, 1000.0) == (32, None)
+    iters, note = control_iterations(cfg, 4, reference, 20.0)  # 10 iterations: 2 epochs
+    assert iters == 8 and "2 of 8 epochs" in note
+    iters, note = control_iterations(cfg, 4, reference, 5.0)
+    assert iters == 0 and "did not run" in note
+
+
+def test_a_planted_learning_rate_bug_is_outside_the_band(tiny_coco, tiny_model, tmp_path,
+                                                         monkeypatch):
+    """Real training: the Jittor port with its learning rate tripled, 10 short epochs."""
+    from gfocal.checkpoint_io import load_port
+    from gfocal.compare import run_arms
+    from gfocal.config import from_dict
+    cfg = from_dict({"model": tiny_model,
+                     "data": dict(root=tiny_coco, img_scale=[96, 96], batch_size=2),
+                     "optim": dict(warmup_iters=5, epochs=10),
+                     "train": dict(eval_interval=0)}, source="tiny noise config")
+    jittor_train = load_port("jittor").train
+    real_set_lr = jittor_train.set_lr
+    monkeypatch.setattr(jittor_train, "set_lr", lambda opt, lr: real_set_lr(opt, 3 * lr))
+    runs, result = run_arms(cfg, str(tmp_path), progress=False)
+    assert result["check"]["ok"], result["check"]["text"]
+    n = len(runs["torch"].log)
+    assert n >= 30 and len(runs["jittor"].log) == len(result["control"].log) == n
+    assert result["verdict"]["within"] is False, result["verdict"]["line"]
+    assert result["exit"] is not None  # the weights leave the band too
