@@ -253,7 +253,7 @@ def noise_section(runs, noise_result, plot_results):
                 f"The Jittor run's weights stay within {BAND_FACTOR:g}x the control's distance "
                 "to the PyTorch run in every group at every traced iteration.")
         last = {arm: traces[arm][-1] for arm in ("jittor", "control")}
-        blocks += [Heading(3, "Weight divergence"), Para(text),
+        blocks += [Heading(3, "Weight distance to the PyTorch run"), Para(text),
                    Table(["group", f"jittor at it {last['jittor']['iter']}",
                           f"control at it {last['control']['iter']}"],
                          [[g, num(last["jittor"][g]), num(last["control"][g])]
