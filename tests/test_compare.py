@@ -8,7 +8,8 @@ from gfocal.compare import archive_previous_run, run_comparison
 
 
 def args(**kw):
-    base = dict(config=None, data_root=None, out_dir=None, epochs=None, max_iters=None)
+    base = dict(config=None, data_root=None, out_dir=None, epochs=None, max_iters=None,
+                seeds=1, budget_minutes=None)
     return SimpleNamespace(**dict(base, **kw))
 
 
@@ -39,6 +40,18 @@ def test_compare_on_a_subset_writes_the_report(tiny_config, tiny_coco, tmp_path)
     assert [r["iter"] for r in noise["traces"]["control"]] == [0]
     assert noise["traces"]["jittor"][0]["total"] == 0.0  # identical initial weights
     assert 0 < noise["traces"]["control"][0]["total"] < 1e-6
+
+
+def test_two_seeds_tabulate_the_spread_of_final_ap(tiny_config, tiny_coco, tmp_path):
+    runs, noise = run_comparison(args(config=tiny_config, data_root=tiny_coco,
+                                      out_dir=str(tmp_path), max_iters=2, seeds=2))
+    assert sorted(noise["seeds"]) == [0, 1]
+    for seed, aps in noise["seeds"].items():
+        assert set(aps) == {"torch", "jittor", "control"}
+        assert all(ap is not None for ap in aps.values()), (seed, aps)
+    assert (tmp_path / "seeds" / "seed_1" / "control" / "latest.pth").is_file()
+    md = (tmp_path / "report.md").read_text()
+    assert "### Final AP across seeds" in md and "| seed 0 | seed 1 | mean | std |" in md
 
 
 def test_a_second_run_archives_the_first(tmp_path):
