@@ -1,14 +1,22 @@
 """Root test configuration: frameworks set up before import, markers, seeds, report metadata."""
+import os
 import random
 import sys
 
 import numpy as np
 import pytest
+from hypothesis import settings
 
 from gfocal.checkpoint_io import PORT_MODULES, load_port
 from gfocal.runtime import DEFAULT_SEED, configure_frameworks, cuda_available
 
 configure_frameworks()  # Jittor reads its env at import: this must run before any import of it
+
+# Every run draws the same hypothesis examples (a red run can be re-run as it was);
+# GFOCAL_HYPOTHESIS=random draws new ones, for a search beyond the fixed examples.
+settings.register_profile("reproducible", derandomize=True)
+settings.register_profile("random", derandomize=False)
+settings.load_profile(os.environ.get("GFOCAL_HYPOTHESIS", "reproducible"))
 
 
 def pytest_configure(config):

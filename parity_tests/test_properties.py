@@ -181,6 +181,19 @@ def assert_close_rel(got, want, rel, what):
     assert err <= rel * scale, f"{what}: max rel err {err / scale:.3e} > {rel:.1e}"
 
 
+def assert_close_elementwise(got, want, rtol, atol, what):
+    """|got - want| <= atol + rtol |want| for every element: for tensors of large dynamic
+    range (QFL gradients reach 1e12 at p = 0 or 1), where a max-scaled error would leave
+    every ordinary element unchecked."""
+    assert np.all(np.isfinite(got)), f"{what}: non-finite values"
+    got, want = got.astype(np.float64), np.asarray(want, np.float64)
+    excess = np.abs(got - want) - (atol + rtol * np.abs(want))
+    worst = int(np.argmax(excess))
+    assert excess.flat[worst] <= 0, (
+        f"{what}: element {np.unravel_index(worst, want.shape)}: {got.flat[worst]:.9g} vs "
+        f"{want.flat[worst]:.9g} (allowed {atol:.1e} + {rtol:.1e} x |reference|)")
+
+
 @PROPERTY
 @given(giou_pairs=st.lists(st.tuples(BOX, BOX), min_size=8, max_size=8))
 def test_giou_loss_value_and_gradient(ports, giou_pairs):
@@ -194,6 +207,12 @@ def test_giou_loss_value_and_gradient(ports, giou_pairs):
 
 
 # ---------------------------------------------------------------- Quality Focal Loss
+# Jittor vs PyTorch, both float32 with the same formula: a few ulps per element. Measured
+# (2026-12-01, 200 random 8x6 batches at and near p = 0 and 1): max 2.0e-7 relative where
+# |g| > 1e-3, at most 2e-19 absolute below; an absolute floor of 1e-10 covers elements near 0.
+QFL_GRAD_RTOL, QFL_GRAD_ATOL = 1e-6, 1e-10
+
+
 def reference_qfl(p, label, score, beta=2.0):
     p = p.astype(np.float64)
     n, c = p.shape
@@ -230,7 +249,9 @@ def test_quality_focal_loss_at_extreme_probabilities(ports, probs, labels, score
         p, label, score))
     for name, (value, _) in out.items():
         assert_close_rel(value, want, 1e-5, f"{name} QFL")
-    assert_close_rel(out["jittor"][1], out["torch"][1], 1e-5, "d QFL / d p")
+    # element by element: the gradient spans 0 .. 1e12 (BCE's 1 / max(p (1 - p), 1e-12))
+    assert_close_elementwise(out["jittor"][1], out["torch"][1], QFL_GRAD_RTOL, QFL_GRAD_ATOL,
+                             "d QFL / d p")
 
 
 # ---------------------------------------------------------------- Distribution Focal Loss

@@ -24,9 +24,10 @@ def test_compare_on_a_subset_writes_the_report(tiny_config, tiny_coco, tmp_path)
         assert run.failure is None, run.traceback
         assert [r["iter"] for r in run.log] == [1, 2, 3]
         assert len(run.final_stats) == 12
-    # identical weights and batches: the first iterations agree closely
+    # identical weights and batches: the first iterations agree to the parity suite's loss
+    # target (1e-5; measured here: at most 1.8e-7, about 1.5 float32 eps)
     for a, b in zip(runs["torch"].log, runs["jittor"].log):
-        assert b["loss"] == pytest.approx(a["loss"], rel=1e-3)
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
     md = (out_dir / "report.md").read_text()
     assert "torch" in md and "jittor" in md and "AP50" in md
     assert (out_dir / "report.html").is_file()

@@ -387,8 +387,12 @@ def ensure_mini_coco(root=None, force=False):
     return root
 
 
-def manifest_sha256(root):
-    """sha256 over (relative path, bytes) of every file under `root`, in sorted order."""
+def manifest_sha256(root, decode_images=False):
+    """sha256 over (relative path, content) of every file under `root`, in sorted order.
+
+    Content is the file's bytes, or with `decode_images` a PNG's decoded pixels (shape and
+    values): what the pipeline reads, independent of the PNG encoder's version.
+    """
     import hashlib
     digest = hashlib.sha256()
     paths = []
@@ -397,6 +401,11 @@ def manifest_sha256(root):
             paths.append(os.path.relpath(os.path.join(dirpath, name), root).replace(os.sep, "/"))
     for rel in sorted(paths):
         digest.update(rel.encode("utf-8") + b"\0")
-        with open(os.path.join(root, rel), "rb") as f:
+        path = os.path.join(root, rel)
+        if decode_images and rel.endswith(".png"):
+            pixels = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+            digest.update(repr(pixels.shape).encode("ascii") + pixels.tobytes())
+            continue
+        with open(path, "rb") as f:
             digest.update(f.read())
     return digest.hexdigest()
