@@ -1,5 +1,6 @@
 """Backward and optimisation parity: the gradient of every parameter by name, then the
-parameters, momentum buffers and learning rate after 1 and after 5 SGD steps in the warmup.
+parameters, momentum buffers and learning rate after 1 and after 5 SGD steps, in the warmup
+(updates of a few ulps) and at the recipe's full learning rate (past the warmup).
 """
 import copy
 
@@ -10,6 +11,9 @@ from gfocal.schedule import learning_rate
 from parity_tests import compare
 
 STEPS_CHECKED = (1, 5)
+# where the steps start in the schedule: iteration 0 (warmup: lr 1e-5 .. 9e-5) and the end of
+# the warmup (the recipe's lr 0.01, where an update is hundreds of ulps of its parameter)
+SCHEDULES = {"warmup": 0, "full_lr": "warmup_iters"}
 
 
 def prefixed(prefix, arrays):
@@ -38,13 +42,14 @@ def lr_of(port, optimizer):
     return float(optimizer.param_groups[0].get("lr", getattr(optimizer, "lr", np.nan)))
 
 
-def train_steps(port, model, cfg, batches, checkpoints):
-    """SGD steps with the warmup schedule; snapshots after the steps in `checkpoints`."""
+def train_steps(port, model, cfg, batches, checkpoints, start=0):
+    """SGD steps with the schedule from iteration `start` on; snapshots after the steps in
+    `checkpoints`."""
     optimizer = port.train.build_optimizer(model, cfg["optim"])
     model.train()
     snaps, losses = {}, []
     for it, batch in enumerate(batches):
-        port.train.set_lr(optimizer, learning_rate(cfg["optim"], it, 0))
+        port.train.set_lr(optimizer, learning_rate(cfg["optim"], start + it, 0))
         losses.append(port.train.train_step(model, optimizer, batch))
         if it + 1 in checkpoints:
             snaps[it + 1] = {"params": port.checkpoint.state_dict_numpy(model),
@@ -53,8 +58,8 @@ def train_steps(port, model, cfg, batches, checkpoints):
     return snaps, losses
 
 
-@pytest.fixture(scope="module")
-def sgd_runs(pair_builder, small_cfg):
+@pytest.fixture(scope="module", params=sorted(SCHEDULES))
+def sgd_runs(request, pair_builder, small_cfg):
     from gfocal.data.loader import build_dataloader
     loader = build_dataloader(small_cfg, "train")
     batches = []
@@ -67,10 +72,12 @@ def sgd_runs(pair_builder, small_cfg):
     tp, jp = pair_builder.ports
     batches64 = [dict(b, imgs=b["imgs"].astype(np.float64),
                       gt_bboxes=[g.astype(np.float64) for g in b["gt_bboxes"]]) for b in batches]
-    return {"init": init,
-            "torch": train_steps(tp, tmodel, small_cfg, batches, STEPS_CHECKED),
-            "jittor": train_steps(jp, jmodel, small_cfg, batches, STEPS_CHECKED),
-            "float64": train_steps(tp, tmodel64, small_cfg, batches64, STEPS_CHECKED)}
+    start = SCHEDULES[request.param]
+    start = small_cfg["optim"][start] if isinstance(start, str) else start
+    return {"init": init, "start": start,
+            "torch": train_steps(tp, tmodel, small_cfg, batches, STEPS_CHECKED, start),
+            "jittor": train_steps(jp, jmodel, small_cfg, batches, STEPS_CHECKED, start),
+            "float64": train_steps(tp, tmodel64, small_cfg, batches64, STEPS_CHECKED, start)}
 
 
 def optim_rows(snaps, init, step):
@@ -102,14 +109,16 @@ def optim_rows(snaps, init, step):
 def test_parameters_momentum_lr_after_sgd_steps(sgd_runs, small_cfg, step, report_table):
     snaps = {k: sgd_runs[k][0][step] for k in ("torch", "jittor", "float64")}
     warmup = small_cfg["optim"]
-    # the lr of the last step taken (0-based iteration step - 1), by the formula of SPEC.md
-    expected_lr = warmup["lr"] * (1 - (1 - (step - 1) / warmup["warmup_iters"])
-                                  * (1 - warmup["warmup_ratio"]))
+    # the lr of the last step taken (iteration start + step - 1), by the formula of SPEC.md
+    last = sgd_runs["start"] + step - 1
+    expected_lr = warmup["lr"] if last >= warmup["warmup_iters"] else warmup["lr"] * (
+        1 - (1 - last / warmup["warmup_iters"]) * (1 - warmup["warmup_ratio"]))
     for key in ("torch", "jittor"):
         assert snaps[key]["lr"] == pytest.approx(expected_lr, rel=1e-12), key
     rows = optim_rows(snaps, sgd_runs["init"], step)
-    report_table(rows, f"after {step} SGD steps", compare.first_failure(rows))
-    compare.assert_rows(rows, f"after {step} SGD steps")
+    context = f"after {step} SGD steps from iteration {sgd_runs['start']}"
+    report_table(rows, context, compare.first_failure(rows))
+    compare.assert_rows(rows, context)
     strict = [r for r in rows
               if r.rel <= compare.tolerance(r.name, r.noise, kind="optim")]
     assert len(strict) >= compare.TRAJECTORY_STRICT * len(rows), (
