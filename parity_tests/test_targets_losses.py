@@ -170,3 +170,92 @@ def test_distance_targets(runs, case):
         got = port.numpy(port.box_ops.bbox2distance(port.tensor(centres), port.tensor(gts),
                                                     max_dis))
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * max_dis)
+
+
+# ATSS near its threshold: dense gts on large feature maps (no backbone needed), and a
+# count of the candidates that sit within THRESHOLD_MARGIN x std of their gt's threshold.
+DENSE_SIZES = [(64, 64), (32, 32), (16, 16), (8, 8), (4, 4)]  # a 512 x 512 input
+THRESHOLD_MARGIN = 0.01     # about the gap between the biased and the unbiased std (k = 45)
+MIN_NEAR_THRESHOLD = 20     # the input must put at least this many candidates in the margin
+DENSE_IMAGES = 6
+
+
+def shifted_threshold(delta):
+    """ATSS's mean + std test with the std scaled by (1 + delta) (PyTorch port's formula)."""
+    import torch
+
+    def above(candidate_overlaps):
+        k = candidate_overlaps.shape[0]
+        scaled = candidate_overlaps.to(torch.float64) * k
+        total = candidate_overlaps.to(torch.float64).sum(dim=0)
+        deviation = scaled - total
+        scaled_std = ((deviation * deviation).sum(dim=0) / (k - 1)).sqrt()
+        return scaled >= total + scaled_std * (1 + delta)
+    return staticmethod(above)
+
+
+def test_atss_dense_assignment_near_the_threshold(torch_port, jittor_port, monkeypatch):
+    """DENSE_IMAGES x 300 gts of every size on a 512 x 512 input: identical assignments in
+    both ports, on inputs where moving the threshold by 1 % of the std changes assignments
+    (a port whose threshold is off by that much, e.g. a biased std, fails)."""
+    anchors = np.concatenate(reference_anchors(DENSE_SIZES, STRIDES))
+    nums = [h * w for h, w in DENSE_SIZES]
+    near = 0
+    for image in range(DENSE_IMAGES):
+        rng = np.random.default_rng(100 + image)
+        xy = rng.uniform(0, 500, (300, 2))
+        wh = np.exp(rng.uniform(np.log(3), np.log(400), (300, 2)))
+        gts = np.concatenate([xy, np.minimum(xy + wh, 512)], axis=1).astype(np.float32)
+        labels = rng.integers(0, 6, 300)
+        t = assign(torch_port, anchors, nums, gts, labels)
+        j = assign(jittor_port, anchors, nums, gts, labels)
+        differ = np.flatnonzero(t[0] != j[0])
+        assert differ.size == 0, (f"image {image}: assigned gt differs at {differ.size} "
+                                  f"anchors: {differ[:10]}")
+        assert np.array_equal(t[2], j[2])
+        for delta in (-THRESHOLD_MARGIN, THRESHOLD_MARGIN):
+            monkeypatch.setattr(torch_port.atss.ATSSAssigner, "_above_mean_plus_std",
+                                shifted_threshold(delta))
+            near += int(np.sum(assign(torch_port, anchors, nums, gts, labels)[0] != t[0]))
+            monkeypatch.undo()
+    assert near >= MIN_NEAR_THRESHOLD, (
+        f"only {near} anchors change with a threshold moved by {THRESHOLD_MARGIN:.0%} of the "
+        f"std: the input no longer reaches the near-threshold regime")
+    print(f"{near} anchors within {THRESHOLD_MARGIN:.0%} x std of their gt's threshold")
+
+
+REG_MAX = 16
+MIN_REGIME_HITS = 50  # elements each of the regimes below must reach
+
+
+def test_distance_targets_at_the_clamp_and_on_integer_bins(torch_port, jittor_port):
+    """bbox2distance in units of the stride, for DFL's bins: distances exactly on integer
+    bins, just below, at and above the clamp reg_max - 0.1 = 15.9, in both ports, equal."""
+    rng = np.random.default_rng(7)
+    n = 400
+    # points in [16, 32): float32 spacing there equals that of 15.9, so point - (point - d)
+    # gives d back within an ulp or two
+    points = rng.uniform(16, 32, (n, 2)).astype(np.float32)
+    # per side: an integer bin, a bit below the clamp, exactly at it, far above it, anything
+    kinds = rng.integers(0, 5, (n, 4))
+    dist = np.select([kinds == 0, kinds == 1, kinds == 2, kinds == 3],
+                     [rng.integers(0, 16, (n, 4)).astype(np.float64),
+                      15.9 - rng.uniform(0, 1e-3, (n, 4)), np.full((n, 4), 15.9),
+                      rng.uniform(16, 40, (n, 4))],
+                     rng.uniform(0, 16, (n, 4))).astype(np.float32)
+    boxes = np.stack([points[:, 0] - dist[:, 0], points[:, 1] - dist[:, 1],
+                      points[:, 0] + dist[:, 2], points[:, 1] + dist[:, 3]], 1)
+    raw = np.stack([points[:, 0] - boxes[:, 0], points[:, 1] - boxes[:, 1],
+                    boxes[:, 2] - points[:, 0], boxes[:, 3] - points[:, 1]], 1)
+    clamp = np.float32(REG_MAX - 0.1)
+    # "at the clamp": within 4 float32 ulps of 15.9 (point - (point - 15.9) is rounded)
+    at_clamp = np.abs(raw - clamp) <= 4 * np.spacing(clamp)
+    hits = {"above the clamp": int(np.sum((raw > clamp) & ~at_clamp)),
+            "at the clamp": int(np.sum(at_clamp)),
+            "on an integer bin": int(np.sum((raw == np.round(raw)) & (raw < clamp)))}
+    assert all(v >= MIN_REGIME_HITS for v in hits.values()), hits
+    out = {port.FRAMEWORK: port.numpy(port.box_ops.bbox2distance(
+        port.tensor(points), port.tensor(boxes), REG_MAX)) for port in (torch_port, jittor_port)}
+    assert np.array_equal(out["jittor"], out["torch"]), \
+        f"{int(np.sum(out['jittor'] != out['torch']))} distance targets differ"
+    assert float(out["torch"].max()) == float(clamp) and float(out["torch"].min()) >= 0
