@@ -39,31 +39,37 @@ def _read_pickle(path):
                               f"({type(exc).__name__}: {exc})") from exc
 
 
-def _is_plain_pickle(path):
-    """A Jittor checkpoint is a plain pickle of a dict; torch.save writes a zip archive (or,
-    in its legacy format, a pickled magic number first)."""
+def _is_zip(path):
     with open(path, "rb") as f:
-        if f.read(4) == b"PK\x03\x04":
-            return False
-    try:
-        return isinstance(_read_pickle(path), dict)
-    except CheckpointError:
-        return False
+        return f.read(4) == b"PK\x03\x04"
 
 
-def load_payload(path, fmt=None):
-    """The unpickled content of a weights file: a plain pickle for 'jittor', torch.load for
-    the other formats; with `fmt` None, whichever the file's content is."""
-    if not os.path.isfile(path):
-        raise CheckpointError(f"{path}: file not found")
-    if fmt == "jittor" or (fmt is None and _is_plain_pickle(path)):
-        return _read_pickle(path)
+def _torch_load(path):
     import torch
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:
         raise CheckpointError(f"{path}: not a readable PyTorch file "
                               f"({type(exc).__name__}: {exc})") from exc
+
+
+def load_payload(path, fmt=None):
+    """The unpickled content of a weights file: a plain pickle for 'jittor', torch.load for
+    the other formats; with `fmt` None, whichever the file's content is. A Jittor checkpoint
+    is a plain pickle of a dict; torch.save writes a zip archive (or, in its legacy format,
+    a pickled magic number first, which is not a dict)."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: file not found")
+    if fmt == "jittor":
+        return _read_pickle(path)
+    if fmt is None and not _is_zip(path):
+        try:
+            payload = _read_pickle(path)
+        except CheckpointError:
+            payload = None
+        if isinstance(payload, dict):
+            return payload
+    return _torch_load(path)
 
 
 def _to_numpy(state, path):
@@ -138,7 +144,7 @@ def mmdet_to_canonical(state, num_classes=None, classes=None, source="checkpoint
             value = value.reshape(1)
         out[name] = value
     cls_w = out.get("bbox_head.gfl_cls.weight")
-    if cls_w is not None and num_classes is not None and cls_w.shape[0] == num_classes + 1:
+    if cls_w is not None and cls_w.shape[0] == num_classes + 1:
         out["bbox_head.gfl_cls.weight"] = cls_w[:num_classes].copy()
         out["bbox_head.gfl_cls.bias"] = out["bbox_head.gfl_cls.bias"][:num_classes].copy()
     if "bbox_head.gfl_reg.weight" in out and "bbox_head.integral.project" not in out:

@@ -12,6 +12,17 @@ STAT_FORMAT = "{:<6} {:.3f}"
 DEFAULT_BUDGET_MINUTES = 20
 
 
+def _at_least(minimum, kind):
+    """An argparse type: a number of `kind` >= minimum (argparse says which value is bad)."""
+    def parse(text):
+        value = kind(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{text} is below {minimum}")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
+
+
 def _add_framework(p):
     p.add_argument("--framework", choices=["torch", "jittor"], required=True)
 
@@ -45,10 +56,10 @@ def build_parser():
     p.add_argument("--out-dir", default="reports/comparison")
     p.add_argument("--epochs", type=int, help="override optim.epochs")
     p.add_argument("--max-iters", type=int, help="stop each port after this many iterations")
-    p.add_argument("--seeds", type=int, default=1,
+    p.add_argument("--seeds", type=_at_least(1, int), default=1,
                    help="initialisations to compare (each trains all three arms: N times the "
                         "cost); the report shows the spread of final AP")
-    p.add_argument("--budget-minutes", type=float, default=DEFAULT_BUDGET_MINUTES,
+    p.add_argument("--budget-minutes", type=_at_least(0, float), default=DEFAULT_BUDGET_MINUTES,
                    help="the control arm runs the whole epochs that fit in this budget for "
                         f"the first seed (default {DEFAULT_BUDGET_MINUTES}; 0: no limit)")
     return parser
@@ -69,8 +80,7 @@ def run(args):
                            max_iters=args.max_iters, init_weights=args.init_weights)
         if out["complete"]:
             print(f"nothing to train: {out['checkpoint']} already holds iteration "
-                  f"{out['iters']} of {out['total']}; the run's checkpoint is "
-                  f"{out['checkpoint']}")
+                  f"{out['iters']} of {out['total']} (the run is complete)")
             return 0
         print(f"checkpoint: {out['checkpoint']}\nlog: {out['log']}")
         for ev in out["evals"]:

@@ -54,7 +54,7 @@ def archive_previous_run(out_dir):
 
 def write_initial_weights(cfg, out_dir):
     """One random initialisation (PyTorch port, seeded), written for both ports, and the
-    control arm's copy moved by one ulp; returns ({arm: path}, the initial state)."""
+    control arm's copy moved by one ulp; returns ({arm: path}, {arm: initial state})."""
     import torch
 
     from gfocal.pytorch.checkpoint import state_dict_numpy
@@ -63,14 +63,15 @@ def write_initial_weights(cfg, out_dir):
     torch.manual_seed(cfg["train"]["seed"])
     port, model = engine.build_model(cfg, "torch", init_weights="")
     state = state_dict_numpy(model)
+    states = {"torch": state, "jittor": state,
+              "control": perturb_one_ulp(state, cfg["train"]["seed"])}
     paths = {"torch": os.path.join(out_dir, "init_weights.pth"),
              "jittor": os.path.join(out_dir, "init_weights.pkl"),
              "control": os.path.join(out_dir, "init_weights_control.pth")}
     for arm, path in paths.items():
-        weights = perturb_one_ulp(state, cfg["train"]["seed"]) if arm == "control" else state
         fmt = "jittor" if arm == "jittor" else "torch"
-        write(path, weights, fmt, meta={"source": f"gfocal compare initialisation ({arm})"})
-    return paths, state
+        write(path, states[arm], fmt, meta={"source": f"gfocal compare initialisation ({arm})"})
+    return paths, states
 
 
 def benchmark_inference(cfg, model, warmup=3):
@@ -149,18 +150,19 @@ def control_iterations(cfg, iters_per_epoch, reference, budget_left, max_iters=N
                  "its final AP is not comparable with the other two")
 
 
-def run_arms(cfg, out_dir, budget_s=None, max_iters=None, progress=True, started=None):
-    """torch, jittor and the control arm from one initialisation; returns (runs, noise)."""
+def run_arms(cfg, out_dir, iters_per_epoch, budget_s=None, max_iters=None, progress=True,
+             started=None):
+    """torch, jittor and the control arm from one initialisation (inputs already checked:
+    check_inputs gives `iters_per_epoch`); returns (runs, noise)."""
     from gfocal.report import noise
     started = started or time.perf_counter()
-    iters_per_epoch = check_inputs(cfg)
-    init, state = write_initial_weights(cfg, out_dir)
+    init, states = write_initial_weights(cfg, out_dir)
     reference = noise.WeightTrace(TRACE_EVERY)
     traces = {"jittor": noise.WeightTrace(TRACE_EVERY, reference),
               "control": noise.WeightTrace(TRACE_EVERY, reference)}
-    reference(0, state)
-    traces["jittor"](0, state)
-    traces["control"](0, noise.perturb_one_ulp(state, cfg["train"]["seed"]))
+    reference(0, states["torch"])
+    for arm, trace in traces.items():
+        trace(0, states[arm])
     runs = {}
     for framework in FRAMEWORKS:
         print(f"== {framework}: training {cfg['optim']['epochs']} epochs from {init[framework]}")
@@ -190,8 +192,10 @@ def run_arms(cfg, out_dir, budget_s=None, max_iters=None, progress=True, started
     return runs, result
 
 
-def final_ap(run):
-    return None if run.failure else (run.stats() or {}).get("AP")
+def final_aps(runs, noise_result):
+    """{arm: final AP, None for an arm that failed} of torch, jittor and the control."""
+    arms = {**runs, "control": noise_result["control"]}
+    return {arm: None if r.failure else (r.stats() or {}).get("AP") for arm, r in arms.items()}
 
 
 def run_comparison(args):
@@ -199,28 +203,27 @@ def run_comparison(args):
     from gfocal.report import write_report
     started = time.perf_counter()
     cfg = comparison_config(args.config, args.data_root, args.epochs)
-    check_inputs(cfg)
+    iters_per_epoch = check_inputs(cfg)
     out_dir = os.path.abspath(args.out_dir)
     os.makedirs(out_dir, exist_ok=True)
     archived = archive_previous_run(out_dir)
     if archived:
         print(f"== the previous comparison in {out_dir} was moved to {archived}")
     budget = getattr(args, "budget_minutes", None)
-    runs, noise_result = run_arms(cfg, out_dir, budget * 60 if budget else None, args.max_iters,
+    runs, noise_result = run_arms(cfg, out_dir, iters_per_epoch,
+                                  budget * 60 if budget else None, args.max_iters,
                                   started=started)
-    seeds = max(1, getattr(args, "seeds", None) or 1)
+    seeds = getattr(args, "seeds", None) or 1
     base_seed = cfg["train"]["seed"]
-    spread = {base_seed: {arm: final_ap(r) for arm, r in
-                          (*runs.items(), ("control", noise_result["control"]))}}
+    spread = {base_seed: final_aps(runs, noise_result)}
     for k in range(1, seeds):
         seed_cfg = copy.deepcopy(cfg)
         seed_cfg["train"]["seed"] = base_seed + k
         seed_dir = os.path.join(out_dir, "seeds", f"seed_{base_seed + k}")
         os.makedirs(seed_dir, exist_ok=True)
         print(f"== seed {base_seed + k} ({k + 1} of {seeds})")
-        seed_runs, seed_noise = run_arms(seed_cfg, seed_dir, None, args.max_iters)
-        spread[base_seed + k] = {arm: final_ap(r) for arm, r in
-                                 (*seed_runs.items(), ("control", seed_noise["control"]))}
+        spread[base_seed + k] = final_aps(*run_arms(seed_cfg, seed_dir, iters_per_epoch,
+                                                    max_iters=args.max_iters))
     noise_result["seeds"] = spread
     summary = {"config": cfg["source"], "data_root": cfg["data"]["root"] or "bundled mini COCO",
                "model": cfg["model"], "optim": cfg["optim"],

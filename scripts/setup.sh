@@ -87,6 +87,8 @@ launcher() {  # launcher NAME PYTHON-ARGS...: NAME runs the shared interpreter o
     {
         printf '#!/bin/sh\n# Written by scripts/setup.sh: the shared environment, this checkout'"'"'s code.\n'
         printf 'PYTHONPATH=%q${PYTHONPATH:+:$PYTHONPATH}\nexport PYTHONPATH\n' "$checkout"
+        printf '[ -x %q ] || { echo %q >&2; exit 1; }\n' "$ENV/bin/python" \
+            "$name: the frameworks environment $ENV is missing: run bash $checkout/scripts/setup.sh"
         printf 'exec %q' "$ENV/bin/python"
         [ $# = 0 ] || printf ' %q' "$@"
         printf ' "$@"\n'

@@ -97,7 +97,7 @@ def test_a_planted_learning_rate_bug_is_outside_the_band(tiny_coco, tiny_model, 
                                                          monkeypatch):
     """Real training: the Jittor port with its learning rate tripled, 10 short epochs."""
     from gfocal.checkpoint_io import load_port
-    from gfocal.compare import run_arms
+    from gfocal.compare import check_inputs, run_arms
     from gfocal.config import from_dict
     cfg = from_dict({"model": tiny_model,
                      "data": dict(root=tiny_coco, img_scale=[96, 96], batch_size=2),
@@ -106,7 +106,7 @@ def test_a_planted_learning_rate_bug_is_outside_the_band(tiny_coco, tiny_model, 
     jittor_train = load_port("jittor").train
     real_set_lr = jittor_train.set_lr
     monkeypatch.setattr(jittor_train, "set_lr", lambda opt, lr: real_set_lr(opt, 3 * lr))
-    runs, result = run_arms(cfg, str(tmp_path), progress=False)
+    runs, result = run_arms(cfg, str(tmp_path), check_inputs(cfg), progress=False)
     assert result["check"]["ok"], result["check"]["text"]
     n = len(runs["torch"].log)
     assert n >= 30 and len(runs["jittor"].log) == len(result["control"].log) == n

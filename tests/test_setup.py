@@ -15,6 +15,11 @@ PROBE = ("import gfocal, gfocal.cli, jittor, sys; "
          "print(getattr(gfocal, 'CHECKOUT_MARK', None))")
 
 
+def clean_env():
+    """This process's environment without PYTHONPATH: a launcher must set it itself."""
+    return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+
+
 def env_path(checkout):
     return subprocess.run(["bash", os.path.join(checkout, "scripts", "setup.sh"), "--env-path"],
                           capture_output=True, text=True, check=True).stdout.strip()
@@ -45,7 +50,7 @@ def other_checkout(shared_env, tmp_path_factory):
         f.write("\nCHECKOUT_MARK = 'other'\n")
     with open(other / "gfocal" / "cli.py", "a") as f:
         f.write("\n\ndef main(argv=None):\n    print('the other checkout')\n    return 0\n")
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env = clean_env()
     setup = subprocess.run(["bash", str(other / "scripts" / "setup.sh")], capture_output=True,
                            text=True, env=env, timeout=900)
     assert setup.returncode == 0, setup.stdout + setup.stderr
@@ -53,7 +58,7 @@ def other_checkout(shared_env, tmp_path_factory):
 
 
 def probe(checkout):
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env = clean_env()
     run = subprocess.run([os.path.join(checkout, ".venv", "bin", "python"), "-c", PROBE],
                          capture_output=True, text=True, env=env, timeout=600, cwd="/")
     assert run.returncode == 0, run.stderr
@@ -80,7 +85,7 @@ def test_each_checkout_runs_its_own_code_on_the_same_kernels(shared_env, other_c
 
 def test_console_launchers_run_their_checkouts_code(other_checkout):
     other, _ = other_checkout
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env = clean_env()
     theirs = subprocess.run([str(other / ".venv" / "bin" / "gfocal"), "--help"],
                             capture_output=True, text=True, env=env, timeout=300, cwd="/")
     mine = subprocess.run([os.path.join(ROOT, ".venv", "bin", "gfocal"), "--help"],
