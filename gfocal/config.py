@@ -48,6 +48,7 @@ DEFAULTS = {
         "to_rgb": True,
         "batch_size": 16,
         "val_batch_size": 1,
+        "workers": "auto",           # loader processes: "auto" (0 on the CPU) or 0, 1, 2, ...
     },
     "optim": {
         "lr": 0.01,
@@ -65,8 +66,14 @@ DEFAULTS = {
         "checkpoint_interval": 1,    # epochs
         "eval_interval": 1,          # epochs; 0 = only at the end
         "init_weights": "",          # a checkpoint (any --from format the converter reads)
+        "device": "auto",            # auto | cpu | cuda | cuda:N (auto: CUDA when present)
+        "tf32": False,               # PyTorch on CUDA: TF32 convolutions/matmuls (off = fp32)
     },
 }
+
+
+# Keys that take a value of another type besides their default's ("auto" or a count).
+ALSO_ALLOWED = {("data", "workers"): int}
 
 
 class ConfigError(ValueError):
@@ -79,6 +86,9 @@ def _check(section_name, given, defaults, source):
             known = ", ".join(sorted(defaults))
             raise ConfigError(f"{source}: unknown key '{section_name}.{key}' (known: {known})")
         want = defaults[key]
+        other = ALSO_ALLOWED.get((section_name, key))
+        if other is not None and isinstance(value, other) and not isinstance(value, bool):
+            continue
         if isinstance(want, bool):
             ok = isinstance(value, bool)
         elif isinstance(want, (int, float)):
@@ -115,6 +125,15 @@ def _validate_values(cfg, source):
             raise ConfigError(f"{source}: 'optim.{key}' = {cfg['optim'][key]} (must be > 0)")
     if cfg["data"]["batch_size"] < 1:
         raise ConfigError(f"{source}: 'data.batch_size' must be >= 1")
+    workers = cfg["data"]["workers"]
+    if workers != "auto" and not (isinstance(workers, int) and workers >= 0):
+        raise ConfigError(f"{source}: 'data.workers' = {workers!r} (must be 'auto' or an "
+                          "integer >= 0)")
+    from gfocal.device import DeviceError, parse_device
+    try:
+        parse_device(cfg["train"]["device"])
+    except DeviceError as exc:
+        raise ConfigError(f"{source}: 'train.device': {exc}") from None
 
 
 def from_dict(sections, source="<dict>"):

@@ -1,5 +1,6 @@
 """The exceptions that mean "bad input" (shown as one message, not a traceback)."""
 from gfocal.config import ConfigError
+from gfocal.device import DeviceError
 from gfocal.runlog import NonFiniteLoss
 from gfocal.state_dict import CheckpointError
 
@@ -9,4 +10,4 @@ def _dataset_error():
     return DatasetError
 
 
-USER_ERRORS = (ConfigError, CheckpointError, NonFiniteLoss, _dataset_error(), FileNotFoundError)
+USER_ERRORS = (ConfigError, DeviceError, CheckpointError, NonFiniteLoss, _dataset_error(), FileNotFoundError)
