@@ -1,5 +1,9 @@
-"""Seeded batching: batch layout, determinism per seed/epoch, flips, build_dataloader."""
+"""Seeded batching: batch layout, determinism per seed/epoch, flips, build_dataloader,
+worker processes (same bytes, resume, errors, no process left behind)."""
+import gc
+import multiprocessing
 import os
+import time
 
 import numpy as np
 import pytest
@@ -7,7 +11,7 @@ import pytest
 from gfocal.config import from_dict
 from gfocal.data import synthetic
 from gfocal.data.coco import CocoDataset, DatasetError
-from gfocal.data.loader import DataLoader, build_dataloader
+from gfocal.data.loader import DataLoader, build_dataloader, resolve_workers
 
 SCALE = (160, 128)
 MEAN, STD = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)
@@ -21,10 +25,72 @@ def root(tmp_path_factory):
     return out
 
 
+def train_files(root):
+    return (os.path.join(root, "annotations", "instances_train2017.json"),
+            os.path.join(root, "train2017"))
+
+
 @pytest.fixture(scope="module")
 def dataset(root):
-    return CocoDataset(os.path.join(root, "annotations", "instances_train2017.json"),
-                       os.path.join(root, "train2017"))
+    return CocoDataset(*train_files(root))
+
+
+# Datasets for worker processes live at module level: spawn unpickles them by name.
+class RecordingDataset(CocoDataset):
+    """Appends every index it loads to the file `log`, one a line, from any process; with
+    `gate`, a load of an index > 0 first waits until that file exists."""
+
+    def __init__(self, ann_file, img_dir, log, gate=None):
+        super().__init__(ann_file, img_dir)
+        self.log, self.gate = log, gate
+
+    def load(self, idx):
+        while self.gate and idx > 0 and not os.path.exists(self.gate):
+            time.sleep(0.01)
+        with open(self.log, "a") as f:
+            f.write(f"{idx}\n")
+        return super().load(idx)
+
+
+class FaultyDataset(CocoDataset):
+    """load(`bad`) raises a ValueError or, with `exit`, ends its process on the spot."""
+
+    def __init__(self, ann_file, img_dir, bad, exit=False):
+        super().__init__(ann_file, img_dir)
+        self.bad, self.exit = bad, exit
+
+    def load(self, idx):
+        if idx == self.bad:
+            if self.exit:
+                os._exit(1)
+            raise ValueError(f"planted failure of sample {idx}")
+        return super().load(idx)
+
+
+def child_processes():
+    """Pids of this process's children, ended ones not yet reaped included (a /proc scan),
+    except multiprocessing's resource tracker: one per interpreter, meant to outlive pools."""
+    multiprocessing.active_children()  # reaps multiprocessing children that have ended
+    found = set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                parent = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                command = f.read()
+        except OSError:  # ended while we looked
+            continue
+        if parent == os.getpid() and b"resource_tracker" not in command:
+            found.add(int(pid))
+    return found
+
+
+@pytest.fixture
+def new_children():
+    """Lists the children started since the test began that are still there (Jittor,
+    imported by the root conftest, keeps compiler processes of its own)."""
+    before = child_processes()
+    return lambda: sorted(child_processes() - before)
 
 
 def batches(loader):
@@ -141,6 +207,110 @@ def test_bad_arguments():
         DataLoader([], batch_size=0, img_scale=SCALE)
     with pytest.raises(ValueError, match="flip_prob"):
         DataLoader([], batch_size=1, img_scale=SCALE, flip_prob=1.5)
+    with pytest.raises(ValueError, match="workers must be an integer >= 0, got -1"):
+        DataLoader([], batch_size=1, img_scale=SCALE, workers=-1)
+    with pytest.raises(ValueError, match="prefetch must be an integer >= 1, got 0"):
+        DataLoader([], batch_size=1, img_scale=SCALE, workers=1, prefetch=0)
+    with pytest.raises(ValueError, match=r"skip must be an integer in \[0, 0\]"):
+        DataLoader([], batch_size=1, img_scale=SCALE).batches(1)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_workers_give_the_same_bytes_and_keep_their_pool(dataset, workers, new_children):
+    in_process = DataLoader(dataset, batch_size=3, img_scale=SCALE, seed=7)
+    with DataLoader(dataset, batch_size=3, img_scale=SCALE, seed=7, workers=workers) as pooled:
+        pids = []
+        for epoch in (0, 1):
+            in_process.set_epoch(epoch)
+            pooled.set_epoch(epoch)
+            assert_same_batches(batches(pooled), batches(in_process))
+            pids.append(new_children())
+    assert len(pids[0]) == workers and pids[1] == pids[0]  # one pool for both epochs
+    assert new_children() == []
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_skip_resumes_mid_epoch_without_preparing_the_skipped(root, dataset, tmp_path,
+                                                             workers):
+    full = DataLoader(dataset, batch_size=3, img_scale=SCALE, seed=4)
+    full.set_epoch(1)
+    log = tmp_path / "loaded.txt"
+    with DataLoader(RecordingDataset(*train_files(root), log=str(log)), batch_size=3,
+                    img_scale=SCALE, seed=4, workers=workers) as resumed:
+        resumed.set_epoch(1)
+        tail = list(resumed.batches(skip=2))
+        assert list(resumed.batches(skip=len(resumed))) == []
+    assert_same_batches(tail, batches(full)[2:])
+    order, _ = full.plan()
+    assert sorted(int(i) for i in log.read_text().split()) == sorted(order[6:].tolist())
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_sample_that_raises_names_its_image_file(root, workers, new_children):
+    faulty = FaultyDataset(*train_files(root), bad=5)
+    path = os.path.join(faulty.img_dir, faulty.coco.imgs[faulty.img_ids[5]]["file_name"])
+    loader = DataLoader(faulty, batch_size=2, img_scale=SCALE, shuffle=False, workers=workers)
+    with pytest.raises(DatasetError) as info:
+        list(loader)
+    assert str(info.value) == (f"{path}: preparing the sample failed: ValueError: "
+                               "planted failure of sample 5")
+    assert new_children() == []
+
+
+def test_a_worker_that_dies_stops_with_a_dataset_error(root, new_children):
+    faulty = FaultyDataset(*train_files(root), bad=5, exit=True)
+    loader = DataLoader(faulty, batch_size=2, img_scale=SCALE, shuffle=False, workers=2)
+    with pytest.raises(DatasetError) as info:
+        list(loader)
+    message = str(info.value)
+    assert message.startswith("a data worker died (BrokenProcessPool")
+    assert "while preparing the batch with files " in message and faulty.img_dir in message
+    assert "\n" not in message
+    assert new_children() == []
+
+
+@pytest.mark.parametrize("ending", ["close", "garbage collection"])
+def test_stopping_early_leaves_no_worker(dataset, ending, new_children):
+    loader = DataLoader(dataset, batch_size=2, img_scale=SCALE, workers=1)
+    iterator = loader.batches()
+    next(iterator)
+    assert len(new_children()) == 1
+    if ending == "close":
+        iterator.close()
+        loader.close()
+        loader.close()  # idempotent
+    else:
+        del iterator, loader
+        gc.collect()
+    assert new_children() == []
+
+
+def test_closing_an_iterator_cancels_its_prefetched_batches(root, tmp_path, new_children):
+    log, gate = tmp_path / "loaded.txt", tmp_path / "gate"
+    held = RecordingDataset(*train_files(root), log=str(log), gate=str(gate))
+    with DataLoader(held, batch_size=1, img_scale=SCALE, shuffle=False, workers=1,
+                    prefetch=6) as loader:
+        try:
+            iterator = loader.batches()
+            next(iterator)  # batch 0; 1-6 submitted, at most 1-3 past recall (1 held)
+            iterator.close()
+        finally:
+            gate.touch()
+        next(loader.batches(skip=7))  # one worker, first in first out: after 1-3
+    loaded = {int(i) for i in log.read_text().split()}
+    assert {0, 7} <= loaded and not loaded & {4, 5, 6}
+    assert new_children() == []
+
+
+def test_resolve_workers(monkeypatch):
+    for cores, auto in [(6, 3), (64, 8), (1, 1), (None, 1)]:
+        monkeypatch.setattr(os, "cpu_count", lambda cores=cores: cores)
+        assert resolve_workers("auto", "cuda") == resolve_workers("auto", "cuda:1") == auto
+        assert resolve_workers("auto", "cpu") == 0
+    assert resolve_workers(0, "cuda") == 0 and resolve_workers(3, "cpu") == 3
+    for bad in (-1, "four", 1.5, True):
+        with pytest.raises(ValueError, match="workers must be 'auto' or an integer >= 0"):
+            resolve_workers(bad, "cpu")
 
 
 def config(root, **data):
@@ -159,6 +329,10 @@ def test_build_dataloader_train_and_val(root, dataset):
     metas = [m for b in val for m in b["img_metas"]]
     assert [m["img_id"] for m in metas] == val.dataset.img_ids  # file order, no shuffle
     assert not any(m["flip"] for m in metas)
+    assert train.workers == val.workers == 0  # auto, and the device defaults to the CPU
+    assert build_dataloader(config(root), "train", device="cuda").workers == \
+        resolve_workers("auto", "cuda")
+    assert build_dataloader(config(root, workers=2), "val").workers == 2
     with pytest.raises(ValueError, match="split"):
         build_dataloader(config(root), "test")
 

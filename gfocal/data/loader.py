@@ -1,8 +1,23 @@
 """Seeded batching: the same seed and epoch give the same numpy batches, whichever
-framework consumes them (docs/ARCHITECTURE.md, "The batch")."""
-import math
-import os
+framework consumes them (docs/ARCHITECTURE.md, "The batch").
 
+With `workers` > 0 the batches are prepared in worker processes of the standard library
+(spawn), one task per batch, so their bytes do not depend on the worker count. No framework
+is imported here: the Jittor port must run without PyTorch.
+"""
+import collections
+import copy
+import itertools
+import math
+import multiprocessing
+import numbers
+import os
+import signal
+import weakref
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+
+import cv2
 import numpy as np
 
 from gfocal.data import transforms
@@ -10,6 +25,29 @@ from gfocal.data.coco import CocoDataset, DatasetError
 
 DEFAULT_MEAN = (123.675, 116.28, 103.53)
 DEFAULT_STD = (58.395, 57.12, 57.375)
+MAX_AUTO_WORKERS = 8
+
+
+def _count(value, what, low, high=None):
+    """`value` as an int when it is an integer in [low, high]; else a ValueError saying
+    `what` it must be."""
+    if (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low
+            or (high is not None and value > high)):
+        raise ValueError(f"{what}, got {value!r}")
+    return int(value)
+
+
+def resolve_workers(setting, device):
+    """Worker processes for config `data.workers` (`"auto"` or an int >= 0) on `device`.
+
+    `"auto"` is 0 on the CPU, where the model needs the same cores, and otherwise half the
+    cores (at least 1, at most MAX_AUTO_WORKERS).
+    """
+    if setting != "auto":
+        return _count(setting, "workers must be 'auto' or an integer >= 0", 0)
+    if not str(device).startswith("cuda"):
+        return 0
+    return min(MAX_AUTO_WORKERS, max(1, (os.cpu_count() or 1) // 2))
 
 
 class DataLoader:
@@ -18,11 +56,18 @@ class DataLoader:
     Per epoch, `np.random.default_rng([seed, epoch])` draws first the permutation (when
     shuffling) and then one uniform number per sample in iteration order; a sample is
     flipped when its number is < flip_prob. Nothing else consumes that generator.
+
+    `workers` = 0 prepares the batches in this process; `workers` = N > 0 in N spawned
+    processes with at most `prefetch` batches in flight (default 2 per worker), yielded in
+    plan order. The pool starts on first use and lives across epochs until `close()` (or
+    the end of `with loader:`, or garbage collection). It works on a copy of the loader
+    taken when it starts: settings changed later need a `close()` first. The dataset must
+    then be picklable.
     """
 
     def __init__(self, dataset, batch_size, img_scale, flip_prob=0.5, shuffle=True, seed=0,
                  mean=DEFAULT_MEAN, std=DEFAULT_STD, to_rgb=True, size_divisor=32,
-                 drop_last=False):
+                 drop_last=False, workers=0, prefetch=None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if not 0 <= flip_prob <= 1:
@@ -36,7 +81,11 @@ class DataLoader:
         self.mean, self.std, self.to_rgb = mean, std, to_rgb
         self.size_divisor = int(size_divisor)
         self.drop_last = drop_last
+        self.workers = _count(workers, "workers must be an integer >= 0", 0)
+        self.prefetch = (2 * self.workers if prefetch is None
+                         else _count(prefetch, "prefetch must be an integer >= 1", 1))
         self.epoch = 0
+        self._pool = self._finalizer = None
 
     def set_epoch(self, epoch):
         self.epoch = int(epoch)
@@ -54,11 +103,38 @@ class DataLoader:
         return order, flips
 
     def __iter__(self):
+        return self.batches(0)
+
+    def batches(self, skip=0):
+        """This epoch's batches from batch index `skip` on (a mid-epoch resume); the
+        skipped batches are not prepared."""
+        skip = _count(skip, f"skip must be an integer in [0, {len(self)}] (the batches of an "
+                      "epoch)", 0, len(self))
+        tasks = self._batch_tasks(skip)
+        if self.workers and tasks:
+            return self._pooled(tasks)
+        return (self.prepare_batch(batch) for batch in tasks)
+
+    def _batch_tasks(self, skip):
+        """[(dataset index, flip), ...] of each batch from batch `skip` on, in plan order."""
         order, flips = self.plan()
-        for start in range(0, len(self) * self.batch_size, self.batch_size):
-            stop = min(start + self.batch_size, len(order))
-            samples = [self.prepare(int(order[i]), bool(flips[i])) for i in range(start, stop)]
-            yield collate(samples)
+        size, n = self.batch_size, len(order)
+        return [[(int(order[i]), bool(flips[i])) for i in range(start, min(start + size, n))]
+                for start in range(skip * size, len(self) * size, size)]
+
+    def prepare_batch(self, tasks):
+        """The collated batch of `tasks` ((idx, do_flip) pairs). A sample that raises
+        becomes a DatasetError naming its image file, here and in a worker alike."""
+        samples = []
+        for idx, do_flip in tasks:
+            try:
+                samples.append(self.prepare(idx, do_flip))
+            except Exception as exc:
+                error = _sample_error(self.dataset, idx, exc)
+                if error is exc:
+                    raise
+                raise error from exc
+        return collate(samples)
 
     def prepare(self, idx, do_flip):
         """One sample through resize -> flip -> normalise -> pad."""
@@ -80,6 +156,123 @@ class DataLoader:
         return {"img": img, "gt_bboxes": gt_bboxes, "gt_labels": data["gt_labels"],
                 "gt_bboxes_ignore": ignore, "img_meta": meta}
 
+    # ---- worker processes ----------------------------------------------------------------
+    def _pooled(self, tasks):
+        """The batches of `tasks` from the pool, in order, at most `prefetch` in flight."""
+        pool = self._start_pool()
+        todo, in_flight = iter(tasks), collections.deque()
+
+        def refill():
+            for items in itertools.islice(todo, self.prefetch - len(in_flight)):
+                in_flight.append((items, _submit(pool, items)))
+
+        try:
+            refill()
+            while in_flight:
+                items, future = in_flight.popleft()
+                batch = self._collect(future, items, len(in_flight))
+                refill()
+                yield batch
+        finally:  # also on close() or garbage collection of an unfinished iterator
+            for _, future in in_flight:
+                future.cancel()
+
+    def _collect(self, future, tasks, ahead):
+        """The batch of `future`. Any failure shuts the pool down (after a crash its
+        processes are gone or in doubt); a dead worker becomes a DatasetError."""
+        try:
+            return future.result()
+        except BrokenProcessPool as exc:
+            self.close()
+            raise DatasetError(self._death_message(tasks, ahead)) from exc
+        except BaseException:
+            self.close()
+            raise
+
+    def _death_message(self, tasks, ahead):
+        """One line naming the awaited batch's files and their folder."""
+        names = ", ".join(_image_file(self.dataset, idx)[1] for idx, _ in tasks)
+        folder = _image_file(self.dataset, tasks[0][0])[0]
+        where = f" in {folder}" if folder else ""
+        # the pool fails every pending batch at once: the crash may be in a later one
+        later = f" (or in one of the {ahead} batches prefetched after it)" if ahead else ""
+        return ("a data worker died (BrokenProcessPool: a worker process exited abruptly) "
+                f"while preparing the batch with files {names}{where}{later}")
+
+    def _start_pool(self):
+        """The worker pool, started on first use (spawn: no fork of a process that may hold
+        framework threads or a GPU context)."""
+        if self._pool is None:
+            # a copy: the pool keeps its initargs, and a reference to self would keep the
+            # loader alive and its finalizer from ever running
+            pool = ProcessPoolExecutor(self.workers,
+                                       mp_context=multiprocessing.get_context("spawn"),
+                                       initializer=_init_worker, initargs=(copy.copy(self),))
+            self._finalizer = weakref.finalize(self, pool.shutdown, wait=True,
+                                               cancel_futures=True)
+            self._pool = pool
+        return self._pool
+
+    def close(self):
+        """Stop the worker processes (idempotent); a later iteration starts new ones."""
+        if self._finalizer is not None:
+            self._finalizer()  # pool.shutdown, at most once
+        self._pool = self._finalizer = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    def __getstate__(self):
+        # what a worker needs: the dataset and the settings, not this process's pool
+        return {**self.__dict__, "_pool": None, "_finalizer": None}
+
+
+_worker_loader = None
+
+
+def _init_worker(loader):
+    global _worker_loader
+    _worker_loader = loader
+    cv2.setNumThreads(1)  # N workers share the cores: OpenCV's own threads would oversubscribe
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it shuts us down
+
+
+def _worker_batch(tasks):
+    return _worker_loader.prepare_batch(tasks)
+
+
+def _submit(pool, tasks):
+    """pool.submit, or a future holding the error of a pool that already broke, so that
+    the failure surfaces in batch order like the others."""
+    try:
+        return pool.submit(_worker_batch, tasks)
+    except BrokenProcessPool as exc:
+        failed = Future()
+        failed.set_exception(exc)
+        return failed
+
+
+def _image_file(dataset, idx):
+    """(folder, file name) of sample `idx`'s image without reading it: CocoDataset's layout,
+    or ("", "sample <idx>") for a dataset without one."""
+    try:
+        return dataset.img_dir, dataset.coco.imgs[dataset.img_ids[idx]]["file_name"]
+    except (AttributeError, KeyError, IndexError, TypeError):
+        return "", f"sample {idx}"
+
+
+def _sample_error(dataset, idx, exc):
+    """`exc` of preparing sample `idx` as a one-line DatasetError naming the image file;
+    `exc` itself when it is a DatasetError that already does."""
+    path = os.path.join(*_image_file(dataset, idx))
+    if isinstance(exc, DatasetError) and path in str(exc):
+        return exc
+    text = " ".join(str(exc).split())  # e.g. OpenCV's messages span lines
+    return DatasetError(f"{path}: preparing the sample failed: {type(exc).__name__}: {text}")
+
 
 def collate(samples):
     """Stack padded HxWx3 images into (B, 3, H_max, W_max), zero filled; lists for the rest."""
@@ -96,8 +289,9 @@ def collate(samples):
             "img_metas": [s["img_meta"] for s in samples]}
 
 
-def build_dataloader(cfg, split):
-    """DataLoader for split 'train' or 'val' from a config of `gfocal.config`."""
+def build_dataloader(cfg, split, device="cpu"):
+    """DataLoader for split 'train' or 'val' from a config of `gfocal.config`; `device`
+    (cpu, cuda, cuda:N: where the model runs) decides what `data.workers = "auto"` means."""
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
     data = cfg["data"]
@@ -118,4 +312,5 @@ def build_dataloader(cfg, split):
                       flip_prob=data["flip_prob"] if train else 0.0,
                       shuffle=train, seed=cfg.get("train", {}).get("seed", 0),
                       mean=data["mean"], std=data["std"], to_rgb=data["to_rgb"],
-                      size_divisor=data["size_divisor"], drop_last=False)
+                      size_divisor=data["size_divisor"], drop_last=False,
+                      workers=resolve_workers(data["workers"], device))
