@@ -19,7 +19,21 @@ settings.register_profile("random", derandomize=False)
 settings.load_profile(os.environ.get("GFOCAL_HYPOTHESIS", "reproducible"))
 
 
+def pytest_addoption(parser):
+    parser.addoption("--device", default=None,
+                     help="parity_tests: where the PyTorch port runs in float32 (default cpu; "
+                          "the float64 reference stays on the CPU). perf_tests: which cases run "
+                          "(cpu: the CPU cases, cuda or cuda:N: the GPU cases on it; default: "
+                          "both, the GPU ones where a GPU is present). auto | cpu | cuda | cuda:N")
+
+
 def pytest_configure(config):
+    from gfocal.device import DeviceError, resolve_device
+    spec = config.getoption("--device")
+    try:  # resolved once, here; a device this machine lacks stops with one line
+        config.option.device = None if spec is None else resolve_device(spec)
+    except DeviceError as exc:
+        raise pytest.UsageError(f"--device: {exc}") from None
     if config.pluginmanager.hasplugin("metadata"):
         from pytest_metadata.plugin import metadata_key
 
@@ -52,7 +66,7 @@ def pytest_collection_modifyitems(config, items):
         return
     skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
     for item in items:
-        if "gpu" in item.keywords:
+        if item.get_closest_marker("gpu"):  # the marker, not a parameter id "gpu"
             item.add_marker(skip_gpu)
 
 
@@ -68,17 +82,32 @@ def _seed_everything():
     yield
 
 
+@pytest.fixture(scope="session")
+def device_option(request):
+    """--device resolved (cpu, cuda, cuda:N), or None when not given."""
+    return request.config.getoption("--device")
+
+
+def installed_port(framework):
+    """The port, or a skip where its framework is not installed (a GPU machine's check
+    carries no Jittor)."""
+    try:
+        return load_port(framework)
+    except ImportError as exc:  # not importorskip: it lets a broken install error out
+        pytest.skip(f"{framework} is not installed ({exc})")
+
+
 @pytest.fixture(params=sorted(PORT_MODULES), ids=lambda name: name)
 def port(request):
     """Runs a test once per port: `port.gfl_head.GFLHead`, `port.tensor(arr)`, ..."""
-    return load_port(request.param)
+    return installed_port(request.param)
 
 
 @pytest.fixture(scope="session")
 def torch_port():
-    return load_port("torch")
+    return installed_port("torch")
 
 
 @pytest.fixture(scope="session")
 def jittor_port():
-    return load_port("jittor")
+    return installed_port("jittor")

@@ -27,6 +27,11 @@ def _add_framework(p):
     p.add_argument("--framework", choices=["torch", "jittor"], required=True)
 
 
+def _add_device(p):
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: the config's "
+                                    "train.device, itself 'auto': CUDA when a GPU is present)")
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="gfocal", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -39,6 +44,7 @@ def build_parser():
                                     "momentum are converted)")
     p.add_argument("--init-weights", help="initial weights (any format the converter reads)")
     p.add_argument("--max-iters", type=int, help="stop after this many iterations")
+    _add_device(p)
 
     p = sub.add_parser("test", help="evaluate a checkpoint on the val split")
     p.add_argument("config")
@@ -47,6 +53,7 @@ def build_parser():
     _add_framework(p)
     p.add_argument("--eval", choices=["bbox"], default="bbox")
     p.add_argument("--out", help="write the COCO results JSON here")
+    _add_device(p)
 
     p = sub.add_parser("compare", help="train both ports from identical weights and write "
                                        "the comparison report")
@@ -62,6 +69,7 @@ def build_parser():
     p.add_argument("--budget-minutes", type=_at_least(0, float), default=DEFAULT_BUDGET_MINUTES,
                    help="the control arm runs the whole epochs that fit in this budget for "
                         f"the first seed (default {DEFAULT_BUDGET_MINUTES}; 0: no limit)")
+    _add_device(p)
     return parser
 
 
@@ -77,7 +85,8 @@ def run(args):
     if args.command == "train":
         cfg = load_config(args.config)
         out = engine.train(cfg, args.framework, args.work_dir, resume=args.resume,
-                           max_iters=args.max_iters, init_weights=args.init_weights)
+                           max_iters=args.max_iters, init_weights=args.init_weights,
+                           device=args.device)
         if out["complete"]:
             print(f"nothing to train: {out['checkpoint']} already holds iteration "
                   f"{out['iters']} of {out['total']} (the run is complete)")
@@ -87,9 +96,9 @@ def run(args):
             print(f"epoch {ev['epoch']}: " + json.dumps(ev["stats"]))
     elif args.command == "test":
         cfg = load_config(args.config)
-        port, model = engine.build_model(cfg, args.framework)
+        port, model = engine.build_model(cfg, args.framework, device=args.device)
         engine.load_weights(port, model, args.checkpoint, cfg)
-        _print_stats(engine.evaluate(cfg, model, progress=True, out_json=args.out))
+        _print_stats(engine.evaluate(cfg, port, model, progress=True, out_json=args.out))
         if args.out:
             print(f"results: {args.out}")
     elif args.command == "compare":

@@ -14,6 +14,7 @@ import traceback
 
 from gfocal import engine
 from gfocal.config import load_config
+from gfocal.device import resolve_device
 from gfocal.runtime import describe_environment
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -22,12 +23,14 @@ FRAMEWORKS = ("torch", "jittor")
 TRACE_EVERY = 20            # mini preset: 480 iterations, 25 snapshots of ~50 MB
 
 
-def comparison_config(config_path=None, data_root=None, epochs=None):
+def comparison_config(config_path=None, data_root=None, epochs=None, device=None):
     overrides = {}
     if data_root:
         overrides["data"] = {"root": os.path.abspath(data_root)}
     if epochs:
         overrides["optim"] = {"epochs": epochs}
+    if device:
+        overrides["train"] = {"device": device}
     return load_config(config_path or DEFAULT_CONFIG, overrides)
 
 
@@ -74,17 +77,18 @@ def write_initial_weights(cfg, out_dir):
     return paths, states
 
 
-def benchmark_inference(cfg, model, warmup=3):
-    """Per-image latency (s) on the val split, batch 1, after `warmup` untimed images."""
+def benchmark_inference(cfg, port, model, warmup=3):
+    """Per-image latency (s) on the val split, batch 1, after `warmup` untimed images
+    (predict returns numpy arrays, so each call has waited for the device)."""
     from gfocal.data.loader import build_dataloader
-    loader = build_dataloader(cfg, "val")
     model.eval()
     latencies = []
-    for i, batch in enumerate(loader):
-        t0 = time.perf_counter()
-        model.predict(batch)
-        if i >= warmup:
-            latencies.append((time.perf_counter() - t0) / len(batch["img_metas"]))
+    with build_dataloader(cfg, "val", device=str(port.current_device())) as loader:
+        for i, batch in enumerate(loader):
+            t0 = time.perf_counter()
+            model.predict(batch)
+            if i >= warmup:
+                latencies.append((time.perf_counter() - t0) / len(batch["img_metas"]))
     return latencies
 
 
@@ -104,9 +108,9 @@ def run_port(cfg, framework, out_dir, init_weights, max_iters=None, progress=Tru
         data.evals = out["evals"]
         if not data.evals:
             data.evals = [{"epoch": data.log[-1]["epoch"],
-                           "stats": engine.evaluate(cfg, out["model"])}]
+                           "stats": engine.evaluate(cfg, out["port"], out["model"])}]
         data.final_stats = data.evals[-1]["stats"]
-        data.latencies = benchmark_inference(cfg, out["model"])
+        data.latencies = benchmark_inference(cfg, out["port"], out["model"])
     except Exception as exc:  # the report is still written, with the failure in it
         data.failure = f"{type(exc).__name__}: {exc}"
         data.traceback = traceback.format_exc()
@@ -118,10 +122,13 @@ def run_port(cfg, framework, out_dir, init_weights, max_iters=None, progress=Tru
 
 
 def check_inputs(cfg):
-    """Stop before any work (DatasetError / CheckpointError, one line) on a data root, split
-    or init_weights file that cannot be used; returns the iterations of one epoch."""
+    """Stop before any work (DatasetError / CheckpointError / DeviceError, one line) on a
+    data root, split, init_weights file or device that cannot be used; returns the
+    iterations of one epoch."""
     from gfocal.checkpoint_io import load_any
     from gfocal.data.loader import build_dataloader
+    for framework in FRAMEWORKS:  # both ports must run on the device asked for
+        engine.select_device(cfg, framework)
     iters_per_epoch = len(build_dataloader(cfg, "train"))
     build_dataloader(cfg, "val")
     if cfg["train"]["init_weights"]:
@@ -202,7 +209,8 @@ def run_comparison(args):
     """Returns (runs of the two ports, the control arm's result: noise.py's numbers)."""
     from gfocal.report import write_report
     started = time.perf_counter()
-    cfg = comparison_config(args.config, args.data_root, args.epochs)
+    cfg = comparison_config(args.config, args.data_root, args.epochs,
+                            getattr(args, "device", None))
     iters_per_epoch = check_inputs(cfg)
     out_dir = os.path.abspath(args.out_dir)
     os.makedirs(out_dir, exist_ok=True)
@@ -229,7 +237,8 @@ def run_comparison(args):
                "model": cfg["model"], "optim": cfg["optim"],
                "batch_size": cfg["data"]["batch_size"], "img_scale": cfg["data"]["img_scale"],
                "seeds": sorted(spread)}
-    md, html = write_report(out_dir, runs, describe_environment(), summary, noise=noise_result)
+    env = describe_environment(resolve_device(cfg["train"]["device"]))
+    md, html = write_report(out_dir, runs, env, summary, noise=noise_result)
     if "verdict" in noise_result:
         print("== " + noise_result["verdict"]["line"])
     print(f"report: {md}\n        {html}")

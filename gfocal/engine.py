@@ -5,6 +5,7 @@ A port supplies the framework-specific pieces (`build_detector`, `train.build_op
 module owns the schedule, the batches, the log, checkpoints and the NaN stop, so both ports
 are trained by literally the same loop.
 """
+import contextlib
 import os
 import time
 
@@ -12,14 +13,25 @@ from tqdm import tqdm
 
 from gfocal.checkpoint_io import load_any, load_port, read_training_state
 from gfocal.data.loader import build_dataloader
+from gfocal.device import DeviceError, resolve_device
 from gfocal.evaluation.coco_eval import evaluate as coco_evaluate
 from gfocal.evaluation.coco_eval import results_to_coco
 from gfocal.runlog import RunLog, check_finite, console_line
 from gfocal.schedule import learning_rate
 
-def build_model(cfg, framework, init_weights=None):
-    """A detector of `framework`, with weights from `init_weights` (a checkpoint) if given."""
+def select_device(cfg, framework, device=None):
+    """(port, device name): `device` (default cfg's train.device) resolved and made the
+    port's device, with cfg's numerics switches."""
     port = load_port(framework)
+    name = resolve_device(device or cfg["train"]["device"])
+    port.use_device(name, tf32=cfg["train"]["tf32"])
+    return port, name
+
+
+def build_model(cfg, framework, init_weights=None, device=None):
+    """A detector of `framework` on `device` (default cfg's), with weights from
+    `init_weights` (a checkpoint) if given."""
+    port, _ = select_device(cfg, framework, device)
     model = port.build_detector(cfg["model"])
     init_weights = init_weights or cfg["train"]["init_weights"]
     if init_weights:
@@ -42,25 +54,41 @@ def resume_training(port, model, optimizer, path, cfg):
     return saved["meta"]
 
 
+@contextlib.contextmanager
+def memory_guard(port, what):
+    """An out-of-memory error of the port becomes one line naming the device and the cure."""
+    try:
+        yield
+    except Exception as exc:
+        if not port.is_out_of_memory(exc):
+            raise
+        raise DeviceError(f"out of memory on {port.current_device()} during {what}: lower "
+                          "data.batch_size or data.img_scale (files written so far are kept)"
+                          ) from None
+
+
 def checkpoint_path(work_dir, port, name):
     return os.path.join(work_dir, name + port.checkpoint.EXTENSION)
 
 
 def train(cfg, framework, work_dir, resume=None, max_iters=None, init_weights=None,
-          evaluate_every_epoch=None, progress=True, on_epoch_end=None, on_iter_end=None):
+          evaluate_every_epoch=None, progress=True, on_epoch_end=None, on_iter_end=None,
+          device=None):
     """Train per cfg; returns {'log': path, 'checkpoint': path, 'evals': [...], 'iters': n,
     'complete': bool}.
 
     `max_iters` stops early (a checkpoint `latest` is still written). `resume` is a
-    checkpoint of either port (weights and momentum are converted). Resuming a run that has
+    checkpoint of either port (weights and momentum are converted). `device` overrides
+    cfg's train.device. Resuming a run that has
     already done every iteration trains nothing and writes nothing: 'complete' is then True,
     'checkpoint' the resumed file and 'log' None. `on_epoch_end(epoch, stats)` is called
     after each evaluation, `on_iter_end(iteration, model, port)` after each iteration.
     """
-    port, model = build_model(cfg, framework, init_weights)
+    port, model = build_model(cfg, framework, init_weights, device)
+    device = str(port.current_device())
     optim_cfg = cfg["optim"]
     optimizer = port.train.build_optimizer(model, optim_cfg)
-    loader = build_dataloader(cfg, "train")
+    loader = build_dataloader(cfg, "train", device=device)
     iters_per_epoch = len(loader)
     start_epoch, skip, it = 0, 0, 0
     if resume:
@@ -70,6 +98,7 @@ def train(cfg, framework, work_dir, resume=None, max_iters=None, init_weights=No
     if max_iters is not None:
         total = min(total, max_iters)
     if resume and it >= total:
+        loader.close()
         return {"log": None, "checkpoint": resume, "evals": [], "iters": it, "total": total,
                 "complete": True, "model": model, "port": port}
     classes = loader.dataset.class_names
@@ -84,19 +113,17 @@ def train(cfg, framework, work_dir, resume=None, max_iters=None, init_weights=No
     try:
         for epoch in range(start_epoch, optim_cfg["epochs"]):
             loader.set_epoch(epoch)
-            batches = iter(loader)
             t_data = time.perf_counter()
-            for i, batch in enumerate(batches):
-                if epoch == start_epoch and i < skip:
-                    t_data = time.perf_counter()
-                    continue
+            for batch in loader.batches(skip if epoch == start_epoch else 0):
                 if it >= total:
                     break
                 data_time = time.perf_counter() - t_data
                 lr = learning_rate(optim_cfg, it, epoch)
                 port.train.set_lr(optimizer, lr)
                 t0 = time.perf_counter()
-                losses = port.train.train_step(model, optimizer, batch)
+                with memory_guard(port, f"training iteration {it + 1} (batch size "
+                                        f"{len(batch['img_metas'])})"):
+                    losses = port.train.train_step(model, optimizer, batch)
                 it += 1
                 check_finite(losses, it, framework)
                 record = dict(losses, iter=it, epoch=epoch + 1, lr=lr,
@@ -118,7 +145,7 @@ def train(cfg, framework, work_dir, resume=None, max_iters=None, init_weights=No
                     checkpoint_path(work_dir, port, f"epoch_{epoch + 1}"), model, optimizer, meta)
             last = epoch + 1 == optim_cfg["epochs"] or it >= total
             if eval_every and ((epoch + 1) % eval_every == 0 or last):
-                stats = evaluate(cfg, model, progress=False)
+                stats = evaluate(cfg, port, model, progress=False)
                 evals.append({"epoch": epoch + 1, "stats": stats})
                 if on_epoch_end:
                     on_epoch_end(epoch + 1, stats)
@@ -126,6 +153,7 @@ def train(cfg, framework, work_dir, resume=None, max_iters=None, init_weights=No
             if it >= total:
                 break
     finally:
+        loader.close()
         bar.close()
         log.close()
     return {"log": log.path, "checkpoint": checkpoint_path(work_dir, port, "latest"),
@@ -133,13 +161,14 @@ def train(cfg, framework, work_dir, resume=None, max_iters=None, init_weights=No
             "port": port}
 
 
-def predict_dataset(model, loader, progress=False, latencies=None):
+def predict_dataset(port, model, loader, progress=False, latencies=None):
     """Detections for every image of `loader`, in its order, with per-batch timing."""
     model.eval()
     predictions, img_ids = [], []
     for batch in tqdm(loader, desc="predict", disable=not progress, dynamic_ncols=True):
         t0 = time.perf_counter()
-        out = model.predict(batch)
+        with memory_guard(port, "inference"):
+            out = model.predict(batch)
         if latencies is not None:
             latencies.append((time.perf_counter() - t0) / len(out))
         predictions.extend(out)
@@ -147,10 +176,10 @@ def predict_dataset(model, loader, progress=False, latencies=None):
     return predictions, img_ids
 
 
-def evaluate(cfg, model, progress=False, out_json=None, latencies=None):
-    """The 12 COCO statistics of `model` on the val split of cfg's data set."""
-    loader = build_dataloader(cfg, "val")
-    predictions, img_ids = predict_dataset(model, loader, progress, latencies)
+def evaluate(cfg, port, model, progress=False, out_json=None, latencies=None):
+    """The 12 COCO statistics of `model` (of `port`, on its device) on cfg's val split."""
+    with build_dataloader(cfg, "val", device=str(port.current_device())) as loader:
+        predictions, img_ids = predict_dataset(port, model, loader, progress, latencies)
     dataset = loader.dataset
     results = results_to_coco(predictions, img_ids, dataset.label_to_cat_id)
     if out_json:

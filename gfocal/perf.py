@@ -148,6 +148,13 @@ def framework_info(framework, device):
         info.update(version=torch.__version__, framework_threads=torch.get_num_threads(),
                     onednn=bool(torch.backends.mkldnn.is_available()
                                 and torch.backends.mkldnn.enabled))
+        if device == "gpu":
+            info.update(gpu=torch.cuda.get_device_name(), cuda=torch.version.cuda,
+                        cudnn=torch.backends.cudnn.version(),
+                        tf32=bool(torch.backends.cudnn.allow_tf32),
+                        tf32_matmul=bool(torch.backends.cuda.matmul.allow_tf32),
+                        cudnn_benchmark=bool(torch.backends.cudnn.benchmark),
+                        cudnn_deterministic=bool(torch.backends.cudnn.deterministic))
     return info
 
 

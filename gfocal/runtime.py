@@ -23,6 +23,8 @@ def configure_frameworks(threads=None):
     # Jittor names its kernel cache after the git branch of the folder it is installed in: pin
     # the name so an environment inside a git checkout does not recompile on a branch switch.
     os.environ.setdefault("cache_name", "default")
+    # cuBLAS is deterministic only with a fixed workspace, set before its first handle.
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     if not cuda_available():
         # An nvcc without a CUDA runtime makes Jittor try (and fail) to build CUDA ops.
         os.environ.setdefault("nvcc_path", "")
@@ -60,10 +62,11 @@ def _cpu_model():
     return platform.processor() or "unknown"
 
 
-def describe_environment():
-    """Versions and settings that decide whether two runs are comparable."""
+def describe_environment(device="cpu"):
+    """Versions and settings that decide whether two runs (on `device`) are comparable."""
     import numpy
     env = {
+        "device": device,
         "python": platform.python_version(),
         "numpy": numpy.__version__,
         "cpu": _cpu_model(),
@@ -77,6 +80,11 @@ def describe_environment():
         env.update(torch=torch.__version__, torchvision=torchvision.__version__,
                    torch_threads=torch.get_num_threads(),
                    gpu=torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none")
+        if device.startswith("cuda"):
+            from gfocal.device import cuda_index
+            env.update(gpu=torch.cuda.get_device_name(cuda_index(device)),
+                       cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(),
+                       tf32=bool(torch.backends.cudnn.allow_tf32))
     except ImportError:
         env.update(torch="not installed", torchvision="not installed")
     try:

@@ -283,11 +283,12 @@ def noise_of(run32, run64):
     return noise
 
 
-def assert_rows(rows, context):
+def assert_rows(rows, context, subject="jittor"):
     """Fail with the first-divergence table when any row is beyond its tolerance; every
-    row asserted here counts in the run's verdict table."""
+    row asserted here counts in the run's verdict table of `subject` (the port under test:
+    jittor, or torch@cuda for the PyTorch port on a GPU, against the PyTorch CPU run)."""
     __tracebackhide__ = True
-    record_verdict(rows, context)
+    record_verdict(rows, context, subject)
     if first_failure(rows) is not None:
         import pytest
         pytest.fail(divergence_message(rows, context), pytrace=False)
@@ -300,7 +301,7 @@ CHECKS = ("forward probes", "targets and assignment", "losses", "gradients", "SG
           "detections", "COCO statistics")
 CHECK_OF_KIND = {"forward": "forward probes", "targets": "targets and assignment",
                  "loss": "losses", "grad": "gradients", "optim": "SGD steps"}
-VERDICT = {}  # (context, name) -> row dict; a tensor asserted twice in a context counts once
+VERDICT = {}  # (subject, context, name) -> row dict; a tensor asserted twice counts once
 
 
 def check_of(name):
@@ -312,10 +313,11 @@ def check_of(name):
     return CHECK_OF_KIND[probe_kind(name)]
 
 
-def record_verdict(rows, context):
+def record_verdict(rows, context, subject="jittor"):
     for r in rows:
-        VERDICT[(context, r.name)] = {
-            "check": check_of(r.name), "context": context, "name": r.name, "exact": r.exact,
+        VERDICT[(subject, context, r.name)] = {
+            "subject": subject, "check": check_of(r.name), "context": context, "name": r.name,
+            "exact": r.exact,
             "ok": r.ok, "rel": r.rel if math.isfinite(r.rel) else None,
             "mismatches": r.mismatches, "tolerance": r.tolerance}
 
@@ -362,27 +364,53 @@ def _verdict_cells(line):
             str(line["failed"]), line["verdict"]]
 
 
-def verdict_text(records):
+def by_subject(records):
+    """{subject: its records}, jittor first: one verdict table per port under test."""
+    out = {}
+    for r in sorted(records, key=lambda r: r.get("subject", "jittor") != "jittor"):
+        out.setdefault(r.get("subject", "jittor"), []).append(r)
+    return out
+
+
+def subject_title(subject):
+    return f"{subject} against the PyTorch port on the CPU (float32)"
+
+
+def _verdict_table_text(records):
     cells = [VERDICT_HEADER] + [_verdict_cells(line) for line in verdict_lines(records)]
     widths = [max(len(c[i]) for c in cells) for i in range(len(VERDICT_HEADER))]
     return "\n".join("  ".join(v.ljust(w) for v, w in zip(c, widths)).rstrip() for c in cells)
 
 
-VERDICT_NOTE = ("Errors are relative (max |jittor - torch| / max |torch| per tensor; COCO "
-                "statistics: absolute difference). Tolerances: parity_tests/TOLERANCES.md.")
+def verdict_text(records):
+    groups = by_subject(records)
+    if list(groups) == ["jittor"]:
+        return _verdict_table_text(groups["jittor"])
+    return "\n\n".join(f"{subject_title(s)}:\n{_verdict_table_text(r)}"
+                        for s, r in groups.items())
+
+
+VERDICT_NOTE = ("Errors are relative (max |subject - torch| / max |torch| per tensor, subject: "
+                "jittor or torch@cuda; COCO statistics: absolute difference). Tolerances: "
+                "parity_tests/TOLERANCES.md.")
 
 
 def verdict_html(records):
+    """The verdict table(s): id parity-verdict for Jittor, parity-verdict-<subject> else."""
     colour = {"PASS": "#cfc", "FAIL": "#f88", "not run": "#eee"}
-    out = ["<h2>Parity verdict</h2>",
-           "<table id='parity-verdict' border='1' style='border-collapse:collapse;"
-           "font-family:monospace'>",
-           "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in VERDICT_HEADER) + "</tr>"]
-    for line in verdict_lines(records):
-        out.append(f"<tr style='background:{colour[line['verdict']]}'>"
-                   + "".join(f"<td>{html.escape(c)}</td>" for c in _verdict_cells(line))
-                   + "</tr>")
-    out.append(f"</table><p>{html.escape(VERDICT_NOTE)}</p>")
+    out = ["<h2>Parity verdict</h2>"]
+    for subject, rows in by_subject(records).items():
+        suffix = "" if subject == "jittor" else "-" + subject.replace("@", "-").replace(":", "-")
+        out += [f"<h3>{html.escape(subject_title(subject))}</h3>",
+                f"<table id='parity-verdict{suffix}' border='1' style='border-collapse:collapse;"
+                "font-family:monospace'>",
+                "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in VERDICT_HEADER) + "</tr>"]
+        for line in verdict_lines(rows):
+            out.append(f"<tr style='background:{colour[line['verdict']]}'>"
+                       + "".join(f"<td>{html.escape(c)}</td>" for c in _verdict_cells(line))
+                       + "</tr>")
+        out.append("</table>")
+    out.append(f"<p>{html.escape(VERDICT_NOTE)}</p>")
     return "\n".join(out)
 
 

@@ -6,6 +6,7 @@ Tests ask for the fixtures `case`, `mode`, `forward_probe`, `target_probe`, `los
 check, never a copied test per layer.
 """
 import copy
+import importlib
 import os
 
 import numpy as np
@@ -39,7 +40,8 @@ def small_config(img_scale=(128, 96), batch_size=2, **model):
 
 def pytest_generate_tests(metafunc):
     params = {"case": list(CASES), "mode": list(MODES), "forward_probe": FORWARD_PROBES,
-              "target_probe": TARGET_PROBES, "loss_probe": LOSS_PROBES}
+              "target_probe": TARGET_PROBES, "loss_probe": LOSS_PROBES,
+              "subject": subjects(metafunc.config)}
     for name, values in params.items():
         if name in metafunc.fixturenames:
             metafunc.parametrize(name, values)
@@ -113,41 +115,90 @@ def as_float64(batch):
 
 # ---------------------------------------------------------------- models and runs
 def build_pair(model_cfg, seed=0):
-    """(torch model, jittor model) with the torch port's seeded weights in both."""
+    """(torch model, jittor model or None where Jittor is not installed, state) with the
+    torch port's seeded weights in both."""
     import torch
 
     from gfocal.checkpoint_io import load_port
-    tp, jp = load_port("torch"), load_port("jittor")
+    tp = load_port("torch")
     torch.manual_seed(seed)
     tmodel = tp.build_detector(model_cfg)
     state = tp.checkpoint.state_dict_numpy(tmodel)
-    jmodel = jp.build_detector(model_cfg)
-    jp.checkpoint.load_state_dict_numpy(jmodel, state)
+    jmodel = None
+    if jittor_installed():
+        jp = load_port("jittor")
+        jmodel = jp.build_detector(model_cfg)
+        jp.checkpoint.load_state_dict_numpy(jmodel, state)
     return tmodel, jmodel, state
 
 
-def run_loss(port, model, batch, mode, grads):
-    """Captured probes (+ loss totals, + gradients by name) of one loss evaluation."""
+def run_loss(port, model, batch, mode, grads, device="cpu"):
+    """Captured probes (+ loss totals, + gradients by name) of one loss evaluation on
+    `device` (the model is already there)."""
     model.train() if mode == "train" else model.eval()
-    with port.probes.capture() as probes:
-        losses = model.loss(batch)
-    out = {"probes": dict(probes), "losses": {k: port.numpy(v) for k, v in losses.items()}}
-    if grads:
-        out["grads"] = port.train.gradients_numpy(model, losses["loss"])
+    with port.on_device(device):
+        with port.probes.capture() as probes:
+            losses = model.loss(batch)
+        out = {"probes": dict(probes), "losses": {k: port.numpy(v) for k, v in losses.items()}}
+        if grads:
+            out["grads"] = port.train.gradients_numpy(model, losses["loss"])
     return out
 
 
-class ParityRuns:
-    """Runs every (case, mode) once per port, plus the float64 PyTorch reference."""
+def jittor_installed():
+    try:
+        importlib.import_module("jittor")
+    except ImportError:
+        return False
+    return True
 
-    def __init__(self, model_cfg, weights_from_converter=None):
+
+def jittor_device(device):
+    """Where Jittor runs in a parity run on `device`: there when its CUDA build works, else
+    on the CPU (still an independent check against the PyTorch CPU run)."""
+    from gfocal.checkpoint_io import load_port
+    from gfocal.device import DeviceError
+    try:
+        with load_port("jittor").on_device(device):
+            return device
+    except DeviceError:
+        return "cpu"
+
+
+def subjects(config):
+    """The ports under test, each compared with the PyTorch port on the CPU (float32):
+    Jittor (where installed) and, given --device D, the PyTorch port on D (with D = cpu the
+    same numbers by the same code path as on a GPU: how the GPU check is tried on a CPU)."""
+    device = config.getoption("--device")
+    found = (["jittor"] if jittor_installed() else []) + ([f"torch@{device}"] if device else [])
+    if not found:
+        raise pytest.UsageError("parity_tests: Jittor is not installed and --device is cpu: "
+                                "there is nothing to compare (give --device cuda)")
+    return found
+
+
+class ParityRuns:
+    """Runs every (case, mode) once per subject and once for the reference, the PyTorch port
+    in float32 on the CPU, plus its float64 run (the live noise). Subjects: "jittor" (on
+    `device` when its CUDA build works, else the CPU) and, given a `device`,
+    "torch@<device>"."""
+
+    def __init__(self, model_cfg, weights_from_converter=None, device=None):
         from gfocal.checkpoint_io import load_port
-        self.torch, self.jittor = load_port("torch"), load_port("jittor")
+        self.torch = load_port("torch")
         self.cfg = model_cfg
         self.tmodel, self.jmodel, self.state = build_pair(model_cfg)
-        if weights_from_converter is not None:
+        self.jittor = load_port("jittor") if self.jmodel is not None else None
+        if weights_from_converter is not None and self.jittor is not None:
             self.jittor.checkpoint.load_state_dict_numpy(self.jmodel, weights_from_converter)
         self.tmodel64 = copy.deepcopy(self.tmodel).double()
+        self.subjects = {}  # name -> (port, model, device)
+        if self.jittor is not None:
+            self.subjects["jittor"] = (self.jittor, self.jmodel, jittor_device(device or "cpu"))
+        if device is not None:
+            with self.torch.on_device(device):
+                self.subjects[f"torch@{device}"] = (
+                    self.torch, copy.deepcopy(self.tmodel).to(device), device)
         self.batches, self._runs = {}, {}
         self.float64_error = None
 
@@ -164,8 +215,9 @@ class ParityRuns:
             # train first: its float64 reference serves both modes (they compute the same
             # numbers: BN frozen, GN per sample)
             train = None if grads else self.get(case, "train")
-            run = {"torch": run_loss(self.torch, self.tmodel, batch, mode, grads),
-                   "jittor": run_loss(self.jittor, self.jmodel, batch, mode, grads)}
+            run = {"torch": run_loss(self.torch, self.tmodel, batch, mode, grads)}
+            for name, (port, model, device) in self.subjects.items():
+                run[name] = run_loss(port, model, batch, mode, grads, device)
             if grads:
                 run["float64"], run["noise"] = self.float64_reference(batch, run["torch"])
             else:
@@ -190,7 +242,9 @@ class ParityRuns:
 @pytest.fixture(scope="session")
 def pair_builder():
     """build_pair(model_cfg, seed=0) -> (torch model, jittor model, state); `.ports` holds
-    (torch port, jittor port)."""
+    (torch port, jittor port). Skips where Jittor is not installed."""
+    if not jittor_installed():
+        pytest.skip("Jittor is not installed (a PyTorch-only parity run)")
     from gfocal.checkpoint_io import load_port
 
     def build(model_cfg, seed=0):
@@ -207,8 +261,12 @@ def small_cfg():
 @pytest.fixture(scope="session")
 def converted_weights(small_cfg, tmp_path_factory):
     """The torch port's initial weights written as a .pth and converted by the converter
-    files to a Jittor checkpoint; returns the state dict read back from the .pkl."""
+    files to a Jittor checkpoint; returns the state dict read back from the .pkl (None
+    where Jittor is not installed)."""
     import torch
+
+    if not jittor_installed():
+        return None
 
     from gfocal.checkpoint_io import load_port
     from weights_converter.convert import convert, write
@@ -228,8 +286,9 @@ def converted_weights(small_cfg, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def runs(small_cfg, converted_weights):
-    return ParityRuns(small_cfg["model"], weights_from_converter=converted_weights)
+def runs(small_cfg, converted_weights, device_option):
+    return ParityRuns(small_cfg["model"], weights_from_converter=converted_weights,
+                      device=device_option)
 
 
 @pytest.fixture
@@ -257,6 +316,13 @@ def pytest_sessionfinish(session, exitstatus):
         if path and data:
             with open(path, "w") as f:
                 json.dump(data, f, indent=1)
+
+
+def pytest_report_header(config):
+    device = config.getoption("--device") or "cpu"
+    jittor = f"on {jittor_device(device)}" if jittor_installed() else "not installed"
+    return (f"parity: reference the PyTorch port on cpu (float32, float64 for the noise); "
+            f"subjects: {', '.join(subjects(config))} (Jittor {jittor})")
 
 
 def pytest_terminal_summary(terminalreporter):

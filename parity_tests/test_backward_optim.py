@@ -20,22 +20,22 @@ def prefixed(prefix, arrays):
     return {prefix + name: value for name, value in arrays.items()}
 
 
-def test_same_trainable_parameters(runs):
+def test_same_trainable_parameters(runs, subject):
     run = runs.get("coco_b2", "train")
-    torch_names, jittor_names = list(run["torch"]["grads"]), list(run["jittor"]["grads"])
+    torch_names, jittor_names = list(run["torch"]["grads"]), list(run[subject]["grads"])
     assert torch_names == jittor_names
     frozen = [n for n in torch_names if n.startswith(("backbone.conv1", "backbone.bn1",
                                                       "backbone.layer1."))]
     assert not frozen, f"frozen_stages=1 must freeze the stem and layer1, trainable: {frozen}"
 
 
-def test_gradients(runs, case, report_table):
+def test_gradients(runs, subject, case, report_table):
     """d loss / d parameter for every trainable parameter, compared by name."""
     run = runs.get(case, "train")
-    ref, got = prefixed("grad.", run["torch"]["grads"]), prefixed("grad.", run["jittor"]["grads"])
+    ref, got = prefixed("grad.", run["torch"]["grads"]), prefixed("grad.", run[subject]["grads"])
     rows = compare.compare_all(list(ref), got, ref, run["noise"])
-    report_table(rows, f"{case}: gradients by parameter", compare.first_failure(rows))
-    compare.assert_rows(rows, f"{case} gradients")
+    report_table(rows, f"{subject} {case}: gradients by parameter", compare.first_failure(rows))
+    compare.assert_rows(rows, f"{case} gradients", subject)
 
 
 def lr_of(port, optimizer):

@@ -18,27 +18,27 @@ def recorded_order(run):
     return order + [n for n in compare.ALL_PROBES if n not in order]
 
 
-def test_forward_probe(runs, case, mode, forward_probe):
+def test_forward_probe(runs, subject, case, mode, forward_probe):
     run = runs.get(case, mode)
-    rows = compare.compare_all([forward_probe], run["jittor"]["probes"], run["torch"]["probes"],
+    rows = compare.compare_all([forward_probe], run[subject]["probes"], run["torch"]["probes"],
                                run["noise"])
-    compare.assert_rows(rows, f"{case}/{mode}")
+    compare.assert_rows(rows, f"{case}/{mode}", subject)
 
 
-def test_first_divergence(runs, case, mode, report_table):
+def test_first_divergence(runs, subject, case, mode, report_table):
     """Every probe (forward, targets, losses) in forward order; the report names the first
     divergent one and shows the statistics of all the others."""
     run = runs.get(case, mode)
-    rows = compare.compare_all(recorded_order(run), run["jittor"]["probes"],
+    rows = compare.compare_all(recorded_order(run), run[subject]["probes"],
                                run["torch"]["probes"], run["noise"])
     mark = compare.first_failure(rows)
-    report_table(rows, f"{case} / {mode}: every probe, forward order", mark)
-    compare.assert_rows(rows, f"{case}/{mode}")
+    report_table(rows, f"{subject} {case} / {mode}: every probe, forward order", mark)
+    compare.assert_rows(rows, f"{case}/{mode}", subject)
 
 
-def test_both_ports_record_the_documented_probes_in_the_same_order(runs, case):
+def test_both_ports_record_the_documented_probes_in_the_same_order(runs, subject, case):
     run = runs.get(case, "train")
-    torch_names, jittor_names = list(run["torch"]["probes"]), list(run["jittor"]["probes"])
+    torch_names, jittor_names = list(run["torch"]["probes"]), list(run[subject]["probes"])
     missing = [n for n in compare.ALL_PROBES if n not in torch_names]
     assert not missing, f"torch port does not record {missing}"
     assert jittor_names == torch_names, (

@@ -35,13 +35,13 @@ def coco_config(small_cfg, **model):
                       "optim": dict(lr=0.02, warmup_iters=20)}, source="parity COCO test")
 
 
-def predict_both(cfg, tmodel, jmodel):
+def predict_both(cfg, ports, tmodel, jmodel):
     from gfocal.data.loader import build_dataloader
     from gfocal.engine import predict_dataset
     val = build_dataloader(cfg, "val")
     out = {"dataset": val.dataset, "cfg": cfg}
-    for key, model in (("torch", tmodel), ("jittor", jmodel)):
-        out[key], out["img_ids"] = predict_dataset(model, val)
+    for port, model in zip(ports, (tmodel, jmodel)):
+        out[port.FRAMEWORK], out["img_ids"] = predict_dataset(port, model, val)
     return out
 
 
@@ -54,7 +54,7 @@ def detections(pair_builder, small_cfg):
     state["bbox_head.gfl_cls.bias"][:] = 0.0
     tp.checkpoint.load_state_dict_numpy(tmodel, state)
     jp.checkpoint.load_state_dict_numpy(jmodel, state)
-    return predict_both(cfg, tmodel, jmodel)
+    return predict_both(cfg, pair_builder.ports, tmodel, jmodel)
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +77,7 @@ def trained_detections(pair_builder, small_cfg):
             tp.train.train_step(tmodel, optimizer, batch)
             it += 1
     jp.checkpoint.load_state_dict_numpy(jmodel, tp.checkpoint.state_dict_numpy(tmodel))
-    return predict_both(cfg, tmodel, jmodel)
+    return predict_both(cfg, pair_builder.ports, tmodel, jmodel)
 
 
 def match_detections(ref, got, scale):

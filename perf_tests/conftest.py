@@ -17,12 +17,10 @@ class ModelCache:
         self._weights = None
 
     def get(self, port, device):
+        """The model of `port` on `device` (the port's current device: it is built there)."""
         key = (port.FRAMEWORK, device)
         if key not in self._models:
-            model = port.build_detector(model_config())
-            if device == "gpu" and port.FRAMEWORK == "torch":
-                model = model.cuda()
-            self._models[key] = model
+            self._models[key] = port.build_detector(model_config())
         model = self._models[key]
         if self._weights is None:
             self._weights = benchmark_weights(port.checkpoint.state_dict_numpy(model))

@@ -2,11 +2,13 @@
 
 Cases: backbone forward, full forward, forward + backward, one training step (loss,
 backward, SGD) with its peak memory, inference (forward + decoding + NMS), and the last
-two again with both ports interleaved call by call (`paired`, CPU). Batch 1 and 2;
-a small input on the CPU, the paper's 800x1333 on a GPU (marked `gpu`). Warm-up rounds keep
+two again with both ports interleaved call by call (`paired`, CPU). Batch 1 and 2 (and 8 for
+the GPU training step); a small input on the CPU, the paper's 800x1333 on a GPU (marked
+`gpu`), there in full fp32 and, for PyTorch, again with TF32 (`gpu-tf32`). Warm-up rounds keep
 Jittor's compilation and both ports' caches out of the timings. With --benchmark-disable
 every case runs once as a smoke test. Workflow and baselines: perf_tests/README.md.
 """
+import contextlib
 import os
 import time
 
@@ -17,9 +19,13 @@ from gfocal import perf
 from gfocal.perf import CPU_SIZE, GPU_SIZE, SMOKE_SIZE, make_batch, model_config
 from gfocal.runtime import num_threads
 
-DEVICES = [pytest.param("cpu", id="cpu"),
-           pytest.param("gpu", id="gpu", marks=pytest.mark.gpu)]
+# (device kind, TF32): the GPU cases in full fp32 and with PyTorch's TF32 convolutions and
+# matmuls, labelled in extra_info (parity_tests/TOLERANCES.md, "GPU numerics").
+PLACEMENTS = [pytest.param(("cpu", False), id="cpu"),
+              pytest.param(("gpu", False), id="gpu", marks=pytest.mark.gpu),
+              pytest.param(("gpu", True), id="gpu-tf32", marks=pytest.mark.gpu)]
 BATCHES = [1, 2]
+TRAIN_BATCHES = [1, 2, 8]  # 8: a GPU case only (the paper trains 2 per GPU; 8 probes memory)
 WARMUP_ROUNDS = 2        # Jittor compiles on the first call and settles its caches on the next
 ROUNDS = {"backbone_forward": 8, "forward": 8, "forward_backward": 5, "train_step": 5,
           "inference": 8, "paired": 6}
@@ -39,27 +45,26 @@ def input_size(device, timed=True):
 class Case:
     """One benchmark: model, batch and bookkeeping for a (port, device, batch) triple."""
 
-    def __init__(self, name, port, device, batch_size, model_cache, benchmark):
-        self.name, self.port, self.device = name, port, device
+    def __init__(self, name, port, placement, batch_size, model_cache, benchmark):
+        self.name, self.port, (self.device, tf32) = name, port, placement
         self.framework = port.FRAMEWORK
-        h, w = input_size(device, benchmark.enabled)
+        h, w = input_size(self.device, benchmark.enabled)
         self.batch = make_batch(batch_size, (h, w), model_config()["num_classes"])
-        self.model = model_cache.get(port, device)
+        self.model = model_cache.get(port, str(port.current_device()))
         self.benchmark = benchmark
-        benchmark.group = f"{name} {device} {h}x{w} b{batch_size}"
-        benchmark.extra_info.update(perf.framework_info(self.framework, device), case=name,
-                                    input_size=f"{h}x{w}", batch=batch_size)
+        label = self.device + ("-tf32" if tf32 else "")
+        benchmark.group = f"{name} {label} {h}x{w} b{batch_size}"
+        benchmark.extra_info.update(perf.framework_info(self.framework, self.device),
+                                    case=name, input_size=f"{h}x{w}", batch=batch_size)
 
     def imgs(self):
-        t = self.port.tensor(self.batch["imgs"])
-        return t.cuda() if self.device == "gpu" and self.framework == "torch" else t
+        return self.port.tensor(self.batch["imgs"])  # on the port's device
 
     def run(self, fn):
         """Time fn (warm-up first); the device is synchronised inside the timed call."""
         def timed():
-            with perf.device_scope(self.framework, self.device):
-                out = fn()
-                perf.synchronize(self.framework, self.device)
+            out = fn()
+            perf.synchronize(self.framework, self.device)
             return out
         return self.benchmark.pedantic(timed, rounds=rounds_for(self.name),
                                        warmup_rounds=WARMUP_ROUNDS, iterations=1)
@@ -68,20 +73,29 @@ class Case:
         self.benchmark.extra_info.update(info)
 
 
-@pytest.fixture(params=DEVICES)
-def device(request):
+@pytest.fixture(params=PLACEMENTS)
+def placement(request):
     return request.param
 
 
 @pytest.fixture
-def case_factory(port, device, model_cache, benchmark):
-    if device == "gpu" and port.FRAMEWORK == "torch":
-        model_cache.get(port, device)  # moved to the GPU
-        if not port.tensor(np.zeros(1, np.float32)).is_cuda:
-            pytest.skip("gfocal.pytorch.tensor() builds CPU tensors: the PyTorch port has no "
-                        "GPU device switch yet, so model.loss/predict cannot run on a GPU")
-    return lambda name, batch_size: Case(name, port, device, batch_size, model_cache,
-                                         benchmark)
+def case_factory(port, placement, model_cache, benchmark, device_option):
+    """Case(name, batch) with the port on the case's device for the whole test (--device
+    picks which cases run and which GPU); a port that cannot use it skips, saying why."""
+    from gfocal.device import DeviceError
+    kind, tf32 = placement
+    if device_option is not None and (device_option == "cpu") != (kind == "cpu"):
+        pytest.skip(f"a {kind} case; --device {device_option}")
+    if tf32 and port.FRAMEWORK == "jittor":
+        pytest.skip("TF32 is PyTorch's switch (Jittor's tensor-core flag: its CUDA issue)")
+    target = "cpu" if kind == "cpu" else device_option or "cuda"
+    with contextlib.ExitStack() as scope:
+        try:
+            scope.enter_context(port.on_device(target, tf32=tf32, deterministic=False))
+        except DeviceError as exc:
+            pytest.skip(str(exc))
+        yield lambda name, batch_size: Case(name, port, placement, batch_size, model_cache,
+                                            benchmark)
 
 
 def _total(outputs):
@@ -154,17 +168,18 @@ def inference_fn(port, model, batch):
 STEPS = {"train_step": train_step_fn, "inference": inference_fn}
 
 
-@pytest.mark.parametrize("batch_size", BATCHES)
-def test_train_step(case_factory, batch_size):
+@pytest.mark.parametrize("batch_size", TRAIN_BATCHES)
+def test_train_step(case_factory, placement, batch_size):
     """port.train.train_step: loss (targets included), backward, SGD update; peak memory."""
+    if batch_size not in BATCHES and placement[0] == "cpu":
+        pytest.skip(f"batch {batch_size} is a GPU case")
     case = case_factory("train_step", batch_size)
     step = train_step_fn(case.port, case.model, case.batch)
     losses = case.run(step)
     assert set(losses) >= {"loss", "loss_cls", "loss_bbox", "loss_dfl"}
     assert np.isfinite(losses["loss"])
     if case.benchmark.enabled:  # one more, untimed step under the memory probe
-        with perf.device_scope(case.framework, case.device):
-            memory = perf.measure_peak_memory(case.framework, case.device, step)
+        memory = perf.measure_peak_memory(case.framework, case.device, step)
         case.note(**{k: None if v is None else round(v, 1) for k, v in memory.items()})
 
 
@@ -181,15 +196,19 @@ def test_inference(case_factory, batch_size):
     stats = case.benchmark.stats
     if stats:
         case.note(per_image_min_s=stats.stats.min / batch_size,
-                  per_image_median_s=stats.stats.median / batch_size)
+                  per_image_median_s=stats.stats.median / batch_size,
+                  fps_median=batch_size / stats.stats.median)
 
 
 @pytest.mark.parametrize("batch_size", BATCHES)
 @pytest.mark.parametrize("name", ["train_step", "inference"])
-def test_paired(name, batch_size, torch_port, jittor_port, model_cache, benchmark):
+def test_paired(name, batch_size, torch_port, jittor_port, model_cache, benchmark,
+                device_option):
     """One PyTorch and one Jittor call per round, alternating which goes first, so that load
     drifting over minutes on a shared machine hits both ports alike. The benchmark times a
     pair; extra_info splits it and holds the median of the per-pair Jittor/PyTorch ratios."""
+    if device_option not in (None, "cpu"):
+        pytest.skip(f"a cpu case; --device {device_option}")
     h, w = input_size("cpu", benchmark.enabled)
     batch = make_batch(batch_size, (h, w), model_config()["num_classes"])
     ports = (torch_port, jittor_port)

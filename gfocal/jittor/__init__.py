@@ -2,11 +2,13 @@
 
 No torch import anywhere in this package: it must work where PyTorch is not installed.
 """
+import contextlib
 import importlib
 
 import numpy as np
 
-from gfocal.runtime import DEFAULT_SEED, configure_frameworks, cuda_available, warn_if_jittor_slow
+from gfocal.device import DeviceError, cuda_index, is_cuda
+from gfocal.runtime import DEFAULT_SEED, configure_frameworks, warn_if_jittor_slow
 
 configure_frameworks()
 import jittor as jt  # noqa: E402  (configure_frameworks sets Jittor's env before import)
@@ -14,10 +16,48 @@ import jittor as jt  # noqa: E402  (configure_frameworks sets Jittor's env befor
 FRAMEWORK = "jittor"
 # Jittor casts float64 input to float32 unless told otherwise (SPEC.md section 10).
 jt.flags.auto_convert_64_to_32 = 0
-jt.flags.use_cuda = int(bool(jt.has_cuda) and cuda_available())
+jt.flags.use_cuda = 0  # the CPU until use_device says otherwise
 jt.set_global_seed(DEFAULT_SEED)  # Jittor seeds itself from the clock at import
-if not jt.flags.use_cuda:
-    warn_if_jittor_slow()
+warn_if_jittor_slow()
+
+
+def current_device():
+    return "cuda" if jt.flags.use_cuda else "cpu"
+
+
+def use_device(name, tf32=False, deterministic=True):
+    """Make `name` (cpu, cuda; gfocal.device.resolve_device's output) the port's device:
+    Jittor runs every op where the global `use_cuda` flag says. `tf32` and `deterministic`
+    are PyTorch's switches (parity_tests/TOLERANCES.md, "GPU numerics"): Jittor has neither."""
+    if is_cuda(name):
+        if not jt.has_cuda:
+            raise DeviceError(f"device {name!r}: this Jittor {jt.__version__} has no working CUDA "
+                              "build (jt.has_cuda = 0; building it on CUDA 13 is the Jittor-on-"
+                              "CUDA issue); use --device cpu for --framework jittor")
+        if cuda_index(name) != 0:
+            raise DeviceError(f"device {name!r}: Jittor uses the first visible GPU; run with "
+                              f"CUDA_VISIBLE_DEVICES={cuda_index(name)} and --device cuda")
+    jt.flags.use_cuda = int(is_cuda(name))
+    return current_device()
+
+
+@contextlib.contextmanager
+def on_device(name, tf32=False, deterministic=True):
+    """use_device for a block, the previous device restored after it."""
+    previous = current_device()
+    use_device(name, tf32, deterministic)
+    try:
+        yield current_device()
+    finally:
+        use_device(previous)
+
+
+def to_device(model):
+    return model  # Jittor Vars follow the global flag
+
+
+def is_out_of_memory(exc):
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
 
 
 def tensor(array, dtype=None, requires_grad=False):
@@ -35,8 +75,9 @@ def numpy(v):
 
 
 def build_detector(model_cfg):
+    """The detector, on the port's current device."""
     from .detector import GFocalV2
-    return GFocalV2(model_cfg)
+    return to_device(GFocalV2(model_cfg))
 
 
 def __getattr__(name):

@@ -54,7 +54,8 @@ class GFLLoss:
         # Official: a plain number (no gradient), not clamped. With no positive at all the
         # box terms are exactly 0 (still in the graph) and stay undivided instead of 0/0.
         avg_factor = float(sum(weight_sums))
-        record("loss.avg_factor", jt.array(avg_factor, dtype="float64"))
+        if is_active():  # a host number: made into a tensor only for a capture
+            record("loss.avg_factor", jt.array(avg_factor, dtype="float64"))
         if avg_factor > 0:
             losses_bbox = [loss / avg_factor for loss in losses_bbox]
             losses_dfl = [loss / avg_factor for loss in losses_dfl]

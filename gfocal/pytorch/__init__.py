@@ -1,21 +1,73 @@
 """The PyTorch port of GFocalV2. Sub-modules load on first attribute access."""
+import contextlib
 import importlib
 
 import numpy as np
 import torch
 
+from gfocal.device import DeviceError, cuda_index, is_cuda
 from gfocal.runtime import num_threads
 
 FRAMEWORK = "torch"
 torch.set_num_threads(num_threads())
+_device = torch.device("cpu")  # where tensor() puts inputs and the anchors are made
+
+
+def current_device():
+    return _device
+
+
+def use_device(name, tf32=False, deterministic=True):
+    """Make `name` (cpu, cuda, cuda:N; gfocal.device.resolve_device's output) the port's
+    device and apply the numerics policy of parity_tests/TOLERANCES.md ("GPU numerics"):
+    full fp32 unless `tf32`, no cuDNN autotuning, deterministic algorithms where PyTorch
+    has them. Models are moved by the caller (`model.to(current_device())`)."""
+    global _device
+    if is_cuda(name):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise DeviceError(f"device {name!r}: PyTorch {torch.__version__} sees no CUDA GPU "
+                              f"(built for CUDA {torch.version.cuda}); use --device cpu")
+        if cuda_index(name) >= count:
+            raise DeviceError(f"device {name!r}: this machine has {count} GPU(s), "
+                              f"cuda:0..cuda:{count - 1}")
+        torch.cuda.set_device(cuda_index(name))
+        torch.backends.cuda.matmul.allow_tf32 = bool(tf32)
+        torch.backends.cudnn.allow_tf32 = bool(tf32)
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = bool(deterministic)
+        # warn_only: an op without a deterministic CUDA kernel warns instead of stopping
+        torch.use_deterministic_algorithms(bool(deterministic), warn_only=True)
+    _device = torch.device(name)
+    return _device
+
+
+@contextlib.contextmanager
+def on_device(name, tf32=False, deterministic=True):
+    """use_device for a block, the previous device restored after it."""
+    previous = _device
+    use_device(name, tf32, deterministic)
+    try:
+        yield _device
+    finally:
+        use_device(str(previous))
+
+
+def to_device(model):
+    return model.to(_device)
+
+
+def is_out_of_memory(exc):
+    return isinstance(exc, torch.OutOfMemoryError)
 
 
 def tensor(array, dtype=None, requires_grad=False):
-    """A numpy array as a tensor of the same dtype (float64 stays float64)."""
+    """A numpy array as a tensor of the same dtype (float64 stays float64) on the port's
+    device."""
     t = torch.from_numpy(np.ascontiguousarray(array))
     if dtype is not None:
         t = t.to(getattr(torch, dtype))
-    return t.requires_grad_(requires_grad)
+    return t.to(_device).requires_grad_(requires_grad)
 
 
 def numpy(t):
@@ -23,8 +75,9 @@ def numpy(t):
 
 
 def build_detector(model_cfg):
+    """The detector, on the port's current device."""
     from .detector import GFocalV2
-    return GFocalV2(model_cfg)
+    return to_device(GFocalV2(model_cfg))
 
 
 def __getattr__(name):

@@ -3,6 +3,8 @@ import math
 
 import torch
 
+from . import current_device
+
 
 class AnchorGenerator:
     """Anchors centred at (x * stride, y * stride), no half-stride offset, row-major per level."""
@@ -24,7 +26,7 @@ class AnchorGenerator:
     def _grid(featmap_size):
         """Column and row index of every location, row-major: (x, y) each (H*W,) int64."""
         h, w = int(featmap_size[0]), int(featmap_size[1])
-        index = torch.arange(h * w, dtype=torch.int64)
+        index = torch.arange(h * w, dtype=torch.int64, device=current_device())
         return index % w, index // w
 
     def single_level_grid_anchors(self, featmap_size, stride):

@@ -45,7 +45,7 @@ def load_optimizer_state_numpy(model, optimizer, momentum):
     for name, p in _trainable(model):
         if name in momentum:
             optimizer.state[p]["momentum_buffer"] = torch.from_numpy(
-                np.ascontiguousarray(momentum[name])).clone()
+                np.ascontiguousarray(momentum[name])).to(p.device, copy=True)
 
 
 def save_checkpoint(path, model, optimizer=None, meta=None):

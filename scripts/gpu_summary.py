@@ -1,0 +1,135 @@
+"""The tables of a scripts/gpu_check.sh run, from the files it wrote into OUT_DIR:
+steps, GPU benchmarks (perf.json), parity on the GPU (parity_verdict.json) and the short
+training (train/). Writes OUT_DIR/summary.md and prints it.
+
+    python scripts/gpu_summary.py OUT_DIR --device cuda --step perf=passed=95 ...
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from parity_tests.compare import by_subject, subject_title, verdict_text  # noqa: E402
+
+PERF_COLUMNS = ["case", "numerics", "batch", "min ms", "median ms", "per image ms", "FPS",
+                "peak alloc MB", "peak reserved MB"]
+
+
+def markdown_table(head, rows):
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
+
+
+def read_json(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _ms(seconds):
+    return f"{seconds * 1e3:.1f}"
+
+
+def perf_rows(bench):
+    """One row per timed PyTorch GPU case, in the suite's order."""
+    rows = []
+    for b in bench.get("benchmarks", []):
+        info, stats = b.get("extra_info", {}), b.get("stats") or {}
+        if info.get("framework") != "torch" or "median" not in stats:
+            continue
+        batch = int(info.get("batch", 1))
+        numerics = "TF32" if info.get("tf32") else "fp32"
+        per_image = stats["median"] / batch
+        fps = f"{batch / stats['median']:.1f}" if info.get("case") == "inference" else "-"
+        alloc, reserved = info.get("gpu_peak_allocated_mb"), info.get("gpu_peak_reserved_mb")
+        rows.append([info.get("case", b.get("name")), numerics, batch, _ms(stats["min"]),
+                     _ms(stats["median"]), _ms(per_image), fps,
+                     "-" if alloc is None else f"{alloc:.0f}",
+                     "-" if reserved is None else f"{reserved:.0f}"])
+    return rows
+
+
+def environment_lines(bench, device):
+    info = next((b.get("extra_info", {}) for b in (bench or {}).get("benchmarks", [])
+                 if b.get("extra_info", {}).get("gpu")), {})
+    facts = {"device": device, "gpu": info.get("gpu", "-"), "torch": info.get("version", "-"),
+             "cuda": info.get("cuda", "-"), "cudnn": info.get("cudnn", "-"),
+             "cudnn.benchmark": info.get("cudnn_benchmark", "-")}
+    return [f"- {k}: {v}" for k, v in facts.items()]
+
+
+def training_lines(train_dir):
+    log_path = os.path.join(train_dir, "log_torch.jsonl")
+    try:
+        with open(log_path) as f:
+            records = [json.loads(line) for line in f if line.strip()]
+    except (OSError, ValueError):
+        return ["no training log (the step failed before its first iteration)"]
+    if not records:
+        return ["the training log is empty"]
+    times = [r["time"] for r in records[1:]] or [records[0]["time"]]  # first: warm-up
+    data = [r["data_time"] for r in records[1:]] or [records[0]["data_time"]]
+    last = records[-1]
+    lines = [f"- iterations: {last['iter']}, final loss {last['loss']:.4f} "
+             f"(cls {last['loss_cls']:.4f}, bbox {last['loss_bbox']:.4f}, "
+             f"dfl {last['loss_dfl']:.4f})",
+             f"- median time per iteration {_ms(statistics.median(times))} ms, data wait "
+             f"{_ms(statistics.median(data))} ms"]
+    try:
+        with open(os.path.join(train_dir, "test.txt")) as f:
+            stats = dict(line.split()[:2] for line in f if line[:2] in ("AP", "AR"))
+        lines.append(f"- evaluation: AP {stats.get('AP', '-')}, AP50 {stats.get('AP50', '-')}")
+    except (OSError, ValueError):
+        lines.append("- evaluation: no statistics (test.txt missing)")
+    return lines
+
+
+def parse_step(text):
+    name, status, seconds = text.split("=", 2)
+    return name, status, seconds
+
+
+def summary(out_dir, device, steps):
+    bench = read_json(os.path.join(out_dir, "perf.json"))
+    verdict = read_json(os.path.join(out_dir, "parity_verdict.json"))
+    parts = ["# GPU check", "", "## Steps", "",
+             markdown_table(["step", "status", "seconds"], [list(s) for s in steps]),
+             "", "## Environment", "", *environment_lines(bench, device),
+             "", "## PyTorch port on the GPU (pytest-benchmark, synchronised)", ""]
+    rows = perf_rows(bench) if bench else []
+    parts.append(markdown_table(PERF_COLUMNS, rows) if rows else
+                 "no timings (benchmarks disabled, or the perf step failed: see check.log)")
+    parts += ["", "## Parity on the GPU", ""]
+    if verdict:
+        for subject, records in by_subject(verdict).items():
+            parts += [f"{subject_title(subject)}:", "", "```", verdict_text(records), "```", ""]
+    else:
+        parts.append("no parity verdict (the parity step failed: see check.log and parity.html)")
+    parts += ["", "## Short training on the GPU", "",
+              *training_lines(os.path.join(out_dir, "train"))]
+    return "\n".join(parts) + "\n"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out_dir")
+    parser.add_argument("--device", required=True)
+    parser.add_argument("--step", action="append", default=[], type=parse_step,
+                        help="NAME=STATUS=SECONDS of one step of the check")
+    args = parser.parse_args(argv)
+    text = summary(args.out_dir, args.device, args.step)
+    path = os.path.join(args.out_dir, "summary.md")
+    with open(path, "w") as f:
+        f.write(text)
+    print(text)
+    print(f"summary: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
