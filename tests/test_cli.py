@@ -1,5 +1,6 @@
 """`gfocal train/test` end to end on a tiny config, and one clear message per bad input."""
 import os
+import shutil
 
 import pytest
 
@@ -30,6 +31,30 @@ def test_missing_config_is_one_line(tmp_path, capsys, argv_tail, words):
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
     assert str(tmp_path / "missing.py") in err and all(w in err for w in words)
+
+
+def test_a_corrupt_image_stops_training_with_workers_in_one_line(tiny_coco, tiny_model,
+                                                                tmp_path, capsys):
+    """A loader worker that cannot read an image stops training: one line naming the file,
+    exit 2, and no worker process left."""
+    from tests.processes import child_processes
+    data = tmp_path / "coco"
+    shutil.copytree(tiny_coco, data)
+    victim = sorted((data / "train2017").iterdir())[3]
+    victim.write_bytes(b"not an image")
+    config = tmp_path / "workers.py"
+    config.write_text(f"model = {tiny_model!r}\n"
+                      f"data = dict(root={str(data)!r}, img_scale=[96, 96], batch_size=2, "
+                      "workers=2)\noptim = dict(warmup_iters=5, epochs=1)\n"
+                      "train = dict(eval_interval=0)\n")
+    before = child_processes()
+    code = main(["train", str(config), "--framework", "torch", "--work-dir",
+                 str(tmp_path / "work"), "--device", "cpu"])
+    errors = [line for line in capsys.readouterr().err.splitlines()
+              if line.startswith("gfocal")]
+    assert code == 2 and len(errors) == 1, errors
+    assert str(victim) in errors[0] and "cannot be decoded" in errors[0]
+    assert child_processes() - before == set()
 
 
 def test_checkpoint_of_another_model_lists_the_bad_keys(tiny_config, tmp_path, capsys):

@@ -1,7 +1,6 @@
 """Seeded batching: batch layout, determinism per seed/epoch, flips, build_dataloader,
 worker processes (same bytes, resume, errors, no process left behind)."""
 import gc
-import multiprocessing
 import os
 import time
 
@@ -12,6 +11,7 @@ from gfocal.config import from_dict
 from gfocal.data import synthetic
 from gfocal.data.coco import CocoDataset, DatasetError
 from gfocal.data.loader import DataLoader, build_dataloader, resolve_workers
+from tests.processes import child_processes
 
 SCALE = (160, 128)
 MEAN, STD = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)
@@ -65,24 +65,6 @@ class FaultyDataset(CocoDataset):
                 os._exit(1)
             raise ValueError(f"planted failure of sample {idx}")
         return super().load(idx)
-
-
-def child_processes():
-    """Pids of this process's children, ended ones not yet reaped included (a /proc scan),
-    except multiprocessing's resource tracker: one per interpreter, meant to outlive pools."""
-    multiprocessing.active_children()  # reaps multiprocessing children that have ended
-    found = set()
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                parent = int(f.read().rsplit(")", 1)[1].split()[1])
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                command = f.read()
-        except OSError:  # ended while we looked
-            continue
-        if parent == os.getpid() and b"resource_tracker" not in command:
-            found.add(int(pid))
-    return found
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
 """The shared training loop with each port: log schema, resume, NaN stop, atomic checkpoints."""
+import copy
 import json
 import os
 
@@ -60,6 +61,22 @@ def test_resume_gives_the_same_next_loss(port, cfg, init_weights, tmp_path):
     assert [r["iter"] for r in b] == [1, 2, 3]  # appended, not overwritten
     for key in ("loss", "loss_cls", "loss_bbox", "loss_dfl", "lr"):
         assert b[2][key] == pytest.approx(a[2][key], rel=1e-6, abs=1e-9), key
+
+
+def test_resume_mid_epoch_with_worker_processes(torch_port, cfg, init_weights, tmp_path):
+    """Two loader workers and a resume in the middle of an epoch (iteration 2 of 4) give
+    exactly the losses of one straight run without workers."""
+    with_workers = copy.deepcopy(cfg)
+    with_workers["data"]["workers"] = 2
+    straight = engine.train(cfg, "torch", str(tmp_path / "a"), max_iters=3,
+                            init_weights=init_weights, progress=False)
+    first = engine.train(with_workers, "torch", str(tmp_path / "b"), max_iters=2,
+                         init_weights=init_weights, progress=False, device="cpu")
+    resumed = engine.train(with_workers, "torch", str(tmp_path / "b"), max_iters=3,
+                           resume=first["checkpoint"], progress=False)
+    keys = ("loss", "loss_cls", "loss_bbox", "loss_dfl", "lr")
+    assert [[r[k] for k in keys] for r in read_log(resumed["log"])] == \
+        [[r[k] for k in keys] for r in read_log(straight["log"])]
 
 
 def test_nan_loss_stops_with_the_iteration(port, cfg, init_weights, tmp_path, monkeypatch):

@@ -57,7 +57,11 @@ def to_device(model):
 
 
 def is_out_of_memory(exc):
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    """Jittor raises a RuntimeError carrying the CUDA or allocator message (its CUDA
+    allocator first falls back to unified memory; not yet seen on a GPU here)."""
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and (
+        "out of memory" in text.lower() or "cudaErrorMemoryAllocation" in text)
 
 
 def tensor(array, dtype=None, requires_grad=False):
