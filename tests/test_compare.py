@@ -30,6 +30,7 @@ def test_compare_on_a_subset_writes_the_report(tiny_config, tiny_coco, tmp_path)
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
     md = (out_dir / "report.md").read_text()
     assert "torch" in md and "jittor" in md and "AP50" in md
+    assert "| device | cpu |" in md  # the environment table states the device
     assert (out_dir / "report.html").is_file()
     assert (out_dir / "keep.txt").read_text() == "user data"
     # the control arm: the PyTorch port again, from weights one ulp away
