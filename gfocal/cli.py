@@ -4,8 +4,11 @@ Frameworks are imported lazily, so `--framework jittor` works without PyTorch in
 """
 import argparse
 import json
+import os
 import sys
+import traceback
 
+from gfocal.launch import LAUNCHERS, process_label
 from gfocal.runtime import configure_frameworks
 
 STAT_FORMAT = "{:<6} {:.3f}"
@@ -45,6 +48,9 @@ def build_parser():
     p.add_argument("--init-weights", help="initial weights (any format the converter reads)")
     p.add_argument("--max-iters", type=int, help="stop after this many iterations")
     _add_device(p)
+    p.add_argument("--launcher", choices=list(LAUNCHERS), default="none",
+                   help="data-parallel training: pytorch (started by torchrun, "
+                        "--framework torch) or mpi (started by mpirun, --framework jittor)")
 
     p = sub.add_parser("test", help="evaluate a checkpoint on the val split")
     p.add_argument("config")
@@ -86,7 +92,9 @@ def run(args):
         cfg = load_config(args.config)
         out = engine.train(cfg, args.framework, args.work_dir, resume=args.resume,
                            max_iters=args.max_iters, init_weights=args.init_weights,
-                           device=args.device)
+                           device=args.device, launcher=args.launcher)
+        if out["rank"] != 0:
+            return 0  # a process of a data-parallel job other than 0: process 0 reports
         if out["complete"]:
             print(f"nothing to train: {out['checkpoint']} already holds iteration "
                   f"{out['iters']} of {out['total']} (the run is complete)")
@@ -111,15 +119,37 @@ def run(args):
     return 0
 
 
+def _job_started():
+    """True once this process has joined a data-parallel job (torch.distributed or Jittor's
+    MPI), whose other processes may be waiting for it."""
+    return any(sys.modules[name].active() for name in
+               ("gfocal.pytorch.distributed", "gfocal.jittor.distributed") if name in sys.modules)
+
+
 def main(argv=None):
     configure_frameworks()
     args = build_parser().parse_args(argv)
     from gfocal.errors import USER_ERRORS
+    where = process_label()  # which process of a data-parallel job this is, if any
     try:
-        return run(args)
+        code = run(args)
     except USER_ERRORS as exc:
-        print(f"gfocal {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        print(f"gfocal {args.command}{f' [{where}]' if where else ''}: error: {exc}",
+              file=sys.stderr)
+        code = 2
+    except BaseException:
+        if not _job_started():
+            raise
+        traceback.print_exc()
+        code = 1
+    if code and _job_started():
+        # A failed process of a job leaves at once: a normal exit would finalise MPI (or the
+        # process group) and wait there for the others, who wait for it in an all-reduce.
+        # torchrun / mpirun see the exit and stop the others.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":

@@ -12,8 +12,9 @@ import time
 from tqdm import tqdm
 
 from gfocal.checkpoint_io import load_any, load_port, read_training_state
-from gfocal.data.loader import build_dataloader
-from gfocal.device import DeviceError, resolve_device
+from gfocal.data.loader import build_dataloader, per_process_batch
+from gfocal.device import DeviceError, is_cuda, resolve_device
+from gfocal.launch import check_launcher, job_size, local_rank
 from gfocal.evaluation.coco_eval import evaluate as coco_evaluate
 from gfocal.evaluation.coco_eval import results_to_coco
 from gfocal.runlog import RunLog, check_finite, console_line
@@ -32,11 +33,17 @@ def build_model(cfg, framework, init_weights=None, device=None):
     """A detector of `framework` on `device` (default cfg's), with weights from
     `init_weights` (a checkpoint) if given."""
     port, _ = select_device(cfg, framework, device)
+    return port, new_detector(port, cfg, init_weights)
+
+
+def new_detector(port, cfg, init_weights=None):
+    """cfg's detector on the port's device, with weights from `init_weights` (default
+    cfg's train.init_weights; a checkpoint of any format) if given."""
     model = port.build_detector(cfg["model"])
     init_weights = init_weights or cfg["train"]["init_weights"]
     if init_weights:
         load_weights(port, model, init_weights, cfg)
-    return port, model
+    return model
 
 
 def load_weights(port, model, path, cfg):
@@ -71,24 +78,52 @@ def checkpoint_path(work_dir, port, name):
     return os.path.join(work_dir, name + port.checkpoint.EXTENSION)
 
 
+def join_job(cfg, framework, device, launcher):
+    """(port, device name, rank, world size): this process's place in a data-parallel job
+    started by `launcher` ("none": a job of one), with the port on its device (on a GPU
+    machine process r of a node takes GPU r)."""
+    check_launcher(launcher, framework)
+    if launcher != "none":
+        per_process_batch(cfg, job_size())  # a bad split stops before the job starts
+    if launcher != "none" and is_cuda(resolve_device(device or cfg["train"]["device"])):
+        device = f"cuda:{local_rank()}"
+    port, device = select_device(cfg, framework, device)
+    rank, world = port.distributed.start(device) if launcher != "none" else (0, 1)
+    return port, device, rank, world
+
+
 def train(cfg, framework, work_dir, resume=None, max_iters=None, init_weights=None,
           evaluate_every_epoch=None, progress=True, on_epoch_end=None, on_iter_end=None,
-          device=None):
+          device=None, launcher="none"):
     """Train per cfg; returns {'log': path, 'checkpoint': path, 'evals': [...], 'iters': n,
     'complete': bool}.
 
     `max_iters` stops early (a checkpoint `latest` is still written). `resume` is a
     checkpoint of either port (weights and momentum are converted). `device` overrides
-    cfg's train.device. Resuming a run that has
-    already done every iteration trains nothing and writes nothing: 'complete' is then True,
+    cfg's train.device. `launcher` ("pytorch": torchrun, "mpi": mpirun) makes this process
+    one of a data-parallel job: each takes its part of every global batch (data.batch_size),
+    the framework averages the gradients, process 0 alone writes the log (losses averaged
+    over the processes), the checkpoints and evaluates. Resuming a run that has already done
+    every iteration trains nothing and writes nothing: 'complete' is then True,
     'checkpoint' the resumed file and 'log' None. `on_epoch_end(epoch, stats)` is called
-    after each evaluation, `on_iter_end(iteration, model, port)` after each iteration.
+    after each evaluation, `on_iter_end(iteration, model, port)` after each iteration (both
+    in process 0 only).
     """
-    port, model = build_model(cfg, framework, init_weights, device)
-    device = str(port.current_device())
+    port, device, rank, world = join_job(cfg, framework, device, launcher)
+    try:
+        return _train(cfg, port, device, rank, world, work_dir, resume, max_iters,
+                      init_weights, evaluate_every_epoch, progress, on_epoch_end, on_iter_end)
+    finally:
+        port.distributed.stop()
+
+
+def _train(cfg, port, device, rank, world, work_dir, resume, max_iters, init_weights,
+           evaluate_every_epoch, progress, on_epoch_end, on_iter_end):
+    framework, lead = port.FRAMEWORK, rank == 0
+    model = new_detector(port, cfg, init_weights)
     optim_cfg = cfg["optim"]
     optimizer = port.train.build_optimizer(model, optim_cfg)
-    loader = build_dataloader(cfg, "train", device=device)
+    loader = build_dataloader(cfg, "train", device=device, rank=rank, world_size=world)
     iters_per_epoch = len(loader)
     start_epoch, skip, it = 0, 0, 0
     if resume:
@@ -100,15 +135,18 @@ def train(cfg, framework, work_dir, resume=None, max_iters=None, init_weights=No
     if resume and it >= total:
         loader.close()
         return {"log": None, "checkpoint": resume, "evals": [], "iters": it, "total": total,
-                "complete": True, "model": model, "port": port}
+                "complete": True, "model": model, "port": port, "rank": rank}
+    stepper = port.distributed.wrap(model) if world > 1 else model
     classes = loader.dataset.class_names
-    os.makedirs(work_dir, exist_ok=True)
-    log = RunLog(os.path.join(work_dir, f"log_{framework}.jsonl"), resume=bool(resume))
+    log = None
+    if lead:
+        os.makedirs(work_dir, exist_ok=True)
+        log = RunLog(os.path.join(work_dir, f"log_{framework}.jsonl"), resume=bool(resume))
     eval_every = evaluate_every_epoch if evaluate_every_epoch is not None \
         else cfg["train"]["eval_interval"]
     evals = []
-    bar = tqdm(total=total, initial=it, desc=f"train[{framework}]", disable=not progress,
-               dynamic_ncols=True)
+    bar = tqdm(total=total, initial=it, desc=f"train[{framework}]",
+               disable=not (progress and lead), dynamic_ncols=True)
     model.train()
     try:
         for epoch in range(start_epoch, optim_cfg["epochs"]):
@@ -123,42 +161,51 @@ def train(cfg, framework, work_dir, resume=None, max_iters=None, init_weights=No
                 t0 = time.perf_counter()
                 with memory_guard(port, f"training iteration {it + 1} (batch size "
                                         f"{len(batch['img_metas'])})"):
-                    losses = port.train.train_step(model, optimizer, batch)
+                    losses = port.train.train_step(stepper, optimizer, batch)
+                if world > 1:
+                    port.distributed.finish_step()
+                losses = dict(zip(losses, port.distributed.reduce_mean(list(losses.values()))))
                 it += 1
                 check_finite(losses, it, framework)
                 record = dict(losses, iter=it, epoch=epoch + 1, lr=lr,
                               time=time.perf_counter() - t0, data_time=data_time)
-                log.write(record)
-                if on_iter_end:
-                    on_iter_end(it, model, port)
+                if lead:
+                    log.write(record)
+                    if on_iter_end:
+                        on_iter_end(it, model, port)
                 bar.update(1)
                 bar.set_postfix_str(console_line(record), refresh=False)
                 t_data = time.perf_counter()
             epoch_done = it % iters_per_epoch == 0 and it > 0
             meta = {"iter": it, "epoch": epoch + 1 if epoch_done else epoch, "classes": classes}
-            port.checkpoint.save_checkpoint(checkpoint_path(work_dir, port, "latest"),
-                                            model, optimizer, meta)
+            if lead:
+                port.checkpoint.save_checkpoint(checkpoint_path(work_dir, port, "latest"),
+                                                model, optimizer, meta)
             if not epoch_done:
                 break
-            if (epoch + 1) % cfg["train"]["checkpoint_interval"] == 0:
+            if lead and (epoch + 1) % cfg["train"]["checkpoint_interval"] == 0:
                 port.checkpoint.save_checkpoint(
                     checkpoint_path(work_dir, port, f"epoch_{epoch + 1}"), model, optimizer, meta)
             last = epoch + 1 == optim_cfg["epochs"] or it >= total
             if eval_every and ((epoch + 1) % eval_every == 0 or last):
-                stats = evaluate(cfg, port, model, progress=False)
-                evals.append({"epoch": epoch + 1, "stats": stats})
-                if on_epoch_end:
-                    on_epoch_end(epoch + 1, stats)
+                if lead:  # the others wait at the barrier
+                    stats = evaluate(cfg, port, model, progress=False)
+                    evals.append({"epoch": epoch + 1, "stats": stats})
+                    if on_epoch_end:
+                        on_epoch_end(epoch + 1, stats)
+                port.distributed.barrier()
                 model.train()
             if it >= total:
                 break
     finally:
         loader.close()
         bar.close()
-        log.close()
-    return {"log": log.path, "checkpoint": checkpoint_path(work_dir, port, "latest"),
-            "evals": evals, "iters": it, "total": total, "complete": False, "model": model,
-            "port": port}
+        if log:
+            log.close()
+    return {"log": log.path if log else None,
+            "checkpoint": checkpoint_path(work_dir, port, "latest"), "evals": evals,
+            "iters": it, "total": total, "complete": False, "model": model, "port": port,
+            "rank": rank}
 
 
 def predict_dataset(port, model, loader, progress=False, latencies=None):

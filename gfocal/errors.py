@@ -1,6 +1,7 @@
 """The exceptions that mean "bad input" (shown as one message, not a traceback)."""
 from gfocal.config import ConfigError
 from gfocal.device import DeviceError
+from gfocal.launch import LaunchError
 from gfocal.runlog import NonFiniteLoss
 from gfocal.state_dict import CheckpointError
 
@@ -10,4 +11,5 @@ def _dataset_error():
     return DatasetError
 
 
-USER_ERRORS = (ConfigError, DeviceError, CheckpointError, NonFiniteLoss, _dataset_error(), FileNotFoundError)
+USER_ERRORS = (ConfigError, DeviceError, LaunchError, CheckpointError, NonFiniteLoss,
+               _dataset_error(), FileNotFoundError)

@@ -16,10 +16,24 @@ def cuda_available():
     return shutil.which("nvidia-smi") is not None and os.path.exists("/dev/nvidiactl")
 
 
+def local_processes():
+    """Processes of this job on this machine: torchrun's LOCAL_WORLD_SIZE, mpirun's
+    OMPI_COMM_WORLD_LOCAL_SIZE, else 1."""
+    for key in ("LOCAL_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE"):
+        if os.environ.get(key, "").isdigit():
+            return max(1, int(os.environ[key]))
+    return 1
+
+
 def configure_frameworks(threads=None):
     """Set Jittor's and the thread pools' environment; idempotent, call before imports."""
-    threads = threads or int(os.environ.get("GFOCAL_THREADS", os.cpu_count() or 1))
+    # the cores are shared by the processes of a data-parallel job on this machine
+    default = max(1, (os.cpu_count() or 1) // local_processes())
+    threads = threads or int(os.environ.get("GFOCAL_THREADS", default))
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    # Jittor loads its MPI module (and initialises MPI) whenever it finds mpicc: only
+    # under mpirun, where it is used (set, not defaulted: children inherit the variable).
+    os.environ["use_mpi"] = "1" if "OMPI_COMM_WORLD_SIZE" in os.environ else "0"
     # Jittor names its kernel cache after the git branch of the folder it is installed in: pin
     # the name so an environment inside a git checkout does not recompile on a branch switch.
     os.environ.setdefault("cache_name", "default")

@@ -98,6 +98,7 @@ launcher() {  # launcher NAME PYTHON-ARGS...: NAME runs the shared interpreter o
 }
 launcher python
 launcher pytest -m pytest
+launcher torchrun -m torch.distributed.run
 # The console scripts of pyproject.toml, each as `python -c 'from MODULE import FUNC ...'`.
 "$PY" - <<'PY' | while read -r name module func; do
 import tomllib
@@ -142,6 +143,36 @@ if [ -n "$dnnl_lib" ] && [ -e "$dnnl_lib" ]; then
     for f in /usr/include/dnnl*.h /usr/include/dnnl*.hpp; do ln -sf "$f" "$mkl_home/include/"; done
     ln -sfn /usr/include/oneapi "$mkl_home/include/oneapi"
     ln -sf "$dnnl_lib" "$mkl_home/lib/libmkldnn.so"
+fi
+
+# OpenMPI for the Jittor port's data-parallel training (mpirun; Jittor builds its MPI module
+# with mpicc on first use under mpirun). OpenMPI refuses to run as root unless told, as
+# containers usually run: .venv/bin/mpirun tells it.
+if ! command -v mpirun >/dev/null || ! command -v mpicc >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        log "installing OpenMPI (openmpi-bin, libopenmpi-dev) from Debian"
+        (apt-get install -y -qq openmpi-bin libopenmpi-dev >/dev/null 2>&1 ||
+         { apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openmpi-bin libopenmpi-dev >/dev/null 2>&1; }) ||
+            log "WARNING: could not install OpenMPI; --launcher mpi (Jittor data-parallel) will not work"
+    else
+        log "WARNING: OpenMPI is not installed and this user cannot apt-get it;"
+        log "         --launcher mpi (Jittor data-parallel training) will not work"
+    fi
+fi
+# (the system's mpirun, not this launcher when .venv/bin is on PATH)
+if mpirun_path=$(PATH=$(printf '%s' "$PATH" | tr ':' '\n' | grep -vxF "$checkout/$LAUNCHERS/bin" |
+                        paste -sd: -) command -v mpirun); then
+    {
+        printf '#!/bin/sh
+# Written by scripts/setup.sh: OpenMPI'"'"'s mpirun, allowed to run as root (containers).
+'
+        printf '[ "$(id -u)" = 0 ] && export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+'
+        printf 'exec %q "$@"
+' "$mpirun_path"
+    } > "$LAUNCHERS/bin/mpirun.tmp"
+    chmod +x "$LAUNCHERS/bin/mpirun.tmp"
+    mv "$LAUNCHERS/bin/mpirun.tmp" "$LAUNCHERS/bin/mpirun"
 fi
 
 # Compile Jittor's core now (about 2 minutes the first time, cached in ~/.cache/jittor)

@@ -227,6 +227,69 @@ def test_skip_resumes_mid_epoch_without_preparing_the_skipped(root, dataset, tmp
     assert sorted(int(i) for i in log.read_text().split()) == sorted(order[6:].tolist())
 
 
+class FirstSamples:
+    """The first `n` samples of `dataset`."""
+
+    def __init__(self, dataset, n):
+        self.dataset, self.n = dataset, n
+
+    def __len__(self):
+        return self.n
+
+    def load(self, idx):
+        return self.dataset.load(idx)
+
+
+def samples_of(batch):
+    """Per sample: (img_id, flip, boxes, labels, the image without the batch's padding)."""
+    out = []
+    for i, meta in enumerate(batch["img_metas"]):
+        h, w = meta["pad_shape"]
+        out.append((meta["img_id"], meta["flip"], batch["gt_bboxes"][i].tobytes(),
+                    batch["gt_labels"][i].tobytes(), batch["imgs"][i, :, :h, :w].tobytes()))
+    return out
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_processes_split_each_global_batch_in_rank_order(dataset, workers):
+    """2 processes x batch 2: rank r gets samples 2r, 2r+1 of the batch one process with
+    batch 4 gets (same order, same flips, same bytes), two epochs."""
+    single = DataLoader(dataset, batch_size=4, img_scale=SCALE, seed=3)
+    ranks = [DataLoader(dataset, batch_size=2, img_scale=SCALE, seed=3, rank=r, world_size=2,
+                        workers=workers) for r in (0, 1)]
+    for epoch in (0, 1):
+        for loader in (single, *ranks):
+            loader.set_epoch(epoch)
+        whole, parts = batches(single), [batches(loader) for loader in ranks]
+        assert len(whole) == len(parts[0]) == len(parts[1]) == 2
+        for batch, first, second in zip(whole, *parts):
+            assert samples_of(first) + samples_of(second) == samples_of(batch)
+    for loader in ranks:
+        loader.close()
+
+
+@pytest.mark.parametrize("n, batch, world, steps, last", [
+    (7, 1, 2, 3, [1, 1]),   # 1 left over, rank 1 would get none: dropped by both
+    (7, 2, 2, 2, [2, 1]),   # 3 left over: rank 0 gets 2, rank 1 gets 1
+    (8, 3, 2, 1, [3, 3]),   # 2 left over, rank 1 would get none: dropped by both
+])
+def test_an_incomplete_last_batch_is_kept_only_when_every_process_gets_a_sample(
+        dataset, n, batch, world, steps, last):
+    loaders = [DataLoader(FirstSamples(dataset, n), batch_size=batch, img_scale=SCALE,
+                          rank=r, world_size=world) for r in range(world)]
+    assert [len(loader) for loader in loaders] == [steps] * world
+    assert [len(batches(loader)[-1]["img_metas"]) for loader in loaders] == last
+
+
+def test_global_batch_not_divisible_by_the_processes(root):
+    from gfocal.config import ConfigError
+    cfg = config(root, batch_size=3)
+    with pytest.raises(ConfigError, match=r"'data.batch_size' = 3 is not divisible by the 2 "):
+        build_dataloader(cfg, "train", rank=0, world_size=2)
+    assert len(build_dataloader(config(root, batch_size=4), "train", rank=1, world_size=2)) \
+        == len(build_dataloader(config(root, batch_size=4), "train"))
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_a_sample_that_raises_names_its_image_file(root, workers, new_children):
     faulty = FaultyDataset(*train_files(root), bad=5)

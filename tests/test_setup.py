@@ -107,6 +107,22 @@ def test_unknown_option_is_one_line():
     assert "--frobnicate" in run.stderr
 
 
+@pytest.mark.skipif(shutil.which("mpirun") is None, reason="OpenMPI is not installed")
+def test_mpirun_and_torchrun_launchers_start_this_checkouts_processes(other_checkout):
+    """.venv/bin/mpirun runs (as root too: OpenMPI refuses root unless told) and torchrun
+    starts the shared interpreter on this checkout's code."""
+    other, _ = other_checkout
+    bin_dir = other / ".venv" / "bin"
+    code = "import gfocal; print(gfocal.CHECKOUT_MARK)"
+    for command in ([str(bin_dir / "mpirun"), "-np", "2", str(bin_dir / "python"), "-c", code],
+                    [str(bin_dir / "torchrun"), "--standalone", "--nproc-per-node", "2",
+                     "--no-python", str(bin_dir / "python"), "-c", code]):
+        result = subprocess.run(command, capture_output=True, text=True, env=clean_env(),
+                                timeout=300)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert result.stdout.split().count("other") == 2, result.stdout
+
+
 def test_remove_deletes_the_environment_and_the_launchers(other_checkout, tmp_path):
     """Last in this module: it takes the other checkout's launchers away."""
     other, _ = other_checkout

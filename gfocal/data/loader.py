@@ -57,6 +57,12 @@ class DataLoader:
     shuffling) and then one uniform number per sample in iteration order; a sample is
     flipped when its number is < flip_prob. Nothing else consumes that generator.
 
+    Data-parallel training: process `rank` of `world_size` gets, of each global batch of
+    `batch_size * world_size` samples (the batch one process with that batch size would
+    get, same order and flips), samples rank * batch_size .. (rank + 1) * batch_size - 1.
+    An incomplete last global batch is kept when it gives every process a sample, else
+    dropped by all (so every process takes the same number of steps).
+
     `workers` = 0 prepares the batches in this process; `workers` = N > 0 in N spawned
     processes with at most `prefetch` batches in flight (default 2 per worker), yielded in
     plan order. The pool starts on first use and lives across epochs until `close()` (or
@@ -67,7 +73,7 @@ class DataLoader:
 
     def __init__(self, dataset, batch_size, img_scale, flip_prob=0.5, shuffle=True, seed=0,
                  mean=DEFAULT_MEAN, std=DEFAULT_STD, to_rgb=True, size_divisor=32,
-                 drop_last=False, workers=0, prefetch=None):
+                 drop_last=False, workers=0, prefetch=None, rank=0, world_size=1):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if not 0 <= flip_prob <= 1:
@@ -84,6 +90,9 @@ class DataLoader:
         self.workers = _count(workers, "workers must be an integer >= 0", 0)
         self.prefetch = (2 * self.workers if prefetch is None
                          else _count(prefetch, "prefetch must be an integer >= 1", 1))
+        self.world_size = _count(world_size, "world_size must be an integer >= 1", 1)
+        self.rank = _count(rank, f"rank must be an integer in [0, {self.world_size - 1}]", 0,
+                           self.world_size - 1)
         self.epoch = 0
         self._pool = self._finalizer = None
 
@@ -91,8 +100,11 @@ class DataLoader:
         self.epoch = int(epoch)
 
     def __len__(self):
-        n = len(self.dataset)
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+        n, size = len(self.dataset), self.batch_size * self.world_size
+        full, rest = divmod(n, size)
+        # the last process needs a sample of an incomplete last batch
+        keep_rest = not self.drop_last and rest > (self.world_size - 1) * self.batch_size
+        return full + int(keep_rest)
 
     def plan(self):
         """(order, flips) of this epoch: dataset indices and per-sample flip decisions."""
@@ -116,10 +128,13 @@ class DataLoader:
         return (self.prepare_batch(batch) for batch in tasks)
 
     def _batch_tasks(self, skip):
-        """[(dataset index, flip), ...] of each batch from batch `skip` on, in plan order."""
+        """[(dataset index, flip), ...] of this process's part of each global batch from
+        batch `skip` on, in plan order."""
         order, flips = self.plan()
-        size, n = self.batch_size, len(order)
-        return [[(int(order[i]), bool(flips[i])) for i in range(start, min(start + size, n))]
+        size, n = self.batch_size * self.world_size, len(order)
+        mine = self.rank * self.batch_size
+        return [[(int(order[i]), bool(flips[i]))
+                 for i in range(start + mine, min(start + mine + self.batch_size, n))]
                 for start in range(skip * size, len(self) * size, size)]
 
     def prepare_batch(self, tasks):
@@ -289,12 +304,26 @@ def collate(samples):
             "img_metas": [s["img_meta"] for s in samples]}
 
 
-def build_dataloader(cfg, split, device="cpu"):
+def per_process_batch(cfg, world_size, key="batch_size"):
+    """cfg's global batch `data.<key>` split over `world_size` processes (ConfigError, one
+    line, when it does not divide)."""
+    size = cfg["data"][key]
+    if size % world_size:
+        from gfocal.config import ConfigError
+        raise ConfigError(f"{cfg.get('source', 'config')}: 'data.{key}' = {size} is not "
+                          f"divisible by the {world_size} processes (it is the global batch)")
+    return size // world_size
+
+
+def build_dataloader(cfg, split, device="cpu", rank=0, world_size=1):
     """DataLoader for split 'train' or 'val' from a config of `gfocal.config`; `device`
-    (cpu, cuda, cuda:N: where the model runs) decides what `data.workers = "auto"` means."""
+    (cpu, cuda, cuda:N: where the model runs) decides what `data.workers = "auto"` means.
+    `data.batch_size` is the global batch: `world_size` processes get an equal part each."""
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
     data = cfg["data"]
+    key = "batch_size" if split == "train" else "val_batch_size"
+    batch_size = per_process_batch(cfg, world_size, key)
     root = data["root"]
     if not root:
         from gfocal.data.synthetic import ensure_mini_coco
@@ -306,8 +335,8 @@ def build_dataloader(cfg, split, device="cpu"):
     if num_classes is not None and num_classes != dataset.num_classes:
         raise DatasetError(f"{dataset.ann_file}: has {dataset.num_classes} categories but "
                            f"'model.num_classes' = {num_classes} in {cfg.get('source', 'config')}")
-    return DataLoader(dataset,
-                      batch_size=data["batch_size"] if train else data["val_batch_size"],
+    return DataLoader(dataset, batch_size=batch_size, rank=rank,
+                      world_size=world_size,
                       img_scale=data["img_scale"],
                       flip_prob=data["flip_prob"] if train else 0.0,
                       shuffle=train, seed=cfg.get("train", {}).get("seed", 0),

@@ -8,6 +8,7 @@ import torch
 from .anchors import AnchorGenerator
 from .atss import ATSSAssigner
 from .box_ops import bbox2distance, bbox_centers, bbox_overlaps, distance2bbox, unmap
+from .distributed import reduce_mean
 from .losses import distribution_focal_loss, giou_loss, quality_focal_loss
 from .probes import is_active, record
 
@@ -39,7 +40,11 @@ class GFLLoss:
         targets = self.assigner.get_targets(anchors, valid_flags, gt_bboxes, gt_labels,
                                             self.num_classes)
         self._record_targets(targets)
-        num_total_samples = max(float(targets["num_total_pos"]), 1.0)
+        # Data-parallel: both normalisers are averaged over the processes before dividing
+        # (as the official code does) and the engine averages the gradients, so with frozen
+        # BN, per-sample GN (and images padded alike) N processes x batch b make the update
+        # of 1 x batch N*b.
+        num_total_samples = max(reduce_mean([float(targets["num_total_pos"])])[0], 1.0)
 
         losses_cls, losses_bbox, losses_dfl, weight_sums = [], [], [], []
         for level, stride in enumerate(self.strides):
@@ -53,7 +58,7 @@ class GFLLoss:
             weight_sums.append(weight_sum)
         # Official: a plain number (no gradient), not clamped. With no positive at all the
         # box terms are exactly 0 (still in the graph) and stay undivided instead of 0/0.
-        avg_factor = float(sum(weight_sums))
+        avg_factor = reduce_mean([float(sum(weight_sums))])[0]
         if is_active():  # a host number: made into a tensor only for a capture
             record("loss.avg_factor", torch.tensor(avg_factor, dtype=torch.float64))
         if avg_factor > 0:

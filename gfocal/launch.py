@@ -1,0 +1,58 @@
+"""Which launcher started this process, written once for both ports (mmdetection's
+`--launcher none|pytorch|mpi`): torchrun for the PyTorch port (torch.distributed, DDP),
+OpenMPI's mpirun for the Jittor port (Jittor's MPI mode). The frameworks do the rest."""
+import os
+
+LAUNCHERS = {"none": None, "pytorch": "torch", "mpi": "jittor"}
+TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+MPIRUN_ENV = ("OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK")
+COMMANDS = {"pytorch": "torchrun --nproc-per-node N -m gfocal train CONFIG --framework torch "
+                       "--launcher pytorch ...",
+            "mpi": "mpirun -np N gfocal train CONFIG --framework jittor --launcher mpi ..."}
+
+
+class LaunchError(ValueError):
+    """A launcher that does not fit the framework or the way the process was started."""
+
+
+def check_launcher(launcher, framework):
+    """Stop with one line when `launcher` is not the one of `framework` or this process was
+    not started by it."""
+    if launcher not in LAUNCHERS:
+        raise LaunchError(f"--launcher {launcher!r} is not one of {', '.join(LAUNCHERS)}")
+    if launcher == "none":
+        return
+    if LAUNCHERS[launcher] != framework:
+        other = next(k for k, v in LAUNCHERS.items() if v == framework)
+        raise LaunchError(f"--launcher {launcher} is for --framework {LAUNCHERS[launcher]}; "
+                          f"--framework {framework} trains data-parallel with --launcher {other}")
+    needed = TORCHRUN_ENV if launcher == "pytorch" else MPIRUN_ENV
+    missing = [k for k in needed if k not in os.environ]
+    if missing:
+        starter = "torchrun" if launcher == "pytorch" else "mpirun"
+        raise LaunchError(f"--launcher {launcher}: this process was not started by {starter} "
+                          f"({', '.join(missing)} not set); run `{COMMANDS[launcher]}`")
+
+
+def process_label():
+    """'rank R of N' when this process belongs to a torchrun or mpirun job, else ''."""
+    for rank, world in (("RANK", "WORLD_SIZE"), ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE")):
+        if rank in os.environ and world in os.environ:
+            return f"rank {os.environ[rank]} of {os.environ[world]}"
+    return ""
+
+
+def local_rank():
+    """This process's index on its machine (0 outside a job)."""
+    for key in ("LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_RANK"):
+        if os.environ.get(key, "").isdigit():
+            return int(os.environ[key])
+    return 0
+
+
+def job_size():
+    """The number of processes of the job this process belongs to (1 outside a job)."""
+    for key in ("WORLD_SIZE", "OMPI_COMM_WORLD_SIZE"):
+        if os.environ.get(key, "").isdigit():
+            return int(os.environ[key])
+    return 1

@@ -1,0 +1,79 @@
+"""Data-parallel training with torch.distributed: one process per device, started by
+torchrun, gradients averaged by DistributedDataParallel (gloo on the CPU, NCCL on GPUs)."""
+import datetime
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from . import current_device
+
+# A process that waits this long on the others gives up (torchrun normally ends the job
+# sooner: it stops every process when one fails).
+TIMEOUT = datetime.timedelta(minutes=5)
+
+
+def start(device):
+    """Join the job torchrun started; returns (rank, world size)."""
+    backend = "nccl" if str(device).startswith("cuda") else "gloo"
+    dist.init_process_group(backend, timeout=TIMEOUT)
+    return dist.get_rank(), dist.get_world_size()
+
+
+def active():
+    return dist.is_available() and dist.is_initialized()
+
+
+def reduce_mean(values):
+    """The mean over the processes of each float of `values` (the values themselves when
+    not distributed), as the official code's reduce_mean."""
+    if not active():
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=current_device())
+    dist.all_reduce(t)
+    return (t / dist.get_world_size()).tolist()
+
+
+class _LossForward(nn.Module):
+    """DDP synchronises what its module's forward computes: here the detector's loss."""
+
+    def __init__(self, detector):
+        super().__init__()
+        self.detector = detector
+
+    def forward(self, batch):
+        return self.detector.loss(batch)
+
+
+class DataParallel:
+    """What train_step needs of a detector (`loss`), with DDP averaging the gradients; the
+    detector itself (for checkpoints and evaluation) stays `module`."""
+
+    def __init__(self, detector):
+        device = current_device()
+        ids = [device.index] if device.type == "cuda" else None
+        # DDP broadcasts rank 0's parameters and buffers: identical models at step 0
+        self.ddp = DistributedDataParallel(_LossForward(detector), device_ids=ids)
+        self.module = detector
+
+    def loss(self, batch):
+        return self.ddp(batch)
+
+
+def wrap(detector):
+    return DataParallel(detector)
+
+
+def finish_step():
+    """Nothing to do: DDP's all-reduce has finished when backward returns."""
+
+
+def barrier():
+    if active():
+        dist.barrier()
+
+
+def stop():
+    if active():
+        dist.destroy_process_group()
