@@ -117,8 +117,9 @@ def test_mpirun_and_torchrun_launchers_start_this_checkouts_processes(other_chec
     for command in ([str(bin_dir / "mpirun"), "-np", "2", str(bin_dir / "python"), "-c", code],
                     [str(bin_dir / "torchrun"), "--standalone", "--nproc-per-node", "2",
                      "--no-python", str(bin_dir / "python"), "-c", code]):
+        # elsewhere than in a checkout: `python -c` puts the working directory first
         result = subprocess.run(command, capture_output=True, text=True, env=clean_env(),
-                                timeout=300)
+                                timeout=300, cwd=other.parent, start_new_session=True)
         assert result.returncode == 0, result.stdout + result.stderr
         assert result.stdout.split().count("other") == 2, result.stdout
 
