@@ -39,8 +39,7 @@ def run_job(framework, argv, script=("-m", "gfocal")):
                OMPI_MCA_rmaps_base_oversubscribe="1")
     launcher = "pytorch" if framework == "torch" else "mpi"
     cmd = launch_command(framework) + list(script) + argv + ["--launcher", launcher]
-    # a session of its own: when a process fails, OpenMPI ends the job by signalling its
-    # processes' group, which would otherwise be pytest's
+    # a session of its own: the launcher's signals when it ends a failed job stay in it
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=TIMEOUT,
                           cwd=ROOT, start_new_session=True)
 
