@@ -27,6 +27,11 @@ def pytest_addoption(parser):
                           "both, the GPU ones where a GPU is present). auto | cpu | cuda | cuda:N")
 
 
+    parser.addoption("--parity-cases", default=None,
+                     help="parity_tests: run only these input cases (comma-separated names of "
+                          "parity_tests/conftest.py's CASES)")
+
+
 def pytest_configure(config):
     from gfocal.device import DeviceError, resolve_device
     spec = config.getoption("--device")

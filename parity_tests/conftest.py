@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from gfocal.config import from_dict
-from parity_tests import compare
+from parity_tests import compare, regimes
 from parity_tests.compare import FORWARD_PROBES, LOSS_PROBES, TARGET_PROBES
 
 # The small model of the default run (the issue: ResNet-18, 32-64 channels, GN 8, 2 convs).
@@ -24,10 +24,25 @@ MODES = ("eval", "train")
 # random cases are raw tensors, not padded), batch sizes 1 and 2.
 CASES = {
     "coco_b2": dict(kind="coco", img_scale=[128, 96], batch_size=2, first=0),
-    "coco_b1": dict(kind="coco", img_scale=[100, 75], batch_size=1, first=2),
+    "coco_b1": dict(kind="coco", img_scale=[100, 75], batch_size=1, first=8),  # a crowd box
     "random_b1": dict(kind="random", shape=(1, 3, 75, 100), seed=1),
     "random_b2": dict(kind="random", shape=(2, 3, 83, 61), seed=2),
+    # a batch whose second image has no boxes (its targets are all background)
+    "random_b2_empty": dict(kind="random", shape=(2, 3, 64, 80), seed=3, empty=(1,)),
 }
+
+
+def selected_cases(config):
+    """CASES, or the ones --parity-cases names (a comma-separated list)."""
+    names = config.getoption("--parity-cases")
+    if not names:
+        return list(CASES)
+    chosen = [n.strip() for n in names.split(",") if n.strip()]
+    unknown = [n for n in chosen if n not in CASES]
+    if unknown:
+        raise pytest.UsageError(f"--parity-cases: unknown {', '.join(unknown)} "
+                                f"(known: {', '.join(CASES)})")
+    return chosen
 
 
 def small_config(img_scale=(128, 96), batch_size=2, **model):
@@ -39,7 +54,7 @@ def small_config(img_scale=(128, 96), batch_size=2, **model):
 
 
 def pytest_generate_tests(metafunc):
-    params = {"case": list(CASES), "mode": list(MODES), "forward_probe": FORWARD_PROBES,
+    params = {"case": selected_cases(metafunc.config), "mode": list(MODES), "forward_probe": FORWARD_PROBES,
               "target_probe": TARGET_PROBES, "loss_probe": LOSS_PROBES,
               "subject": subjects(metafunc.config)}
     for name, values in params.items():
@@ -91,6 +106,8 @@ def random_batch(spec):
                  np.array([[4, 4, 20, 20], [30, 10, 54, 40], [30, 10, 54, 40],
                            [img_w - 25, img_h - 30, img_w, img_h]], dtype=np.float32)]
         boxes = np.concatenate(boxes)
+        if i in spec.get("empty", ()):
+            boxes = boxes[:0]
         gt_bboxes.append(boxes)
         gt_labels.append(rng.integers(0, SMALL_MODEL["num_classes"], len(boxes)).astype(np.int64))
         metas.append({"img_id": i, "file_name": f"random_{i}.png", "ori_shape": (img_h, img_w),
@@ -330,8 +347,13 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.write_sep("=", "parity verdict")
         terminalreporter.write_line(compare.verdict_text(compare.VERDICT.values()))
         terminalreporter.write_line(compare.VERDICT_NOTE)
+    if regimes.HITS:
+        terminalreporter.write_sep("=", "parity regime coverage")
+        terminalreporter.write_line(regimes.text())
 
 
 def pytest_html_results_summary(prefix, summary, postfix):
     if compare.VERDICT:
         prefix.append(compare.verdict_html(compare.VERDICT.values()))
+    if regimes.HITS:
+        prefix.append(regimes.html_table())

@@ -6,7 +6,8 @@ tolerance policy of compare.py.
 """
 import numpy as np
 
-from parity_tests import compare
+from parity_tests import compare, regimes
+from parity_tests.conftest import selected_cases
 
 
 def test_target_probe(runs, subject, case, mode, target_probe):
@@ -176,7 +177,6 @@ def test_distance_targets(runs, case):
 # count of the candidates that sit within THRESHOLD_MARGIN x std of their gt's threshold.
 DENSE_SIZES = [(64, 64), (32, 32), (16, 16), (8, 8), (4, 4)]  # a 512 x 512 input
 THRESHOLD_MARGIN = 0.01     # about the gap between the biased and the unbiased std (k = 45)
-MIN_NEAR_THRESHOLD = 20     # the input must put at least this many candidates in the margin
 DENSE_IMAGES = 6
 
 
@@ -218,14 +218,11 @@ def test_atss_dense_assignment_near_the_threshold(torch_port, jittor_port, monke
                                 shifted_threshold(delta))
             near += int(np.sum(assign(torch_port, anchors, nums, gts, labels)[0] != t[0]))
             monkeypatch.undo()
-    assert near >= MIN_NEAR_THRESHOLD, (
-        f"only {near} anchors change with a threshold moved by {THRESHOLD_MARGIN:.0%} of the "
-        f"std: the input no longer reaches the near-threshold regime")
-    print(f"{near} anchors within {THRESHOLD_MARGIN:.0%} x std of their gt's threshold")
+    regimes.count("ATSS candidate within 1% x std of its threshold", near)
+    regimes.check(["ATSS candidate within 1% x std of its threshold"])
 
 
 REG_MAX = 16
-MIN_REGIME_HITS = 50  # elements each of the regimes below must reach
 
 
 def test_distance_targets_at_the_clamp_and_on_integer_bins(torch_port, jittor_port):
@@ -250,12 +247,50 @@ def test_distance_targets_at_the_clamp_and_on_integer_bins(torch_port, jittor_po
     clamp = np.float32(REG_MAX - 0.1)
     # "at the clamp": within 4 float32 ulps of 15.9 (point - (point - 15.9) is rounded)
     at_clamp = np.abs(raw - clamp) <= 4 * np.spacing(clamp)
-    hits = {"above the clamp": int(np.sum((raw > clamp) & ~at_clamp)),
-            "at the clamp": int(np.sum(at_clamp)),
-            "on an integer bin": int(np.sum((raw == np.round(raw)) & (raw < clamp)))}
-    assert all(v >= MIN_REGIME_HITS for v in hits.values()), hits
+    hits = {"distance target above the clamp": np.sum((raw > clamp) & ~at_clamp),
+            "distance target at the clamp": np.sum(at_clamp),
+            "distance target on an integer bin": np.sum((raw == np.round(raw)) & (raw < clamp))}
+    for regime, n in hits.items():
+        regimes.count(regime, n)
+    regimes.check(hits)
     out = {port.FRAMEWORK: port.numpy(port.box_ops.bbox2distance(
         port.tensor(points), port.tensor(boxes), REG_MAX)) for port in (torch_port, jittor_port)}
     assert np.array_equal(out["jittor"], out["torch"]), \
         f"{int(np.sum(out['jittor'] != out['torch']))} distance targets differ"
     assert float(out["torch"].max()) == float(clamp) and float(out["torch"].min()) >= 0
+
+
+CASE_REGIMES = ["anchor outside the valid (padded) area", "image without boxes in a batch",
+                "gt box smaller than the smallest stride", "gt box larger than half the image",
+                "gt pair with equal IoU (identical boxes)",
+                "gt centre half-way between anchor centres (equal distances)",
+                "crowd box (ignored gt)"]
+
+
+def test_the_cases_reach_their_regimes(runs, request):
+    """What the input cases of this run exercise, counted from their batches and targets;
+    each regime of CASE_REGIMES must reach its stated minimum (parity_tests/regimes.py)."""
+    for case in selected_cases(request.config):
+        batch = runs.batch(case)
+        label_weights = runs.get(case, "train")["torch"]["probes"]["targets.label_weights"]
+        regimes.count("anchor outside the valid (padded) area", np.sum(label_weights == 0))
+        for boxes, ignored, meta in zip(batch["gt_bboxes"], batch["gt_bboxes_ignore"],
+                                        batch["img_metas"]):
+            h, w = meta["img_shape"]
+            sides = boxes[:, 2:] - boxes[:, :2]
+            centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+            halfway = np.zeros(len(boxes), bool)
+            for s in STRIDES:
+                halfway |= np.any(np.mod(centres, s) == s / 2, axis=1)
+            same = np.all(boxes[:, None, :] == boxes[None, :, :], axis=2)
+            regimes.count("image without boxes in a batch", len(boxes) == 0)
+            regimes.count("gt box smaller than the smallest stride",
+                          np.sum(sides.min(axis=1) < STRIDES[0]))
+            regimes.count("gt box larger than half the image",
+                          np.sum((sides[:, 0] > w / 2) | (sides[:, 1] > h / 2)))
+            regimes.count("gt pair with equal IoU (identical boxes)",
+                          (same.sum() - len(boxes)) // 2)
+            regimes.count("gt centre half-way between anchor centres (equal distances)",
+                          np.sum(halfway))
+            regimes.count("crowd box (ignored gt)", len(ignored))
+    regimes.check(CASE_REGIMES)

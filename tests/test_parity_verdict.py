@@ -166,3 +166,35 @@ def test_verdict_json_matches_the_assertion_counts(small_run):
     """Sanity of the raw rows: none failed, each with a finite error or an exact count."""
     for r in small_run["records"]:
         assert r["ok"] and (r["exact"] or (r["rel"] is not None and math.isfinite(r["rel"])))
+
+
+REGIME_TEST = "parity_tests/test_targets_losses.py::test_the_cases_reach_their_regimes"
+
+
+def run_regimes(tmp_path, cases):
+    report = tmp_path / "regimes.html"
+    args = [sys.executable, "-m", "pytest", REGIME_TEST, "-p", "no:cacheprovider", "-q",
+            f"--html={report}", "--self-contained-html"]
+    if cases:
+        args.append(f"--parity-cases={','.join(cases)}")
+    run = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    with open(report, encoding="utf-8") as f:
+        parser = Tables()
+        parser.feed(f.read())
+    tables = [rows for table_id, rows in parser.tables if table_id == "parity-regimes"]
+    return run, tables
+
+
+def test_removing_the_case_of_a_regime_fails_the_suite_and_the_report_says_so(tmp_path):
+    """Without random_b2_empty no image of a batch lacks boxes: the regime check fails,
+    and the coverage table (terminal and HTML summary) marks that regime BELOW."""
+    from parity_tests.conftest import CASES
+    cases = [name for name in CASES if name != "random_b2_empty"]
+    run, tables = run_regimes(tmp_path, cases)
+    assert run.returncode == 1, run.stdout[-3000:]
+    assert "no longer reach: image without boxes in a batch (0 hits, minimum 1)" in run.stdout
+    assert "parity regime coverage" in run.stdout
+    assert len(tables) == 1
+    rows = {row[0]: row for row in tables[0][1:]}
+    assert rows["image without boxes in a batch"][1:4] == ["0", "1", "BELOW"]
+    assert rows["anchor outside the valid (padded) area"][3] == "ok"

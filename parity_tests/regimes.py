@@ -1,0 +1,73 @@
+"""Regime coverage of the parity inputs: how many elements reached each numerical regime in
+this run, against the minimum the suite states for it.
+
+A test that builds or reads the inputs of a regime calls `count(regime, hits)` and asserts
+`hits >= MINIMUM[regime]` itself (`check`), so an input change that stops exercising a regime
+fails the suite; the table (terminal and HTML summary) shows every regime, also those whose
+tests did not run in this session.
+"""
+import html
+
+# regime -> (minimum hits, where the inputs come from)
+MINIMUM = {
+    "distance target above the clamp": (50, "test_distance_targets_at_the_clamp_and_on_integer_bins"),
+    "distance target at the clamp": (50, "test_distance_targets_at_the_clamp_and_on_integer_bins"),
+    "distance target on an integer bin": (50, "test_distance_targets_at_the_clamp_and_on_integer_bins"),
+    "ATSS candidate within 1% x std of its threshold": (20, "test_atss_dense_assignment_near_the_threshold"),
+    "anchor outside the valid (padded) area": (100, "parity cases (targets.label_weights = 0)"),
+    "image without boxes in a batch": (1, "parity cases (random_b2_empty)"),
+    "gt box smaller than the smallest stride": (3, "parity cases"),
+    "gt box larger than half the image": (3, "parity cases"),
+    "gt pair with equal IoU (identical boxes)": (2, "parity cases"),
+    "gt centre half-way between anchor centres (equal distances)": (2, "parity cases"),
+    "crowd box (ignored gt)": (1, "parity cases (COCO val)"),
+}
+HITS = {}  # regime -> hits counted in this session
+
+
+class RegimeError(KeyError):
+    """A regime that MINIMUM does not state."""
+
+
+def count(regime, hits):
+    if regime not in MINIMUM:
+        raise RegimeError(f"regime {regime!r} has no stated minimum in parity_tests/regimes.py")
+    HITS[regime] = HITS.get(regime, 0) + int(hits)
+
+
+def check(regimes):
+    """Fail (AssertionError naming them) when one of `regimes` is below its minimum."""
+    low = {r: HITS.get(r, 0) for r in regimes if HITS.get(r, 0) < MINIMUM[r][0]}
+    assert not low, "the parity inputs no longer reach: " + "; ".join(
+        f"{r} ({hits} hits, minimum {MINIMUM[r][0]})" for r, hits in low.items())
+
+
+HEADER = ["regime", "hits", "minimum", "status", "inputs"]
+
+
+def rows():
+    out = []
+    for regime, (minimum, where) in MINIMUM.items():
+        hits = HITS.get(regime)
+        status = "not run" if hits is None else ("ok" if hits >= minimum else "BELOW")
+        out.append([regime, "-" if hits is None else str(hits), str(minimum), status, where])
+    return out
+
+
+def text():
+    cells = [HEADER] + rows()
+    widths = [max(len(c[i]) for c in cells) for i in range(len(HEADER))]
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(c, widths)).rstrip() for c in cells)
+
+
+def html_table():
+    colour = {"ok": "#cfc", "BELOW": "#f88", "not run": "#eee"}
+    out = ["<h2>Parity regime coverage</h2>",
+           "<table id='parity-regimes' border='1' style='border-collapse:collapse;"
+           "font-family:monospace'>",
+           "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in HEADER) + "</tr>"]
+    for row in rows():
+        out.append(f"<tr style='background:{colour[row[3]]}'>"
+                   + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>")
+    out.append("</table>")
+    return "\n".join(out)
