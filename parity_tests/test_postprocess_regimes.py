@@ -1,0 +1,93 @@
+"""Post-processing on controlled head outputs, no backbone: class scores near score_thr, more
+candidates than nms_pre on a level, and neighbouring boxes whose IoU is near the NMS
+threshold. Both ports must keep the same detections; parity_tests/regimes.py counts how many
+elements of each regime the input reached."""
+import numpy as np
+
+from gfocal.config import DEFAULTS
+from parity_tests import regimes
+
+LEVELS = [(40, 40), (20, 20), (10, 10), (5, 5), (3, 3)]   # a 320 x 320 input
+STRIDES = [8, 16, 32, 64, 128]
+IMAGES, CLASSES = 2, 6
+MODEL = dict(DEFAULTS["model"], num_classes=CLASSES)      # nms_pre 1000, score_thr 0.05, iou 0.6
+SCORE_MARGIN = 1e-3      # "near score_thr"
+IOU_MARGIN = 0.02        # "near the NMS threshold"
+
+
+def head_outputs(seed=11):
+    """Per level: probabilities (B, C, H, W), a quarter of them within SCORE_MARGIN of
+    score_thr (on level 0 class 0 scores highest, so that NMS decides between neighbours
+    there), and reg logits whose integral is 2 + p on every side (p uniform in
+    [-0.1, 0.1], bins 1-2 or 2-3): boxes of side about 4 strides, which overlap their
+    horizontal neighbour by IoU (2d - 1) / (2d + 1), about 0.6."""
+    rng = np.random.default_rng(seed)
+    bins = MODEL["reg_max"] + 1
+    scores, regs = [], []
+    for level, (h, w) in enumerate(LEVELS):
+        s = rng.uniform(0, 0.3, (IMAGES, CLASSES, h, w))
+        near = rng.random(s.shape) < 0.25
+        s[near] = MODEL["score_thr"] + rng.uniform(-SCORE_MARGIN, SCORE_MARGIN, near.sum())
+        if level == 0:  # class 0 leads everywhere, falling along the rows: neighbours compete
+            ramp = 0.9 - 2e-4 * np.arange(h * w).reshape(h, w)
+            s[:, 0] = ramp + rng.uniform(0, 1e-5, (IMAGES, h, w))
+        scores.append(s.astype(np.float32))
+        frac = rng.uniform(-0.1, 0.1, (IMAGES, 4, h, w))
+        probs = np.full((IMAGES, 4, bins, h, w), 1e-12)
+        low = np.where(frac < 0, 1, 2)                          # the bin below 2 + frac
+        weight_high = np.where(frac < 0, 1 + frac, frac)        # so that the mean is 2 + frac
+        np.put_along_axis(probs, low[:, :, None], (1 - weight_high)[:, :, None], axis=2)
+        np.put_along_axis(probs, low[:, :, None] + 1, weight_high[:, :, None], axis=2)
+        regs.append(np.log(probs).reshape(IMAGES, 4 * bins, h, w).astype(np.float32))
+    return scores, regs
+
+
+def metas():
+    return [{"img_id": i, "file_name": f"controlled_{i}.png", "ori_shape": (320, 320),
+             "img_shape": (320, 320), "pad_shape": (320, 320),
+             "scale_factor": np.ones(4, np.float32), "flip": False} for i in range(IMAGES)]
+
+
+def neighbour_ious(regs):
+    """IoU of horizontally adjacent level-0 boxes, decoded in numpy (no clamping needed:
+    the pairs counted lie away from the border)."""
+    bins = MODEL["reg_max"] + 1
+    logits = regs[0].reshape(IMAGES, 4, bins, *LEVELS[0]).astype(np.float64)
+    p = np.exp(logits - logits.max(axis=2, keepdims=True))
+    d = (p / p.sum(axis=2, keepdims=True) * np.arange(bins)[:, None, None]).sum(axis=2) * 8
+    h, w = LEVELS[0]
+    xs, ys = np.meshgrid(np.arange(w) * 8.0, np.arange(h) * 8.0)
+    boxes = np.stack([xs - d[:, 0], ys - d[:, 1], xs + d[:, 2], ys + d[:, 3]], axis=-1)
+    inner = boxes[:, 2:-2, 2:-3], boxes[:, 2:-2, 3:-2]
+    a, b = inner
+    iw = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
+    ih = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
+    area = lambda x: (x[..., 2] - x[..., 0]) * (x[..., 3] - x[..., 1])  # noqa: E731
+    inter = iw * ih
+    return inter / (area(a) + area(b) - inter)
+
+
+def test_postprocessing_near_its_thresholds(torch_port, jittor_port):
+    scores, regs = head_outputs()
+    out = {}
+    for port in (torch_port, jittor_port):
+        post = port.postprocess.GFLPostProcess(MODEL)
+        integral = port.gfl_head.Integral(MODEL["reg_max"])
+        out[port.FRAMEWORK] = post([port.tensor(s) for s in scores],
+                                   [port.tensor(r) for r in regs], metas(), integral)
+    for i, (t, j) in enumerate(zip(out["torch"], out["jittor"])):
+        assert len(t["scores"]) == len(j["scores"]) == MODEL["max_per_img"], i
+        np.testing.assert_array_equal(j["labels"], t["labels"], err_msg=f"image {i}")
+        np.testing.assert_array_equal(j["scores"], t["scores"], err_msg=f"image {i}")
+        np.testing.assert_allclose(j["boxes"], t["boxes"], rtol=0, atol=1e-5 * 320,
+                                   err_msg=f"image {i}")
+    ious = neighbour_ious(regs)
+    regimes.count("class score within 1e-3 of score_thr",
+                  sum(int(np.sum(np.abs(s - MODEL["score_thr"]) < SCORE_MARGIN)) for s in scores))
+    regimes.count("level with more candidates than nms_pre",
+                  IMAGES * sum(h * w > MODEL["nms_pre"] for h, w in LEVELS))
+    regimes.count("neighbouring boxes with IoU within 0.02 of the NMS threshold",
+                  np.sum(np.abs(ious - MODEL["iou_thr"]) < IOU_MARGIN))
+    regimes.check(["class score within 1e-3 of score_thr",
+                   "level with more candidates than nms_pre",
+                   "neighbouring boxes with IoU within 0.02 of the NMS threshold"])
