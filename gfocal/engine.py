@@ -85,7 +85,8 @@ def join_job(cfg, framework, device, launcher):
     check_launcher(launcher, framework)
     if launcher != "none":
         per_process_batch(cfg, job_size())  # a bad split stops before the job starts
-    if launcher != "none" and is_cuda(resolve_device(device or cfg["train"]["device"])):
+    device = resolve_device(device or cfg["train"]["device"])
+    if launcher != "none" and is_cuda(device):
         device = f"cuda:{local_rank()}"
     port, device = select_device(cfg, framework, device)
     rank, world = port.distributed.start(device) if launcher != "none" else (0, 1)
@@ -162,9 +163,9 @@ def _train(cfg, port, device, rank, world, work_dir, resume, max_iters, init_wei
                 with memory_guard(port, f"training iteration {it + 1} (batch size "
                                         f"{len(batch['img_metas'])})"):
                     losses = port.train.train_step(stepper, optimizer, batch)
-                if world > 1:
+                if world > 1:  # the log shows the losses averaged over the processes
                     port.distributed.finish_step()
-                losses = dict(zip(losses, port.distributed.reduce_mean(list(losses.values()))))
+                    losses = dict(zip(losses, port.distributed.reduce_mean(list(losses.values()))))
                 it += 1
                 check_finite(losses, it, framework)
                 record = dict(losses, iter=it, epoch=epoch + 1, lr=lr,

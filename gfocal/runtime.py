@@ -94,7 +94,7 @@ def describe_environment(device="cpu"):
         env.update(torch=torch.__version__, torchvision=torchvision.__version__,
                    torch_threads=torch.get_num_threads(),
                    gpu=torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none")
-        if device.startswith("cuda"):
+        if device.startswith("cuda"):  # the GPU the run used, and its numerics
             from gfocal.device import cuda_index
             env.update(gpu=torch.cuda.get_device_name(cuda_index(device)),
                        cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(),

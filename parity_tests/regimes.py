@@ -8,23 +8,26 @@ tests did not run in this session.
 """
 import html
 
+DFL = "test_distance_targets_at_the_clamp_and_on_integer_bins"
+CASES = "parity cases"
+POST = "test_postprocessing_near_its_thresholds"
 # regime -> (minimum hits, where the inputs come from)
 MINIMUM = {
-    "distance target above the clamp": (50, "test_distance_targets_at_the_clamp_and_on_integer_bins"),
-    "distance target at the clamp": (50, "test_distance_targets_at_the_clamp_and_on_integer_bins"),
-    "distance target on an integer bin": (50, "test_distance_targets_at_the_clamp_and_on_integer_bins"),
-    "ATSS candidate within 1% x std of its threshold": (20, "test_atss_dense_assignment_near_the_threshold"),
-    "anchor outside the valid (padded) area": (100, "parity cases (targets.label_weights = 0)"),
-    "image without boxes in a batch": (1, "parity cases (random_b2_empty)"),
-    "gt box smaller than the smallest stride": (3, "parity cases"),
-    "gt box larger than half the image": (3, "parity cases"),
-    "gt pair with equal IoU (identical boxes)": (2, "parity cases"),
-    "gt centre half-way between anchor centres (equal distances)": (2, "parity cases"),
-    "crowd box (ignored gt)": (1, "parity cases (COCO val)"),
-    "class score within 1e-3 of score_thr": (1000, "test_postprocessing_near_its_thresholds"),
-    "level with more candidates than nms_pre": (2, "test_postprocessing_near_its_thresholds"),
-    "neighbouring boxes with IoU within 0.02 of the NMS threshold":
-        (200, "test_postprocessing_near_its_thresholds"),
+    "distance target above the clamp": (50, DFL),
+    "distance target at the clamp": (50, DFL),
+    "distance target on an integer bin": (50, DFL),
+    "ATSS candidate within 1% x std of its threshold":
+        (20, "test_atss_dense_assignment_near_the_threshold"),
+    "anchor outside the valid (padded) area": (100, f"{CASES} (targets.label_weights = 0)"),
+    "image without boxes in a batch": (1, f"{CASES} (random_b2_empty)"),
+    "gt box smaller than the smallest stride": (3, CASES),
+    "gt box larger than half the image": (3, CASES),
+    "gt pair with equal IoU (identical boxes)": (2, CASES),
+    "gt centre half-way between anchor centres (equal distances)": (2, CASES),
+    "crowd box (ignored gt)": (1, f"{CASES} (COCO val)"),
+    "class score within 1e-3 of score_thr": (1000, POST),
+    "level with more candidates than nms_pre": (2, POST),
+    "neighbouring boxes with IoU within 0.02 of the NMS threshold": (200, POST),
 }
 HITS = {}  # regime -> hits counted in this session
 

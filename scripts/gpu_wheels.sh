@@ -23,7 +23,7 @@ WHEELS=(pycocotools==2.0.11 pytest-html==4.2.0 pytest-metadata==3.1.1)
 JITTOR_WHEELS=(numpy==1.26.4)
 JITTOR_SOURCE=(jittor==1.3.11)  # published as a source package only
 
-die() { printf '[gpu_wheels] error: %s\n' "$*" >&2; exit 1; }
+die() { printf '[gpu_wheels] error: %s\n' "$*" >&2; exit 2; }
 
 with_jittor=0 list=0
 for arg in "$@"; do

@@ -142,19 +142,26 @@ def test_train_and_test_run_on_an_explicit_cpu(tiny_config, tmp_path, capsys):
     assert "AP " in capsys.readouterr().out
 
 
+def refusal(command, framework, device, config, tmp_path, capsys):
+    """(stderr, work folder) of `gfocal COMMAND ... --device DEVICE`, asserted refused in one
+    line (exit 2, no traceback) before anything was written."""
+    work = tmp_path / "work"
+    argv = {"train": ["train", config, "--framework", framework, "--work-dir", str(work)],
+            "test": ["test", config, str(tmp_path / "x.pth"), "--framework", framework],
+            "compare": ["compare", config, "--out-dir", str(work)]}[command]
+    code = main(argv + ["--device", device])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not work.exists() or not any(work.iterdir())
+    return err
+
+
 @pytest.mark.skipif(cuda_available(), reason="checks the refusal on a machine without a GPU")
 @pytest.mark.parametrize("command", ["train", "test", "compare"])
 def test_cuda_on_a_machine_without_a_gpu_is_one_line(command, tiny_config, tmp_path, capsys):
     """Refused before anything is written; the message names the device."""
-    work = tmp_path / "work"
-    argv = {"train": ["train", tiny_config, "--framework", "torch", "--work-dir", str(work)],
-            "test": ["test", tiny_config, str(tmp_path / "x.pth"), "--framework", "torch"],
-            "compare": ["compare", tiny_config, "--out-dir", str(work)]}[command]
-    code = main(argv + ["--device", "cuda:3"])
-    err = capsys.readouterr().err
-    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    err = refusal(command, "torch", "cuda:3", tiny_config, tmp_path, capsys)
     assert "'cuda:3'" in err and "--device cpu" in err
-    assert not work.exists() or not any(work.iterdir())
 
 
 @pytest.mark.parametrize("command", ["train", "compare"])
@@ -167,14 +174,8 @@ def test_jittor_cuda_before_its_build_works_is_one_line(command, tiny_config, tm
         pytest.skip("this Jittor has a CUDA build")
     monkeypatch.setattr(device_mod, "cuda_available", lambda: True)
     monkeypatch.setattr(torch_port, "use_device", lambda *args, **kwargs: None)
-    work = tmp_path / "work"
-    argv = {"train": ["train", tiny_config, "--framework", "jittor", "--work-dir", str(work)],
-            "compare": ["compare", tiny_config, "--out-dir", str(work)]}[command]
-    code = main(argv + ["--device", "cuda"])
-    err = capsys.readouterr().err
-    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    err = refusal(command, "jittor", "cuda", tiny_config, tmp_path, capsys)
     assert "Jittor" in err and "--device cpu" in err
-    assert not work.exists() or not any(work.iterdir())
 
 
 def test_out_of_memory_is_one_line_and_keeps_the_log(tiny_config, tmp_path, capsys,

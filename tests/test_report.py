@@ -407,7 +407,7 @@ def test_noise_section_with_the_verdict_three_way_table_and_both_plots(tmp_path)
     _, three = md_table(md, "### Final COCO statistics of the three runs")
     want = c.stats[EPOCHS]["AP"] - t.stats[EPOCHS]["AP"]
     assert close(three["AP"][2], c.stats[EPOCHS]["AP"]) and close(three["AP"][4], want)
-    assert f"at iteration 0, in group stem" in md  # 1e-6 vs 1e-7: out from the start
+    assert "at iteration 0, in group stem" in md  # 1e-6 vs 1e-7: out from the start
     _, seeds = md_table(md, "### Final AP across seeds")
     assert close(seeds["jittor"][2], 0.405)
     for name, _, _ in NOISE_PLOTS:

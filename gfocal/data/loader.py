@@ -8,7 +8,6 @@ is imported here: the Jittor port must run without PyTorch.
 import collections
 import copy
 import itertools
-import math
 import multiprocessing
 import numbers
 import os

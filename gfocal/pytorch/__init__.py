@@ -42,15 +42,33 @@ def use_device(name, tf32=False, deterministic=True):
     return _device
 
 
+def _numerics():
+    backends = torch.backends
+    return (backends.cuda.matmul.allow_tf32, backends.cudnn.allow_tf32,
+            backends.cudnn.benchmark, backends.cudnn.deterministic,
+            torch.are_deterministic_algorithms_enabled())
+
+
+def _restore_numerics(saved):
+    backends = torch.backends
+    (backends.cuda.matmul.allow_tf32, backends.cudnn.allow_tf32, backends.cudnn.benchmark,
+     backends.cudnn.deterministic, deterministic) = saved
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+
+
 @contextlib.contextmanager
 def on_device(name, tf32=False, deterministic=True):
-    """use_device for a block, the previous device restored after it."""
-    previous = _device
+    """use_device for a block; the previous device and numerics switches restored after."""
+    global _device
+    previous, numerics = _device, _numerics()
     use_device(name, tf32, deterministic)
     try:
         yield _device
     finally:
-        use_device(str(previous))
+        _device = previous
+        if previous.type == "cuda":
+            torch.cuda.set_device(previous)
+        _restore_numerics(numerics)
 
 
 def to_device(model):
