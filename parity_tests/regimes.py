@@ -9,6 +9,7 @@ tests did not run in this session.
 import html
 
 DFL = "test_distance_targets_at_the_clamp_and_on_integer_bins"
+ATSS = "test_atss_dense_assignment_near_the_threshold"
 CASES = "parity cases"
 POST = "test_postprocessing_near_its_thresholds"
 # regime -> (minimum hits, where the inputs come from)
@@ -16,8 +17,9 @@ MINIMUM = {
     "distance target above the clamp": (50, DFL),
     "distance target at the clamp": (50, DFL),
     "distance target on an integer bin": (50, DFL),
-    "ATSS candidate within 1% x std of its threshold":
-        (20, "test_atss_dense_assignment_near_the_threshold"),
+    "ATSS candidate within 1% x std of its threshold": (20, ATSS),
+    "anchor positive for several gts": (500, ATSS),
+    "gt whose positives all lie on one level": (500, ATSS),
     "anchor outside the valid (padded) area": (100, f"{CASES} (targets.label_weights = 0)"),
     "image without boxes in a batch": (1, f"{CASES} (random_b2_empty)"),
     "gt box smaller than the smallest stride": (3, CASES),

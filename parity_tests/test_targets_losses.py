@@ -180,6 +180,30 @@ THRESHOLD_MARGIN = 0.01     # about the gap between the biased and the unbiased 
 DENSE_IMAGES = 6
 
 
+def reference_positives(anchors, nums, gts, topk=9):
+    """(anchors, gts) mask of ATSS positives before the max-IoU resolution, in float64 numpy
+    (for counting regimes only: which anchors several gts claim, which gts one level holds)."""
+    def iou(a, b):
+        lt = np.maximum(a[:, None, :2], b[None, :, :2])
+        rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+        inter = np.prod(np.clip(rb - lt, 0, None), axis=-1)
+        area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])
+        return inter / (area(a)[:, None] + area(b)[None, :] - inter)
+    a, g = anchors.astype(np.float64), gts.astype(np.float64)
+    centres = (a[:, :2] + a[:, 2:]) / 2
+    distances = ((centres[:, None, :] - (g[None, :, :2] + g[None, :, 2:]) / 2) ** 2).sum(-1)
+    starts = np.cumsum([0] + nums[:-1])
+    candidates = np.concatenate([np.argsort(distances[s:s + n], axis=0, kind="stable")[:topk] + s
+                                 for s, n in zip(starts, nums)])
+    overlaps = np.take_along_axis(iou(a, g), candidates, 0)
+    passes = overlaps >= overlaps.mean(0) + overlaps.std(0, ddof=1)
+    cx, cy = centres[candidates, 0], centres[candidates, 1]
+    inside = np.minimum.reduce([cx - g[:, 0], cy - g[:, 1], g[:, 2] - cx, g[:, 3] - cy]) > 0.01
+    positive = np.zeros((len(a), len(g)), bool)
+    np.put_along_axis(positive, candidates, passes & inside, 0)
+    return positive
+
+
 def shifted_threshold(delta):
     """ATSS's mean + std test with the std scaled by (1 + delta) (PyTorch port's formula)."""
     import torch
@@ -200,13 +224,18 @@ def test_atss_dense_assignment_near_the_threshold(torch_port, jittor_port, monke
     (a port whose threshold is off by that much, e.g. a biased std, fails)."""
     anchors = np.concatenate(reference_anchors(DENSE_SIZES, STRIDES))
     nums = [h * w for h, w in DENSE_SIZES]
-    near = 0
+    near = several = one_level = 0
+    level_of = np.repeat(np.arange(len(nums)), nums)
     for image in range(DENSE_IMAGES):
         rng = np.random.default_rng(100 + image)
         xy = rng.uniform(0, 500, (300, 2))
         wh = np.exp(rng.uniform(np.log(3), np.log(400), (300, 2)))
         gts = np.concatenate([xy, np.minimum(xy + wh, 512)], axis=1).astype(np.float32)
         labels = rng.integers(0, 6, 300)
+        positive = reference_positives(anchors, nums, gts)
+        several += int(np.sum(positive.sum(1) >= 2))
+        levels = [set(level_of[positive[:, i]]) for i in range(len(gts))]
+        one_level += sum(len(held) == 1 for held in levels)
         t = assign(torch_port, anchors, nums, gts, labels)
         j = assign(jittor_port, anchors, nums, gts, labels)
         differ = np.flatnonzero(t[0] != j[0])
@@ -218,8 +247,12 @@ def test_atss_dense_assignment_near_the_threshold(torch_port, jittor_port, monke
                                 shifted_threshold(delta))
             near += int(np.sum(assign(torch_port, anchors, nums, gts, labels)[0] != t[0]))
             monkeypatch.undo()
-    regimes.count("ATSS candidate within 1% x std of its threshold", near)
-    regimes.check(["ATSS candidate within 1% x std of its threshold"])
+    hits = {"ATSS candidate within 1% x std of its threshold": near,
+            "anchor positive for several gts": several,
+            "gt whose positives all lie on one level": one_level}
+    for regime, n in hits.items():
+        regimes.count(regime, n)
+    regimes.check(hits)
 
 
 REG_MAX = 16
