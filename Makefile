@@ -1,10 +1,11 @@
 # One command each: `make test` (set-up + default test suite + HTML report),
-# `make compare` (set-up + PyTorch-vs-Jittor comparison report on the bundled data).
+# `make compare` (set-up + PyTorch-vs-Jittor comparison report on the bundled data),
+# `make mutants` (mutation testing of both ports against the parity suite, hours: see below).
 # .venv/bin/ holds launchers onto the shared environment (scripts/setup.sh says why).
 VENV = .venv
 PYTEST = $(VENV)/bin/python -m pytest
 
-.PHONY: setup test parity perf compare clean clean-env
+.PHONY: setup test parity perf compare mutants clean clean-env
 
 setup:
 	@bash scripts/setup.sh
@@ -20,6 +21,13 @@ perf: setup
 
 compare: setup
 	$(VENV)/bin/gfocal compare --out-dir reports/comparison
+
+# Mutation testing of both ports with the parity suite as the killing suite (not part of
+# `make test`: about 80 minutes on 2 cores for the committed sample). Rewrites the committed
+# report parity_tests/mutation/REPORT.md; work files go to reports/mutation/.
+MUTANTS_ARGS ?= --sample 180 --seed 17 --parallel
+mutants: setup
+	bash scripts/mutants.sh $(MUTANTS_ARGS) --report parity_tests/mutation/REPORT.md
 
 clean:
 	rm -rf reports .pytest_cache .hypothesis
