@@ -9,6 +9,7 @@ import ctypes.util
 import gc
 import html
 import math
+import os
 import statistics
 import zlib
 
@@ -98,15 +99,6 @@ def synchronize(framework, device):
         torch.cuda.synchronize()
 
 
-def device_scope(framework, device):
-    """Jittor picks the device per op from a global flag (the port sets it when a GPU is
-    present): CPU cases on a GPU machine must switch it off; PyTorch follows the tensors."""
-    if framework == "jittor":
-        import jittor as jt
-        return jt.flag_scope(use_cuda=int(device == "gpu"))
-    return contextlib.nullcontext()
-
-
 def no_grad(framework):
     if framework == "jittor":
         import jittor as jt
@@ -135,14 +127,27 @@ def framework_info(framework, device):
     """{framework, device, threads, onednn, version} for a benchmark's extra_info."""
     from gfocal.runtime import num_threads
     info = {"framework": framework, "device": device, "threads": num_threads()}
+    # NVIDIA's switch over cuBLAS and cuDNN: "0" forbids TF32 whatever a framework asks.
+    tf32_override = os.environ.get("NVIDIA_TF32_OVERRIDE")
     if framework == "jittor":
         import jittor as jt
+        from jittor import compile_extern
 
         from gfocal.runtime import jittor_onednn_enabled
         # oneDNN convolutions use OMP_NUM_THREADS; Jittor's generated CPU kernels (every
         # fused element-wise/reduce op) carry no OpenMP pragma, so they run on one thread.
         info.update(version=jt.__version__, onednn=bool(jittor_onednn_enabled()),
                     use_cuda=bool(jt.flags.use_cuda), fused_op_threads=1)
+        if device == "gpu":
+            # cuDNN off (conv_opt=1): convolutions run as Jittor's own CUDA kernels. Jittor
+            # sets no cuDNN math type unless use_tensorcore, and cuDNN's default permits TF32
+            # on Ampere and later: TF32 is off only under NVIDIA_TF32_OVERRIDE=0.
+            cudnn = compile_extern.cudnn is not None
+            tensorcore = int(jt.flags.use_tensorcore)
+            info.update(use_tensorcore=tensorcore, cudnn=cudnn,
+                        cuda_archs=list(getattr(jt.flags, "cuda_archs", [])),  # CUDA builds
+                        nvidia_tf32_override=tf32_override,
+                        tf32=bool(tensorcore or (cudnn and tf32_override != "0")))
     else:
         import torch
         info.update(version=torch.__version__, framework_threads=torch.get_num_threads(),
@@ -151,8 +156,10 @@ def framework_info(framework, device):
         if device == "gpu":
             info.update(gpu=torch.cuda.get_device_name(), cuda=torch.version.cuda,
                         cudnn=torch.backends.cudnn.version(),
-                        tf32=bool(torch.backends.cudnn.allow_tf32),
-                        tf32_matmul=bool(torch.backends.cuda.matmul.allow_tf32),
+                        tf32=bool(torch.backends.cudnn.allow_tf32) and tf32_override != "0",
+                        tf32_matmul=(bool(torch.backends.cuda.matmul.allow_tf32)
+                                     and tf32_override != "0"),
+                        nvidia_tf32_override=tf32_override,
                         cudnn_benchmark=bool(torch.backends.cudnn.benchmark),
                         cudnn_deterministic=bool(torch.backends.cudnn.deterministic))
     return info

@@ -2,11 +2,12 @@
 
 Cases: backbone forward, full forward, forward + backward, one training step (loss,
 backward, SGD) with its peak memory, inference (forward + decoding + NMS), and the last
-two again with both ports interleaved call by call (`paired`, CPU). Batch 1 and 2 (and 8 for
+two again with both ports interleaved call by call (`paired`). Batch 1 and 2 (and 8 for
 the GPU training step); a small input on the CPU, the paper's 800x1333 on a GPU (marked
-`gpu`), there in full fp32 and, for PyTorch, again with TF32 (`gpu-tf32`). Warm-up rounds keep
-Jittor's compilation and both ports' caches out of the timings. With --benchmark-disable
-every case runs once as a smoke test. Workflow and baselines: perf_tests/README.md.
+`gpu`), there in full fp32 and, for PyTorch, again with TF32 (`gpu-tf32`); the paired cases in
+fp32 on both. Warm-up rounds keep Jittor's compilation and both ports' caches out of the
+timings. With --benchmark-disable every case runs once as a smoke test. Workflow and
+baselines: perf_tests/README.md.
 """
 import contextlib
 import os
@@ -87,7 +88,8 @@ def case_factory(port, placement, model_cache, benchmark, device_option):
     if device_option is not None and (device_option == "cpu") != (kind == "cpu"):
         pytest.skip(f"a {kind} case; --device {device_option}")
     if tf32 and port.FRAMEWORK == "jittor":
-        pytest.skip("TF32 is PyTorch's switch (Jittor's tensor-core flag: its CUDA issue)")
+        pytest.skip("TF32 is PyTorch's switch: Jittor's use_tensorcore also lets cuDNN convert "
+                    "fp32 to fp16 (CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION), not TF32 alone")
     target = "cpu" if kind == "cpu" else device_option or "cuda"
     with contextlib.ExitStack() as scope:
         try:
@@ -202,34 +204,48 @@ def test_inference(case_factory, batch_size):
 
 @pytest.mark.parametrize("batch_size", BATCHES)
 @pytest.mark.parametrize("name", ["train_step", "inference"])
-def test_paired(name, batch_size, torch_port, jittor_port, model_cache, benchmark,
+def test_paired(name, batch_size, placement, torch_port, jittor_port, model_cache, benchmark,
                 device_option):
     """One PyTorch and one Jittor call per round, alternating which goes first, so that load
-    drifting over minutes on a shared machine hits both ports alike. The benchmark times a
-    pair; extra_info splits it and holds the median of the per-pair Jittor/PyTorch ratios."""
-    if device_option not in (None, "cpu"):
-        pytest.skip(f"a cpu case; --device {device_option}")
-    h, w = input_size("cpu", benchmark.enabled)
+    drifting over minutes on a shared machine hits both alike. The benchmark times a pair;
+    extra_info splits it, holds the median of the per-pair Jittor/PyTorch ratios and each
+    port's numerics flags. On the CPU and, in full fp32, on a GPU."""
+    from gfocal.device import DeviceError
+    kind, tf32 = placement
+    if tf32:
+        pytest.skip("paired cases compare the ports in full fp32")
+    if device_option is not None and (device_option == "cpu") != (kind == "cpu"):
+        pytest.skip(f"a {kind} case; --device {device_option}")
+    target = "cpu" if kind == "cpu" else device_option or "cuda"
+    h, w = input_size(kind, benchmark.enabled)
     batch = make_batch(batch_size, (h, w), model_config()["num_classes"])
     ports = (torch_port, jittor_port)
-    steps = [STEPS[name](port, model_cache.get(port, "cpu"), batch) for port in ports]
-    times = {port.FRAMEWORK: [] for port in ports}
+    with contextlib.ExitStack() as scope:
+        for port in ports:  # both ports on the case's device for the whole test
+            try:
+                scope.enter_context(port.on_device(target, deterministic=False))
+            except DeviceError as exc:
+                pytest.skip(str(exc))
+        steps = [STEPS[name](port, model_cache.get(port, str(port.current_device())), batch)
+                 for port in ports]
+        times = {port.FRAMEWORK: [] for port in ports}
 
-    def pair():
-        first = len(times["torch"]) % 2  # alternate which port goes first
-        for i in (first, 1 - first):
-            framework = ports[i].FRAMEWORK
-            with perf.device_scope(framework, "cpu"):
+        def pair():
+            first = len(times["torch"]) % 2  # alternate which port goes first
+            for i in (first, 1 - first):
+                framework = ports[i].FRAMEWORK
                 start = time.perf_counter()
                 steps[i]()
-                perf.synchronize(framework, "cpu")
+                perf.synchronize(framework, kind)
                 times[framework].append(time.perf_counter() - start)
 
-    rounds = rounds_for("paired")
-    benchmark.group = f"paired {name} cpu {h}x{w} b{batch_size}"
-    benchmark.extra_info.update(framework="paired", device="cpu", threads=num_threads(),
-                                case=name, input_size=f"{h}x{w}", batch=batch_size)
-    benchmark.pedantic(pair, rounds=rounds, warmup_rounds=WARMUP_ROUNDS, iterations=1)
+        rounds = rounds_for("paired")
+        benchmark.group = f"paired {name} {kind} {h}x{w} b{batch_size}"
+        benchmark.extra_info.update(framework="paired", device=kind, threads=num_threads(),
+                                    case=name, input_size=f"{h}x{w}", batch=batch_size,
+                                    **{f"{port.FRAMEWORK}_info": perf.framework_info(
+                                        port.FRAMEWORK, kind) for port in ports})
+        benchmark.pedantic(pair, rounds=rounds, warmup_rounds=WARMUP_ROUNDS, iterations=1)
     timed = {fw: t[-rounds:] for fw, t in times.items()}  # the warm-up pairs dropped
     assert len(timed["torch"]) == len(timed["jittor"]) >= 1
     assert all(t > 0 for t in timed["torch"] + timed["jittor"])

@@ -110,3 +110,19 @@ def test_paired_rows_and_tables_take_only_interleaved_records():
     assert perf.ratio_rows([paired]) == []  # not a port: left out of the per-port table
     assert "1.25" in perf.paired_table_text(rows) and "<table" in perf.paired_table_html(rows)
     assert "no interleaved" in perf.paired_table_text([])
+
+
+def test_jittor_gpu_facts_state_its_numerics_flags(jittor_port, monkeypatch):
+    """Jittor's GPU cases say use_cuda, use_tensorcore, whether cuDNN is loaded and whether
+    TF32 may run (cuDNN's default math permits it unless NVIDIA_TF32_OVERRIDE=0)."""
+    import jittor as jt
+    from jittor import compile_extern
+    monkeypatch.setenv("NVIDIA_TF32_OVERRIDE", "0")
+    info = perf.framework_info("jittor", "gpu")
+    assert info["use_cuda"] == bool(jt.flags.use_cuda)
+    assert info["use_tensorcore"] == jt.flags.use_tensorcore == 0
+    assert info["cudnn"] == (compile_extern.cudnn is not None)
+    assert info["nvidia_tf32_override"] == "0" and info["tf32"] is False
+    monkeypatch.delenv("NVIDIA_TF32_OVERRIDE")
+    assert perf.framework_info("jittor", "gpu")["tf32"] == info["cudnn"]
+    assert "use_tensorcore" not in perf.framework_info("jittor", "cpu")

@@ -1,8 +1,10 @@
 """The tables of a scripts/gpu_check.sh run, from the files it wrote into OUT_DIR:
 steps, GPU benchmarks (perf.json), parity on the GPU (parity_verdict.json) and the short
-training (train/). Writes OUT_DIR/summary.md and prints it.
+training (train/); with --jittor (the Jittor check) the Jittor port's GPU benchmarks, its
+numerics flags and the paired cases instead of the PyTorch port's and the training. Writes
+OUT_DIR/summary.md and prints it.
 
-    python scripts/gpu_summary.py OUT_DIR --device cuda --step perf=passed=95 ...
+    python scripts/gpu_summary.py OUT_DIR --device cuda --step perf=passed=95 ... [--jittor]
 """
 import argparse
 import json
@@ -35,12 +37,16 @@ def _ms(seconds):
     return f"{seconds * 1e3:.1f}"
 
 
-def perf_rows(bench):
-    """One row per timed PyTorch GPU case, in the suite's order."""
+PAIRED_COLUMNS = ["case", "batch", "pairs", "torch median ms", "jittor median ms",
+                  "median pair J/T", "J/T of minima"]
+
+
+def perf_rows(bench, framework="torch"):
+    """One row per timed GPU case of `framework`, in the suite's order."""
     rows = []
     for b in bench.get("benchmarks", []):
         info, stats = b.get("extra_info", {}), b.get("stats") or {}
-        if info.get("framework") != "torch" or "median" not in stats:
+        if info.get("framework") != framework or "median" not in stats:
             continue
         batch = int(info.get("batch", 1))
         numerics = "TF32" if info.get("tf32") else "fp32"
@@ -54,9 +60,40 @@ def perf_rows(bench):
     return rows
 
 
+def paired_rows(bench):
+    """One row per timed paired case: both ports' medians and the Jittor/PyTorch ratios."""
+    rows = []
+    for b in bench.get("benchmarks", []):
+        info = b.get("extra_info", {})
+        if info.get("framework") != "paired" or not info.get("pair_ratios"):
+            continue
+        rows.append([info.get("case", b.get("name")), info.get("batch", "-"),
+                     len(info["pair_ratios"]), _ms(statistics.median(info["torch_times"])),
+                     _ms(statistics.median(info["jittor_times"])),
+                     f"{info['ratio_median']:.2f}", f"{info['ratio_of_mins']:.2f}"])
+    return rows
+
+
+def jittor_lines(bench):
+    """Jittor's numerics on the GPU, as its first GPU benchmark recorded them."""
+    infos = [b.get("extra_info", {}) for b in (bench or {}).get("benchmarks", [])]
+    infos += [i.get("jittor_info", {}) for i in infos]
+    info = next((i for i in infos if i.get("framework") == "jittor" and "use_tensorcore" in i),
+                None)
+    if info is None:
+        return ["- jittor: no GPU benchmark recorded its flags"]
+    facts = {"jittor": info.get("version"), "use_cuda": info.get("use_cuda"),
+             "use_tensorcore": info.get("use_tensorcore"),
+             "cuDNN": "on" if info.get("cudnn") else "off (Jittor's own convolution kernels)",
+             "cuda_archs": info.get("cuda_archs"), "TF32": "on" if info.get("tf32") else "off",
+             "NVIDIA_TF32_OVERRIDE": info.get("nvidia_tf32_override")}
+    return [f"- {k}: {v}" for k, v in facts.items()]
+
+
 def environment_lines(bench, device):
-    info = next((b.get("extra_info", {}) for b in (bench or {}).get("benchmarks", [])
-                 if b.get("extra_info", {}).get("gpu")), {})
+    infos = [b.get("extra_info", {}) for b in (bench or {}).get("benchmarks", [])]
+    infos += [i.get("torch_info", {}) for i in infos]  # the paired cases' (Jittor check)
+    info = next((i for i in infos if i.get("gpu")), {})
     facts = {"device": device, "gpu": info.get("gpu", "-"), "torch": info.get("version", "-"),
              "cuda": info.get("cuda", "-"), "cudnn": info.get("cudnn", "-"),
              "cudnn.benchmark": info.get("cudnn_benchmark", "-")}
@@ -94,24 +131,35 @@ def parse_step(text):
     return name, status, seconds
 
 
-def summary(out_dir, device, steps):
+def perf_table(rows, columns):
+    return (markdown_table(columns, rows) if rows else
+            "no timings (benchmarks disabled, or the perf step failed: see check.log)")
+
+
+def summary(out_dir, device, steps, jittor=False):
     bench = read_json(os.path.join(out_dir, "perf.json"))
     verdict = read_json(os.path.join(out_dir, "parity_verdict.json"))
-    parts = ["# GPU check", "", "## Steps", "",
+    parts = ["# GPU check" + (" (Jittor)" if jittor else ""), "", "## Steps", "",
              markdown_table(["step", "status", "seconds"], [list(s) for s in steps]),
-             "", "## Environment", "", *environment_lines(bench, device),
-             "", "## PyTorch port on the GPU (pytest-benchmark, synchronised)", ""]
-    rows = perf_rows(bench) if bench else []
-    parts.append(markdown_table(PERF_COLUMNS, rows) if rows else
-                 "no timings (benchmarks disabled, or the perf step failed: see check.log)")
+             "", "## Environment", "", *environment_lines(bench, device)]
+    if jittor:
+        parts += [*jittor_lines(bench), "",
+                  "## Jittor port on the GPU (pytest-benchmark, synchronised)", "",
+                  perf_table(perf_rows(bench, "jittor") if bench else [], PERF_COLUMNS), "",
+                  "## Both ports interleaved on the GPU (paired, fp32)", "",
+                  perf_table(paired_rows(bench) if bench else [], PAIRED_COLUMNS)]
+    else:
+        parts += ["", "## PyTorch port on the GPU (pytest-benchmark, synchronised)", "",
+                  perf_table(perf_rows(bench) if bench else [], PERF_COLUMNS)]
     parts += ["", "## Parity on the GPU", ""]
     if verdict:
         for subject, records in by_subject(verdict).items():
             parts += [f"{subject_title(subject)}:", "", "```", verdict_text(records), "```", ""]
     else:
         parts.append("no parity verdict (the parity step failed: see check.log and parity.html)")
-    parts += ["", "## Short training on the GPU", "",
-              *training_lines(os.path.join(out_dir, "train"))]
+    if not jittor:
+        parts += ["", "## Short training on the GPU", "",
+                  *training_lines(os.path.join(out_dir, "train"))]
     return "\n".join(parts) + "\n"
 
 
@@ -121,8 +169,9 @@ def main(argv=None):
     parser.add_argument("--device", required=True)
     parser.add_argument("--step", action="append", default=[], type=parse_step,
                         help="NAME=STATUS=SECONDS of one step of the check")
+    parser.add_argument("--jittor", action="store_true", help="the Jittor check's tables")
     args = parser.parse_args(argv)
-    text = summary(args.out_dir, args.device, args.step)
+    text = summary(args.out_dir, args.device, args.step, args.jittor)
     path = os.path.join(args.out_dir, "summary.md")
     with open(path, "w") as f:
         f.write(text)

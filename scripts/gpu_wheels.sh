@@ -4,7 +4,8 @@
 # 3.12 (x86-64, manylinux) with torch, torchvision, numpy 2, opencv, matplotlib, tqdm, pytest,
 # pytest-benchmark and hypothesis, but no network: pycocotools and pytest-html (with its
 # pytest-metadata) must travel. --with-jittor adds Jittor's source package and numpy 1.26
-# (Jittor 1.3.11 needs numpy < 2), for the Jittor-on-CUDA check.
+# (Jittor 1.3.11 needs numpy < 2), for the Jittor-on-CUDA check (gpu_check.sh --jittor, which
+# installs them apart from the PyTorch check's wheels).
 #
 #   bash scripts/gpu_wheels.sh                 the PyTorch check's wheels
 #   bash scripts/gpu_wheels.sh --with-jittor   ... and Jittor's

@@ -32,8 +32,9 @@ def use_device(name, tf32=False, deterministic=True):
     if is_cuda(name):
         if not jt.has_cuda:
             raise DeviceError(f"device {name!r}: this Jittor {jt.__version__} has no working CUDA "
-                              "build (jt.has_cuda = 0; building it on CUDA 13 is the Jittor-on-"
-                              "CUDA issue); use --device cpu for --framework jittor")
+                              "build (jt.has_cuda = 0; on CUDA 13: scripts/jittor_cuda.py, then "
+                              "its env.sh, README 'On a GPU'); use --device cpu for --framework "
+                              "jittor")
         if cuda_index(name) != 0:
             raise DeviceError(f"device {name!r}: Jittor uses the first visible GPU; run with "
                               f"CUDA_VISIBLE_DEVICES={cuda_index(name)} and --device cuda")
