@@ -29,6 +29,8 @@ CASES = {
     "random_b2": dict(kind="random", shape=(2, 3, 83, 61), seed=2),
     # a batch whose second image has no boxes (its targets are all background)
     "random_b2_empty": dict(kind="random", shape=(2, 3, 64, 80), seed=3, empty=(1,)),
+    # one image without boxes: the loss normaliser num_total_pos is at its floor of 1
+    "random_b1_empty": dict(kind="random", shape=(1, 3, 64, 80), seed=4, empty=(0,)),
 }
 
 

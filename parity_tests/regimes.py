@@ -17,11 +17,14 @@ MINIMUM = {
     "distance target above the clamp": (50, DFL),
     "distance target at the clamp": (50, DFL),
     "distance target on an integer bin": (50, DFL),
+    "distance target below zero (point outside its box)": (50, DFL),
     "ATSS candidate within 1% x std of its threshold": (20, ATSS),
     "anchor positive for several gts": (500, ATSS),
     "gt whose positives all lie on one level": (500, ATSS),
     "anchor outside the valid (padded) area": (100, f"{CASES} (targets.label_weights = 0)"),
     "image without boxes in a batch": (1, f"{CASES} (random_b2_empty)"),
+    "batch of one image without boxes (loss normaliser at its floor 1)":
+        (1, f"{CASES} (random_b1_empty)"),
     "gt box smaller than the smallest stride": (3, CASES),
     "gt box larger than half the image": (3, CASES),
     "gt pair with equal IoU (identical boxes)": (2, CASES),
@@ -29,6 +32,8 @@ MINIMUM = {
     "crowd box (ignored gt)": (1, f"{CASES} (COCO val)"),
     "class score within 1e-3 of score_thr": (1000, POST),
     "level with more candidates than nms_pre": (2, POST),
+    "image without any score above score_thr (one at it)":
+        (2, "test_images_without_any_score_above_score_thr"),
     "neighbouring boxes with IoU within 0.02 of the NMS threshold": (200, POST),
 }
 HITS = {}  # regime -> hits counted in this session

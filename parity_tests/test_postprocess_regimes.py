@@ -68,19 +68,9 @@ def neighbour_ious(regs):
 
 
 def test_postprocessing_near_its_thresholds(torch_port, jittor_port):
+    out = postprocess_both(torch_port, jittor_port, MODEL)
     scores, regs = head_outputs()
-    out = {}
-    for port in (torch_port, jittor_port):
-        post = port.postprocess.GFLPostProcess(MODEL)
-        integral = port.gfl_head.Integral(MODEL["reg_max"])
-        out[port.FRAMEWORK] = post([port.tensor(s) for s in scores],
-                                   [port.tensor(r) for r in regs], metas(), integral)
-    for i, (t, j) in enumerate(zip(out["torch"], out["jittor"])):
-        assert len(t["scores"]) == len(j["scores"]) == MODEL["max_per_img"], i
-        np.testing.assert_array_equal(j["labels"], t["labels"], err_msg=f"image {i}")
-        np.testing.assert_array_equal(j["scores"], t["scores"], err_msg=f"image {i}")
-        np.testing.assert_allclose(j["boxes"], t["boxes"], rtol=0, atol=1e-5 * 320,
-                                   err_msg=f"image {i}")
+    assert_same_full_detections(out)
     ious = neighbour_ious(regs)
     regimes.count("class score within 1e-3 of score_thr",
                   sum(int(np.sum(np.abs(s - MODEL["score_thr"]) < SCORE_MARGIN)) for s in scores))
@@ -91,3 +81,53 @@ def test_postprocessing_near_its_thresholds(torch_port, jittor_port):
     regimes.check(["class score within 1e-3 of score_thr",
                    "level with more candidates than nms_pre",
                    "neighbouring boxes with IoU within 0.02 of the NMS threshold"])
+
+
+def postprocess_both(torch_port, jittor_port, model, scores=None):
+    """GFLPostProcess(model) of both ports on head_outputs() (or the given scores)."""
+    default_scores, regs = head_outputs()
+    scores = default_scores if scores is None else scores
+    out = {}
+    for port in (torch_port, jittor_port):
+        post = port.postprocess.GFLPostProcess(model)
+        integral = port.gfl_head.Integral(MODEL["reg_max"])
+        out[port.FRAMEWORK] = post([port.tensor(s) for s in scores],
+                                   [port.tensor(r) for r in regs], metas(), integral)
+    return out
+
+
+def assert_same_full_detections(out):
+    """max_per_img detections an image in both ports: same labels and scores, boxes within
+    1e-5 of the image side."""
+    for i, (t, j) in enumerate(zip(out["torch"], out["jittor"])):
+        assert len(t["scores"]) == len(j["scores"]) == MODEL["max_per_img"], i
+        np.testing.assert_array_equal(j["labels"], t["labels"], err_msg=f"image {i}")
+        np.testing.assert_array_equal(j["scores"], t["scores"], err_msg=f"image {i}")
+        np.testing.assert_allclose(j["boxes"], t["boxes"], rtol=0, atol=1e-5 * 320,
+                                   err_msg=f"image {i}")
+
+
+def test_postprocessing_without_the_nms_pre_cut(torch_port, jittor_port):
+    """nms_pre = 0 keeps every location of every level (no per-level top-k): both ports
+    keep the same detections."""
+    out = postprocess_both(torch_port, jittor_port, dict(MODEL, nms_pre=0))
+    assert_same_full_detections(out)
+
+
+def test_images_without_any_score_above_score_thr(torch_port, jittor_port):
+    """Image 0: every score below score_thr; image 1: every score exactly score_thr (in
+    float32; the test is strict). Both ports return the same empty result, with shapes
+    (0, 4), (0,), (0,) and the dtypes of a non-empty one."""
+    scores, _ = head_outputs()
+    thr = np.float32(MODEL["score_thr"])
+    for s in scores:
+        s[0] = np.random.default_rng(3).uniform(0, thr * 0.99, s[0].shape)
+        s[1] = thr
+    out = postprocess_both(torch_port, jittor_port, MODEL, scores)
+    for i, (t, j) in enumerate(zip(out["torch"], out["jittor"])):
+        for key, shape, dtype in (("boxes", (0, 4), np.float32), ("scores", (0,), np.float32),
+                                  ("labels", (0,), np.int64)):
+            assert t[key].shape == j[key].shape == shape, (i, key)
+            assert t[key].dtype == j[key].dtype == dtype, (i, key)
+    regimes.count("image without any score above score_thr (one at it)", len(out["torch"]))
+    regimes.check(["image without any score above score_thr (one at it)"])
