@@ -107,11 +107,15 @@ def assert_same_full_detections(out):
                                    err_msg=f"image {i}")
 
 
-def test_postprocessing_without_the_nms_pre_cut(torch_port, jittor_port):
-    """nms_pre = 0 keeps every location of every level (no per-level top-k): both ports
-    keep the same detections."""
-    out = postprocess_both(torch_port, jittor_port, dict(MODEL, nms_pre=0))
-    assert_same_full_detections(out)
+def test_postprocessing_with_other_nms_pre(torch_port, jittor_port):
+    """nms_pre = 0 keeps every location of every level (no per-level top-k); nms_pre = 30
+    cuts levels 0-2 hard enough to change the detections left. Both ports keep the same."""
+    uncut = postprocess_both(torch_port, jittor_port, dict(MODEL, nms_pre=0))
+    assert_same_full_detections(uncut)
+    cut = postprocess_both(torch_port, jittor_port, dict(MODEL, nms_pre=30))
+    assert_same_full_detections(cut)
+    for i, (a, b) in enumerate(zip(uncut["torch"], cut["torch"])):
+        assert not np.array_equal(a["scores"], b["scores"]), f"image {i}: the cut changes nothing"
 
 
 def test_images_without_any_score_above_score_thr(torch_port, jittor_port):
