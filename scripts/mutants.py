@@ -19,7 +19,8 @@ with its line, its mutation and the reason recorded in parity_tests/mutation/sur
 
 --budget-minutes stops each port's mutants after M minutes and reports those that ran (in
 cosmic-ray's random order, so still a random sample); --resume goes on with the rest;
---rerun-survivors runs the survivors again on this checkout (after new parity inputs).
+--rerun-survivors runs the survivors that survivors.toml does not explain again, on this
+checkout (after new parity inputs).
 """
 import argparse
 import concurrent.futures
@@ -182,6 +183,12 @@ def start_session(port, work, sample, seed, log):
             "drawn": drawn, "baseline_s": baseline, "exec_s": 0.0}
 
 
+def restore_modules(tree):
+    """The ports' modules of `tree` as in this checkout (after a stopped exec)."""
+    for module in (m for port in PORT_DIRS for m in port_modules(port)):
+        shutil.copy2(ROOT / module, tree / module)
+
+
 def exec_session(tree, config, session, budget_s):
     """`cosmic-ray exec` for at most budget_s seconds (None: to the end); a stopped run
     leaves its pending mutants for --resume, and the mutated file is put back."""
@@ -193,8 +200,7 @@ def exec_session(tree, config, session, budget_s):
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         rc = 0
-    for module in (m for port in PORT_DIRS for m in port_modules(port)):
-        shutil.copy2(ROOT / module, tree / module)
+    restore_modules(tree)
     if rc != 0:
         raise MutantsError(f"cosmic-ray exec {config} exited {rc}")
 
@@ -215,6 +221,7 @@ def run_port(port, work, sample, seed, log, resume=False, budget_s=None):
     start = time.monotonic()
     if budget_s is None or budget_s > 0:
         exec_session(tree, config, session, budget_s)
+    restore_modules(tree)
     state["exec_s"] += time.monotonic() - start
     state_file.write_text(json.dumps(state))
     jobs = catalogue(session)
@@ -228,11 +235,16 @@ def commit():
 
 
 def rerun_survivors(result, work, log):
-    """Each survivor of an earlier run again, on a fresh copy of this checkout (after new
-    parity inputs): its result gets `rerun` = killed / survived and the first failure."""
-    port = result["port"]
+    """Each survivor of an earlier run without a reason in survivors.toml again, on a fresh
+    copy of this checkout (after new parity inputs): its result gets `rerun` = killed /
+    survived and the first failure."""
+    port, reasons = result["port"], survivor_reasons()
+
+    def explained(job):
+        mutation, _, text = mutated_line(job)
+        return (mutation["module_path"], text.strip(), mutation["operator_name"]) in reasons
     survivors = [(job, res) for job, res in result["jobs"]
-                 if res and res.get("test_outcome") == "survived"]
+                 if res and res.get("test_outcome") == "survived" and not explained(job)]
     tree = work / f"tree-{port}"
     if tree.exists():
         shutil.rmtree(tree)
