@@ -108,10 +108,14 @@ def assert_same_full_detections(out):
 
 
 def test_postprocessing_with_other_nms_pre(torch_port, jittor_port):
-    """nms_pre = 0 keeps every location of every level (no per-level top-k); nms_pre = 30
+    """nms_pre = 0 or -1 keeps every location of every level (no per-level top-k); nms_pre = 30
     cuts levels 0-2 hard enough to change the detections left. Both ports keep the same."""
     uncut = postprocess_both(torch_port, jittor_port, dict(MODEL, nms_pre=0))
     assert_same_full_detections(uncut)
+    also_uncut = postprocess_both(torch_port, jittor_port, dict(MODEL, nms_pre=-1))
+    assert_same_full_detections(also_uncut)
+    for a, b in zip(uncut["torch"], also_uncut["torch"]):  # -1 (mmdetection's "all") = 0
+        np.testing.assert_array_equal(a["scores"], b["scores"])
     cut = postprocess_both(torch_port, jittor_port, dict(MODEL, nms_pre=30))
     assert_same_full_detections(cut)
     for i, (a, b) in enumerate(zip(uncut["torch"], cut["torch"])):

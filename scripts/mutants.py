@@ -57,8 +57,8 @@ def port_modules(port):
     return [m for m in present if (ROOT / m).exists()]
 
 
-def parity_files():
-    files = sorted(p.name for p in (ROOT / "parity_tests").glob("test_*.py"))
+def parity_files(tree=ROOT):
+    files = sorted(p.name for p in (tree / "parity_tests").glob("test_*.py"))
     return [f for f in FIRST_FILES if f in files] + [f for f in files if f not in FIRST_FILES]
 
 
@@ -77,8 +77,19 @@ def copy_checkout(dest):
 
 
 def kill_command(tree):
-    files = " ".join(f"parity_tests/{f}" for f in parity_files())
+    files = " ".join(f"parity_tests/{f}" for f in parity_files(tree))
     return f"{tree}/.venv/bin/python -m pytest -x -q -p no:cacheprovider {files}"
+
+
+def run_killing_suite(tree, timeout):
+    """-> (killed, seconds, first failure line); pytest's usage errors (exit 4, 5: a file
+    missing, nothing collected) are the run's problem, not a kill."""
+    rc, seconds, output = run_timed(kill_command(tree), tree, timeout)
+    if rc in (4, 5):
+        raise MutantsError(f"the killing suite cannot run in {tree} (pytest exit {rc}): "
+                           f"{output.strip().splitlines()[-1] if output.strip() else ''}")
+    failed = [ln for ln in output.splitlines() if ln.startswith(("FAILED", "ERROR"))]
+    return rc != 0, seconds, failed[0] if failed else output[-200:]
 
 
 def run_timed(command, cwd, timeout=None):
@@ -142,12 +153,11 @@ def run_planted(port, tree, timeout):
                                f"in {entry['module']}")
         path.write_text(original.replace(entry["old"], entry["new"]))
         try:
-            rc, seconds, output = run_timed(kill_command(tree), tree, timeout)
+            killed, seconds, failure = run_killing_suite(tree, timeout)
         finally:
             path.write_text(original)
-        failed = [ln for ln in output.splitlines() if ln.startswith(("FAILED", "ERROR"))]
-        results.append({**entry, "killed": rc != 0, "seconds": seconds,
-                        "first_failure": failed[0] if failed else output[-200:]})
+        results.append({**entry, "killed": killed, "seconds": seconds,
+                        "first_failure": failure})
     return results
 
 
@@ -260,11 +270,10 @@ def rerun_survivors(result, work, log):
             subprocess.run([tool("cosmic-ray"), "apply", mutation["module_path"],
                             mutation["operator_name"], str(mutation["occurrence"])],
                            cwd=tree, check=True, capture_output=True)
-            rc, _, output = run_timed(kill_command(tree), tree, timeout)
+            killed, _, failure = run_killing_suite(tree, timeout)
         finally:
             path.write_text(original)
-        failed = [ln for ln in output.splitlines() if ln.startswith(("FAILED", "ERROR"))]
-        res["rerun"] = {"killed": rc != 0, "first_failure": failed[0] if failed else ""}
+        res["rerun"] = {"killed": killed, "first_failure": failure}
     result["rerun_commit"] = commit()
     return result
 
@@ -304,7 +313,7 @@ def port_section(result, reasons):
     survivors = [pair for pair in survivors if pair not in closed]
     outcome["killed"] += len(closed)
     outcome["survived"] -= len(closed)
-    rows, equivalent = [], 0
+    rows, equivalent, by_design = [], 0, 0
     closed_rows = []
     for job, res in closed:
         mutation, line, text = mutated_line(job)
@@ -316,6 +325,8 @@ def port_section(result, reasons):
         entry = reasons.get((mutation["module_path"], text.strip(), mutation["operator_name"]))
         if entry and entry["kind"] == "equivalent":
             equivalent += 1
+        if entry and entry["kind"] == "not reachable by parity inputs":
+            by_design += 1
         reason = f"{entry['kind']}: {entry['reason']}" if entry else "no reason recorded yet"
         change = next((d[1:].strip() for d in (res.get("diff") or "").splitlines()
                        if d.startswith("+") and not d.startswith("+++")), "?")
@@ -335,6 +346,10 @@ def port_section(result, reasons):
            f"{equivalent} equivalent), incompetent {outcome['incompetent']}",
            f"- killed / non-equivalent: {rate:.1%} (Wilson 95 % lower bound "
            f"{wilson_lower(outcome['killed'], competent):.1%})",
+           f"- the same without the {by_design} survivors in argument checks that no valid "
+           f"input reaches (kind \"not reachable by parity inputs\"): "
+           f"{outcome['killed'] / max(1, competent - by_design):.1%} (lower bound "
+           f"{wilson_lower(outcome['killed'], competent - by_design):.1%})",
            f"- time: baseline {result['baseline_s']:.0f} s, mutants {result['exec_s']:.0f} s "
            f"({result['exec_s'] / max(1, result['run']):.1f} s per mutant)", "",
            "Planted mutants:", "", "| change | module | killed | first failure |",

@@ -35,7 +35,7 @@ def test_every_recorded_survivor_reason_still_names_a_line_of_its_module():
     for entry in load("survivors.toml").get("survivor", []):
         lines = [ln.strip() for ln in (ROOT / entry["module"]).read_text().splitlines()]
         assert entry["line"].strip() in lines, entry
-        assert entry["kind"] in ("equivalent", "not reachable by parity inputs"), entry
+        assert entry["kind"] in ("equivalent", "not reachable by parity inputs", "open gap"), entry
         assert len(entry["reason"]) > 20, entry
 
 
@@ -57,7 +57,7 @@ def test_killing_suite_is_the_whole_parity_suite_fast_files_first():
     files = mutants.parity_files()
     assert sorted(files) == sorted(p.name for p in (ROOT / "parity_tests").glob("test_*.py"))
     assert files[0] == "test_targets_losses.py"
-    command = mutants.kill_command(Path("/tree"))
+    command = mutants.kill_command(ROOT).replace(str(ROOT), "/tree", 1)
     assert command.startswith("/tree/.venv/bin/python -m pytest -x ")
     assert all(f"parity_tests/{f}" in command for f in files)
 
