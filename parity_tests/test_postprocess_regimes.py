@@ -96,11 +96,11 @@ def postprocess_both(torch_port, jittor_port, model, scores=None):
     return out
 
 
-def assert_same_full_detections(out):
-    """max_per_img detections an image in both ports: same labels and scores, boxes within
-    1e-5 of the image side."""
+def assert_same_full_detections(out, count=MODEL["max_per_img"]):
+    """`count` detections an image (None: as many in both ports), same labels and scores,
+    boxes within 1e-5 of the image side."""
     for i, (t, j) in enumerate(zip(out["torch"], out["jittor"])):
-        assert len(t["scores"]) == len(j["scores"]) == MODEL["max_per_img"], i
+        assert len(t["scores"]) == len(j["scores"]) == (count or len(t["scores"])), i
         np.testing.assert_array_equal(j["labels"], t["labels"], err_msg=f"image {i}")
         np.testing.assert_array_equal(j["scores"], t["scores"], err_msg=f"image {i}")
         np.testing.assert_allclose(j["boxes"], t["boxes"], rtol=0, atol=1e-5 * 320,
@@ -108,14 +108,19 @@ def assert_same_full_detections(out):
 
 
 def test_postprocessing_with_other_nms_pre(torch_port, jittor_port):
-    """nms_pre = 0 or -1 keeps every location of every level (no per-level top-k); nms_pre = 30
-    cuts levels 0-2 hard enough to change the detections left. Both ports keep the same."""
+    """nms_pre = 0 or -1 keeps every location of every level (no per-level top-k: with
+    max_per_img unbounded, the same detections); nms_pre = 30 cuts levels 0-2 hard enough to
+    change the detections left. Both ports keep the same."""
     uncut = postprocess_both(torch_port, jittor_port, dict(MODEL, nms_pre=0))
     assert_same_full_detections(uncut)
-    also_uncut = postprocess_both(torch_port, jittor_port, dict(MODEL, nms_pre=-1))
-    assert_same_full_detections(also_uncut)
-    for a, b in zip(uncut["torch"], also_uncut["torch"]):  # -1 (mmdetection's "all") = 0
-        np.testing.assert_array_equal(a["scores"], b["scores"])
+    # -1 (mmdetection's "all") is 0; every detection kept, so that no location may be lost
+    every = {nms_pre: postprocess_both(torch_port, jittor_port,
+                                       dict(MODEL, nms_pre=nms_pre, max_per_img=10**6))
+             for nms_pre in (0, -1)}
+    for out in every.values():
+        assert_same_full_detections(out, None)
+    for a, b in zip(every[0]["torch"], every[-1]["torch"]):
+        assert len(a["scores"]) == len(b["scores"]) > MODEL["max_per_img"]
     cut = postprocess_both(torch_port, jittor_port, dict(MODEL, nms_pre=30))
     assert_same_full_detections(cut)
     for i, (a, b) in enumerate(zip(uncut["torch"], cut["torch"])):

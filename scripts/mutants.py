@@ -19,8 +19,8 @@ with its line, its mutation and the reason recorded in parity_tests/mutation/sur
 
 --budget-minutes stops each port's mutants after M minutes and reports those that ran (in
 cosmic-ray's random order, so still a random sample); --resume goes on with the rest;
---rerun-survivors runs the survivors that survivors.toml does not explain again, on this
-checkout (after new parity inputs).
+--rerun-survivors runs the survivors not recorded as equivalent in survivors.toml again, on
+this checkout (after new parity inputs).
 """
 import argparse
 import concurrent.futures
@@ -245,16 +245,18 @@ def commit():
 
 
 def rerun_survivors(result, work, log):
-    """Each survivor of an earlier run without a reason in survivors.toml again, on a fresh
-    copy of this checkout (after new parity inputs): its result gets `rerun` = killed /
-    survived and the first failure."""
+    """Each survivor of an earlier run that survivors.toml does not call equivalent (and no
+    re-run killed yet) again, on a fresh copy of this checkout (after new parity inputs):
+    its result gets `rerun` = killed / survived and the first failure."""
     port, reasons = result["port"], survivor_reasons()
 
-    def explained(job):
+    def equivalent(job):
         mutation, _, text = mutated_line(job)
-        return (mutation["module_path"], text.strip(), mutation["operator_name"]) in reasons
+        entry = reasons.get((mutation["module_path"], text.strip(), mutation["operator_name"]))
+        return entry is not None and entry["kind"] == "equivalent"
     survivors = [(job, res) for job, res in result["jobs"]
-                 if res and res.get("test_outcome") == "survived" and not explained(job)]
+                 if res and res.get("test_outcome") == "survived" and not equivalent(job)
+                 and not res.get("rerun", {}).get("killed")]
     tree = work / f"tree-{port}"
     if tree.exists():
         shutil.rmtree(tree)
