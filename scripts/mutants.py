@@ -381,8 +381,9 @@ def write_report(results, path):
             f"{first['commit']}, {first['date']}, "
             f"{os.cpu_count()} CPU cores"
             + (f"; survivors re-run on commit {', '.join(reruns)}" if reruns else "")
-            + ". The killing suite is "
-            f"`pytest -x parity_tests` alone (files in the order {', '.join(parity_files())}).",
+            + ". The killing suite is `pytest -x parity_tests` alone: every parity file of "
+            "the checkout run, those that fail fastest on a broken target, loss or decoding "
+            f"first ({', '.join(FIRST_FILES)}).",
             "Operators and why some are excluded: `parity_tests/mutation/cosmic-ray.toml`; "
             "reasons for survivors: `parity_tests/mutation/survivors.toml`.", ""]
     reasons = survivor_reasons()
