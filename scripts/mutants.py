@@ -92,6 +92,18 @@ def run_killing_suite(tree, timeout):
     return rc != 0, seconds, failed[0] if failed else output[-200:]
 
 
+def run_mutated(tree, module, mutate, timeout):
+    """run_killing_suite with mutate(path, original text) applied to tree/module, which is
+    put back afterwards whatever happens."""
+    path = tree / module
+    original = path.read_text()
+    try:
+        mutate(path, original)
+        return run_killing_suite(tree, timeout)
+    finally:
+        path.write_text(original)
+
+
 def run_timed(command, cwd, timeout=None):
     start = time.monotonic()
     try:
@@ -100,6 +112,12 @@ def run_timed(command, cwd, timeout=None):
         return done.returncode, time.monotonic() - start, done.stdout + done.stderr
     except subprocess.TimeoutExpired:
         return None, time.monotonic() - start, "timeout"
+
+
+def mutant_timeout(baseline_s):
+    """A mutant's parity run may take twice the unmutated one, plus a minute (Jittor
+    compiles the kernels of a mutated expression)."""
+    return 2 * baseline_s + 60
 
 
 def write_config(port, tree, timeout, path):
@@ -146,16 +164,12 @@ def run_planted(port, tree, timeout):
     planted = tomllib.loads((MUTATION_DIR / "planted.toml").read_text())["planted"]
     results = []
     for entry in (p for p in planted if p["port"] == port):
-        path = tree / entry["module"]
-        original = path.read_text()
-        if original.count(entry["old"]) != 1:
-            raise MutantsError(f"planted.toml: {entry['old']!r} does not occur exactly once "
-                               f"in {entry['module']}")
-        path.write_text(original.replace(entry["old"], entry["new"]))
-        try:
-            killed, seconds, failure = run_killing_suite(tree, timeout)
-        finally:
-            path.write_text(original)
+        def plant(path, original, entry=entry):
+            if original.count(entry["old"]) != 1:
+                raise MutantsError(f"planted.toml: {entry['old']!r} does not occur exactly "
+                                   f"once in {entry['module']}")
+            path.write_text(original.replace(entry["old"], entry["new"]))
+        killed, seconds, failure = run_mutated(tree, entry["module"], plant, timeout)
         results.append({**entry, "killed": killed, "seconds": seconds,
                         "first_failure": failure})
     return results
@@ -181,7 +195,7 @@ def start_session(port, work, sample, seed, log):
                            f"{work / f'baseline-{port}.log'}")
     config, session = work / f"cosmic-ray-{port}.toml", work / f"session-{port}.sqlite"
     session.unlink(missing_ok=True)
-    write_config(port, tree, 2 * baseline + 60, config)
+    write_config(port, tree, mutant_timeout(baseline), config)
     subprocess.run([tool("cosmic-ray"), "init", str(config), str(session)], cwd=tree,
                    check=True)
     generated = len(catalogue(session))
@@ -201,7 +215,7 @@ def restore_modules(tree):
 
 def exec_session(tree, config, session, budget_s):
     """`cosmic-ray exec` for at most budget_s seconds (None: to the end); a stopped run
-    leaves its pending mutants for --resume, and the mutated file is put back."""
+    leaves its pending mutants for --resume (and a mutated file: run_port restores it)."""
     proc = subprocess.Popen([tool("cosmic-ray"), "exec", str(config), str(session)], cwd=tree,
                             stdout=subprocess.DEVNULL, start_new_session=True)
     try:
@@ -210,7 +224,6 @@ def exec_session(tree, config, session, budget_s):
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         rc = 0
-    restore_modules(tree)
     if rc != 0:
         raise MutantsError(f"cosmic-ray exec {config} exited {rc}")
 
@@ -224,14 +237,16 @@ def run_port(port, work, sample, seed, log, resume=False, budget_s=None):
     else:
         state = start_session(port, work, sample, seed, log)
         state_file.write_text(json.dumps(state))
-    timeout = 2 * state["baseline_s"] + 60
+    timeout = mutant_timeout(state["baseline_s"])
     log(f"{port}: {state['generated']} mutants, {state['after_filter']} after the operator "
         f"filter, {state['drawn']} drawn (baseline {state['baseline_s']:.0f} s, timeout "
         f"{timeout:.0f} s)" + (f", for at most {budget_s:.0f} s" if budget_s else ""))
     start = time.monotonic()
-    if budget_s is None or budget_s > 0:
-        exec_session(tree, config, session, budget_s)
-    restore_modules(tree)
+    try:
+        if budget_s is None or budget_s > 0:
+            exec_session(tree, config, session, budget_s)
+    finally:
+        restore_modules(tree)
     state["exec_s"] += time.monotonic() - start
     state_file.write_text(json.dumps(state))
     jobs = catalogue(session)
@@ -251,30 +266,22 @@ def rerun_survivors(result, work, log):
     port, reasons = result["port"], survivor_reasons()
 
     def equivalent(job):
-        mutation, _, text = mutated_line(job)
-        entry = reasons.get((mutation["module_path"], text.strip(), mutation["operator_name"]))
+        entry = reason_for(job, reasons)
         return entry is not None and entry["kind"] == "equivalent"
     survivors = [(job, res) for job, res in result["jobs"]
                  if res and res.get("test_outcome") == "survived" and not equivalent(job)
                  and not res.get("rerun", {}).get("killed")]
-    tree = work / f"tree-{port}"
-    if tree.exists():
-        shutil.rmtree(tree)
-    tree.mkdir(parents=True)
-    copy_checkout(tree)
+    tree = fresh_tree(work, port)
     log(f"{port}: re-running {len(survivors)} survivors")
-    timeout = 2 * result["baseline_s"] + 60
+    timeout = mutant_timeout(result["baseline_s"])
     for job, res in survivors:
         mutation = job["mutations"][0]
-        path = tree / mutation["module_path"]
-        original = path.read_text()
-        try:
+
+        def apply(path, original, mutation=mutation):
             subprocess.run([tool("cosmic-ray"), "apply", mutation["module_path"],
                             mutation["operator_name"], str(mutation["occurrence"])],
                            cwd=tree, check=True, capture_output=True)
-            killed, _, failure = run_killing_suite(tree, timeout)
-        finally:
-            path.write_text(original)
+        killed, _, failure = run_mutated(tree, mutation["module_path"], apply, timeout)
         res["rerun"] = {"killed": killed, "first_failure": failure}
     result["rerun_commit"] = commit()
     return result
@@ -286,6 +293,12 @@ def survivor_reasons():
     path = MUTATION_DIR / "survivors.toml"
     entries = tomllib.loads(path.read_text()).get("survivor", []) if path.exists() else []
     return {(e["module"], e["line"].strip(), e["operator"]): e for e in entries}
+
+
+def reason_for(job, reasons):
+    """survivors.toml's entry for a mutant (by module, stripped line, operator), or None."""
+    mutation, _, text = mutated_line(job)
+    return reasons.get((mutation["module_path"], text.strip(), mutation["operator_name"]))
 
 
 def wilson_lower(killed, n, z=1.96):
@@ -324,7 +337,7 @@ def port_section(result, reasons):
                            f"`{res['rerun']['first_failure'][:100]}` |")
     for job, res in survivors:
         mutation, line, text = mutated_line(job)
-        entry = reasons.get((mutation["module_path"], text.strip(), mutation["operator_name"]))
+        entry = reason_for(job, reasons)
         if entry and entry["kind"] == "equivalent":
             equivalent += 1
         if entry and entry["kind"] == "not reachable by parity inputs":
@@ -418,7 +431,6 @@ def main(argv=None):
             raise MutantsError(f"--sample {args.sample}: must be >= 0")
         if args.budget_minutes is not None and args.budget_minutes < 0:
             raise MutantsError(f"--budget-minutes {args.budget_minutes:g}: must be >= 0")
-        args.out.mkdir(parents=True, exist_ok=True)
         report = args.report or args.out / "REPORT.md"
 
         def log(message):
@@ -428,22 +440,24 @@ def main(argv=None):
             earlier = args.out / "results.json"
             if not earlier.is_file():
                 raise MutantsError(f"--rerun-survivors: no earlier run in {earlier}")
-            results = [r for r in json.loads(earlier.read_text()) if r["port"] in args.ports]
+            earlier_results = json.loads(earlier.read_text())
+            results = [r for r in earlier_results if r["port"] in args.ports]
             work = [lambda r=r: rerun_survivors(r, args.out, log) for r in results]
         else:
             budget = None if args.budget_minutes is None else 60 * args.budget_minutes
             work = [lambda p=p: run_port(p, args.out, args.sample, args.seed, log,
                                          args.resume, budget) for p in args.ports]
+        args.out.mkdir(parents=True, exist_ok=True)
         if args.parallel and len(work) > 1:
             os.environ["OMP_NUM_THREADS"] = "1"
             with concurrent.futures.ThreadPoolExecutor(len(work)) as pool:
                 results = list(pool.map(lambda run: run(), work))
         else:
             results = [run() for run in work]
-        if args.rerun_survivors:  # keep the ports not re-run
-            done = {r["port"] for r in results}
-            results = [r for r in json.loads(earlier.read_text()) if r["port"] not in done] \
-                + results
+        if args.rerun_survivors:  # the ports not re-run too, in their earlier order
+            by_port = {r["port"]: r for r in earlier_results}
+            by_port.update((r["port"], r) for r in results)
+            results = list(by_port.values())
         (args.out / "results.json").write_text(json.dumps(results, indent=1))
         write_report(results, report)
         log(f"report: {report}")
