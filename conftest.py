@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from hypothesis import settings
 
-from gfocal.checkpoint_io import PORT_MODULES, load_port
+from gfocal.ports import PORT_MODULES, load_port
 from gfocal.runtime import DEFAULT_SEED, configure_frameworks, cuda_available
 
 configure_frameworks()  # Jittor reads its env at import: this must run before any import of it

@@ -1,4 +1,4 @@
-# GFocalV2 R50-FPN 1x on COCO 2017: the paper recipe (SPEC.md section 8).
+# GFocalV2 R50-FPN 1x on COCO 2017: the paper recipe (docs/MODEL.md section 8).
 # Point data.root at a COCO copy (annotations/, train2017/, val2017/).
 model = dict(depth=50, num_classes=80)
 data = dict(root="data/coco", img_scale=[1333, 800], batch_size=16)

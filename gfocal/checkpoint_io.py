@@ -1,33 +1,34 @@
-"""The port lookup and the reading of every weights format, framework-neutral.
+"""Reading and writing of every weights file format, framework-neutral.
 
-Both the training engine and the weights converter read checkpoints; this module sits below
-both (it imports neither), so neither imports the other.
+The training engine, `gfocal compare` and the weights converter all read and write weights
+through this module; it sits below them (it imports none of them).
 
 Formats read: 'torch' / 'jittor' (our checkpoints, {'state_dict', 'momentum', 'meta'}),
 'mmdet' (official GFocalV2 and mmdetection checkpoints as mmcv 1.x and mmengine save them)
-and 'torchvision' (an ImageNet ResNet). Everything is read into the canonical form
-{mmdetection-style name: numpy array} of docs/ARCHITECTURE.md.
+and 'torchvision' (an ImageNet ResNet); written: 'torch', 'jittor' and 'mmdet'. Everything
+is read into, and written from, the canonical form {mmdetection-style name: numpy array} of
+docs/ARCHITECTURE.md.
 """
-import importlib
+import hashlib
 import os
 import pickle
 
 import numpy as np
 
+from gfocal.atomic import atomic_path
+from gfocal.ports import FRAMEWORKS
 from gfocal.state_dict import CheckpointError
 
-PORT_MODULES = {"torch": "gfocal.pytorch", "jittor": "gfocal.jittor"}
 FORMATS = ("torch", "jittor", "mmdet", "torchvision")
-OWN_FORMATS = ("torch", "jittor")
+OWN_FORMATS = FRAMEWORKS
+TARGETS = (*OWN_FORMATS, "mmdet")
 COCO_NUM_CLASSES = 80
-
-
-def load_port(framework):
-    """The port package for 'torch' or 'jittor' (its sub-modules import lazily)."""
-    if framework not in PORT_MODULES:
-        raise ValueError(f"unknown framework {framework!r} (choose from "
-                         f"{', '.join(PORT_MODULES)})")
-    return importlib.import_module(PORT_MODULES[framework])
+# The official layout's background channel: zero weights and this bias give it a
+# probability of exactly 0.0 in float32 under a sigmoid (exp(1e4) overflows to inf, so
+# 1 / (1 + inf) = 0) and under a softmax next to any logit above -9900 (exp(-9900) = 0).
+BACKGROUND_BIAS = -1e4
+# jt.save's layout: a protocol-4 pickle, its SHA-1, then this marker (jt.load checks both).
+JITTOR_MARKER = b"HCAJSLHD"
 
 
 def _read_pickle(path):
@@ -208,3 +209,91 @@ def read_training_state(path, num_classes=None):
     momentum = payload.get("momentum") or {}
     return {"state_dict": state, "momentum": _to_numpy(momentum, path),
             "meta": meta_of(payload), "format": fmt}
+
+
+# ---- writing ---------------------------------------------------------------------------------
+def canonical_to_mmdet(state):
+    """Our canonical state dict in the official GFocalV2 / mmdetection layout.
+
+    Scales become 0-d (mmcv's `Scale`); the classifier gets mmdetection's background channel
+    appended last, with zero weights and a bias of BACKGROUND_BIAS, so its probability is
+    exactly 0 and the official code's detections are those of our num_classes channels.
+    """
+    out = {}
+    for name, value in state.items():
+        if name.startswith("bbox_head.scales.") and value.shape == (1,):
+            value = value.reshape(())
+        elif name == "bbox_head.gfl_cls.weight":
+            value = np.concatenate([value, np.zeros_like(value[:1])])
+        elif name == "bbox_head.gfl_cls.bias":
+            value = np.concatenate([value, np.full(1, BACKGROUND_BIAS, value.dtype)])
+        out[name] = value
+    return out
+
+
+def _contiguous(value):
+    # not np.ascontiguousarray: it turns a 0-d array (an mmcv Scale) into shape (1,)
+    return value if value.flags.c_contiguous else value.copy()
+
+
+def mmdet_payload(state, classes=None, meta=None):
+    """What mmcv saves: {'meta': {..., 'CLASSES'}, 'state_dict': {name: torch tensor}}, with
+    a `num_batches_tracked` (0) beside every BatchNorm, as the official model has."""
+    import torch
+    tensors = {}
+    for name, value in canonical_to_mmdet(state).items():
+        tensors[name] = torch.from_numpy(_contiguous(value))
+        if name.endswith(".running_var"):
+            tensors[name[:-len("running_var")] + "num_batches_tracked"] = torch.tensor(0)
+    meta = dict(meta or {})
+    if classes is not None:
+        meta["CLASSES"] = tuple(classes)
+    return {"meta": meta, "state_dict": tensors}
+
+
+def _write_jittor(payload, path):  # torch.save's argument order
+    """jt.save's bytes, written without Jittor (so shared code and the converter need none)."""
+    data = pickle.dumps(payload, protocol=4)
+    with open(path, "wb") as f:
+        f.write(data + hashlib.sha1(data).digest() + JITTOR_MARKER)
+
+
+def write(path, state, to, meta=None, classes=None, momentum=None):
+    """Write a canonical state dict (and SGD momentum by parameter name) as a checkpoint of
+    port `to`, or in the official layout for 'mmdet' (dtypes and shapes kept); `classes` are
+    the class names if known. The file is replaced atomically."""
+    if to not in TARGETS:
+        raise CheckpointError(f"unknown target format {to!r} (choose from {', '.join(TARGETS)})")
+    if to == "mmdet":
+        payload = mmdet_payload(state, classes, meta)
+    else:
+        payload = {"state_dict": state, "momentum": dict(momentum or {}),
+                   "meta": dict(meta or {}, framework=to)}
+        if classes is not None:
+            payload["meta"]["classes"] = list(classes)
+    with atomic_path(path) as tmp:
+        if to == "jittor":
+            _write_jittor(payload, tmp)
+            return
+        import torch
+        if to == "torch":
+            payload["state_dict"] = {k: torch.from_numpy(_contiguous(v))
+                                     for k, v in state.items()}
+        torch.save(payload, tmp)
+
+
+def save_checkpoint(path, port, model, optimizer=None, meta=None):
+    """`model`'s weights (and `optimizer`'s momentum) as a checkpoint of `port`."""
+    ckpt = port.checkpoint
+    momentum = ckpt.optimizer_state_numpy(model, optimizer) if optimizer else {}
+    write(path, ckpt.state_dict_numpy(model), port.FRAMEWORK, meta=meta, momentum=momentum)
+
+
+def load_checkpoint(path, port, model, optimizer=None):
+    """Weights (and momentum) of a checkpoint of either port into `model` of `port` (and
+    `optimizer`), strictly; returns the meta dict."""
+    saved = read_training_state(path)
+    port.checkpoint.load_state_dict_numpy(model, saved["state_dict"], source=path)
+    if optimizer is not None:
+        port.checkpoint.load_optimizer_state_numpy(model, optimizer, saved["momentum"])
+    return saved["meta"]

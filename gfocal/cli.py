@@ -10,6 +10,7 @@ import traceback
 
 from gfocal.launch import LAUNCHERS, process_label
 from gfocal.runtime import configure_frameworks
+from gfocal.ports import FRAMEWORKS
 
 STAT_FORMAT = "{:<6} {:.3f}"
 DEFAULT_BUDGET_MINUTES = 20
@@ -27,7 +28,7 @@ def _at_least(minimum, kind):
 
 
 def _add_framework(p):
-    p.add_argument("--framework", choices=["torch", "jittor"], required=True)
+    p.add_argument("--framework", choices=list(FRAMEWORKS), required=True)
 
 
 def _add_device(p):

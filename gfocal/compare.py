@@ -16,10 +16,10 @@ from gfocal import engine
 from gfocal.config import load_config
 from gfocal.device import resolve_device
 from gfocal.runtime import describe_environment
+from gfocal.ports import FRAMEWORKS
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                               "configs", "gfl_r18_mini.py")
-FRAMEWORKS = ("torch", "jittor")
 TRACE_EVERY = 20            # mini preset: 480 iterations, 25 snapshots of ~50 MB
 
 
@@ -62,7 +62,7 @@ def write_initial_weights(cfg, out_dir):
 
     from gfocal.pytorch.checkpoint import state_dict_numpy
     from gfocal.report.noise import perturb_one_ulp
-    from weights_converter.convert import write
+    from gfocal.checkpoint_io import write
     torch.manual_seed(cfg["train"]["seed"])
     port, model = engine.build_model(cfg, "torch", init_weights="")
     state = state_dict_numpy(model)

@@ -1,7 +1,7 @@
 """Configs are Python files of plain dicts, checked against one schema for both ports.
 
 A config file may set any of the top-level sections below; what it leaves out comes from
-DEFAULTS (the paper recipe, SPEC.md). An unknown key or a value of the wrong type stops with
+DEFAULTS (the paper recipe, docs/MODEL.md section 8). An unknown key or a value of the wrong type stops with
 a message naming the file and the key.
 """
 import copy

@@ -4,11 +4,16 @@
 and refuses CUDA where there is no GPU with its driver. What a framework can do on that device
 is the port's own check (`port.use_device`), so a message can say which framework refuses.
 """
+import os
 import re
-
-from gfocal.runtime import cuda_available
+import shutil
 
 _SPEC = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+def cuda_available():
+    """A CUDA GPU with its driver, not merely an nvcc on PATH."""
+    return shutil.which("nvidia-smi") is not None and os.path.exists("/dev/nvidiactl")
 
 
 class DeviceError(ValueError):
@@ -27,7 +32,7 @@ def resolve_device(spec):
     spec = parse_device(spec)
     if spec == "auto":
         return "cuda" if cuda_available() else "cpu"
-    if spec.startswith("cuda") and not cuda_available():
+    if is_cuda(spec) and not cuda_available():
         raise DeviceError(f"device {spec!r}: this machine has no CUDA GPU with its driver "
                           "(no nvidia-smi or /dev/nvidiactl); use --device cpu")
     return spec

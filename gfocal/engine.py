@@ -1,7 +1,7 @@
 """Training and evaluation loops, written once for both ports.
 
 A port supplies the framework-specific pieces (`build_detector`, `train.build_optimizer`,
-`train.set_lr`, `train.train_step`, `checkpoint.save_checkpoint/load_checkpoint`); this
+`train.set_lr`, `train.train_step`, `checkpoint.state_dict_numpy/load_state_dict_numpy`); this
 module owns the schedule, the batches, the log, checkpoints and the NaN stop, so both ports
 are trained by literally the same loop.
 """
@@ -11,7 +11,8 @@ import time
 
 from tqdm import tqdm
 
-from gfocal.checkpoint_io import load_any, load_port, read_training_state
+from gfocal.checkpoint_io import load_any, read_training_state, save_checkpoint
+from gfocal.ports import load_port
 from gfocal.data.loader import build_dataloader, per_process_batch
 from gfocal.device import DeviceError, is_cuda, resolve_device
 from gfocal.launch import check_launcher, job_size, local_rank
@@ -180,13 +181,13 @@ def _train(cfg, port, device, rank, world, work_dir, resume, max_iters, init_wei
             epoch_done = it % iters_per_epoch == 0 and it > 0
             meta = {"iter": it, "epoch": epoch + 1 if epoch_done else epoch, "classes": classes}
             if lead:
-                port.checkpoint.save_checkpoint(checkpoint_path(work_dir, port, "latest"),
-                                                model, optimizer, meta)
+                save_checkpoint(checkpoint_path(work_dir, port, "latest"), port, model,
+                                optimizer, meta)
             if not epoch_done:
                 break
             if lead and (epoch + 1) % cfg["train"]["checkpoint_interval"] == 0:
-                port.checkpoint.save_checkpoint(
-                    checkpoint_path(work_dir, port, f"epoch_{epoch + 1}"), model, optimizer, meta)
+                save_checkpoint(checkpoint_path(work_dir, port, f"epoch_{epoch + 1}"), port,
+                                model, optimizer, meta)
             last = epoch + 1 == optim_cfg["epochs"] or it >= total
             if eval_every and ((epoch + 1) % eval_every == 0 or last):
                 if lead:  # the others wait at the barrier

@@ -1,6 +1,7 @@
 """Which launcher started this process, written once for both ports (mmdetection's
 `--launcher none|pytorch|mpi`): torchrun for the PyTorch port (torch.distributed, DDP),
-OpenMPI's mpirun for the Jittor port (Jittor's MPI mode). The frameworks do the rest."""
+OpenMPI's mpirun for the Jittor port (Jittor's MPI mode). The frameworks do the rest.
+This is the one module that reads the launchers' environment variables."""
 import os
 
 LAUNCHERS = {"none": None, "pytorch": "torch", "mpi": "jittor"}
@@ -56,3 +57,16 @@ def job_size():
         if os.environ.get(key, "").isdigit():
             return int(os.environ[key])
     return 1
+
+
+def local_processes():
+    """Processes of this job on this machine: torchrun's LOCAL_WORLD_SIZE, mpirun's
+    OMPI_COMM_WORLD_LOCAL_SIZE, else 1."""
+    for key in ("LOCAL_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE"):
+        if os.environ.get(key, "").isdigit():
+            return max(1, int(os.environ[key]))
+    return 1
+
+
+def started_by_mpirun():
+    return MPIRUN_ENV[0] in os.environ

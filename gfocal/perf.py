@@ -1,5 +1,6 @@
-"""Measurement helpers for the performance suite (perf_tests/): device sync, peak memory,
-thread/oneDNN facts and the Jittor/PyTorch ratio summary.
+"""Measurement helpers for the performance suite (perf_tests/): inputs, peak memory,
+thread/oneDNN facts and the Jittor/PyTorch ratio summary. Sync, no_grad and gradients are
+the port's own (gfocal/ports.py).
 
 Framework imports are lazy so that a Jittor-only environment never imports torch.
 """
@@ -16,8 +17,9 @@ import zlib
 import numpy as np
 
 from gfocal.config import DEFAULTS
+from gfocal.device import is_cuda
+from gfocal.ports import FRAMEWORKS
 
-FRAMEWORKS = ("torch", "jittor")
 MB = 1024 * 1024
 
 # ---- benchmark inputs ----------------------------------------------------------------------
@@ -32,7 +34,7 @@ INFERENCE_CLS_BIAS = -4.0
 
 
 def model_config():
-    """The paper model: ResNet-50, 80 classes, every default of SPEC.md."""
+    """The paper model: ResNet-50, 80 classes, every default of docs/MODEL.md."""
     return dict(DEFAULTS["model"])
 
 
@@ -86,83 +88,60 @@ def benchmark_weights(state):
     return out
 
 
-
-
-# ---- device sync -------------------------------------------------------------------------
-def synchronize(framework, device):
-    """Wait until queued work is done: Jittor is lazy even on the CPU, CUDA is asynchronous."""
-    if framework == "jittor":
-        import jittor as jt
-        jt.sync_all(True)
-    elif device == "gpu":
-        import torch
-        torch.cuda.synchronize()
-
-
-def no_grad(framework):
-    if framework == "jittor":
-        import jittor as jt
-        return jt.no_grad()
-    import torch
-    return torch.no_grad()
-
-
-def trainable_parameters(framework, model):
-    if framework == "jittor":
-        return [p for p in model.parameters() if not p.is_stop_grad()]
-    return [p for p in model.parameters() if p.requires_grad]
-
-
-def gradients(framework, loss, params):
-    """d loss / d params without touching .grad or an optimizer (pure backward cost)."""
-    if framework == "jittor":
-        import jittor as jt
-        return jt.grad(loss, params)
-    import torch
-    return torch.autograd.grad(loss, params, allow_unused=True)
-
-
 # ---- environment facts recorded with every benchmark --------------------------------------
-def framework_info(framework, device):
-    """{framework, device, threads, onednn, version} for a benchmark's extra_info."""
+def framework_info(port, device):
+    """{framework, device, threads, onednn, version, ...} for a benchmark's extra_info: the
+    port's facts on `device` (cpu, cuda, cuda:N)."""
     from gfocal.runtime import num_threads
-    info = {"framework": framework, "device": device, "threads": num_threads()}
+    info = {"framework": port.FRAMEWORK, "device": device, "threads": num_threads()}
     # NVIDIA's switch over cuBLAS and cuDNN: "0" forbids TF32 whatever a framework asks.
     tf32_override = os.environ.get("NVIDIA_TF32_OVERRIDE")
-    if framework == "jittor":
-        import jittor as jt
-        from jittor import compile_extern
-
-        from gfocal.runtime import jittor_onednn_enabled
-        # oneDNN convolutions use OMP_NUM_THREADS; Jittor's generated CPU kernels (every
-        # fused element-wise/reduce op) carry no OpenMP pragma, so they run on one thread.
-        info.update(version=jt.__version__, onednn=bool(jittor_onednn_enabled()),
-                    use_cuda=bool(jt.flags.use_cuda), fused_op_threads=1)
-        if device == "gpu":
-            # cuDNN off (conv_opt=1): convolutions run as Jittor's own CUDA kernels. Jittor
-            # sets no cuDNN math type unless use_tensorcore, and cuDNN's default permits TF32
-            # on Ampere and later: TF32 is off only under NVIDIA_TF32_OVERRIDE=0.
-            cudnn = compile_extern.cudnn is not None
-            tensorcore = int(jt.flags.use_tensorcore)
-            info.update(use_tensorcore=tensorcore, cudnn=cudnn,
-                        cuda_archs=list(getattr(jt.flags, "cuda_archs", [])),  # CUDA builds
-                        nvidia_tf32_override=tf32_override,
-                        tf32=bool(tensorcore or (cudnn and tf32_override != "0")))
-    else:
-        import torch
-        info.update(version=torch.__version__, framework_threads=torch.get_num_threads(),
-                    onednn=bool(torch.backends.mkldnn.is_available()
-                                and torch.backends.mkldnn.enabled))
-        if device == "gpu":
-            info.update(gpu=torch.cuda.get_device_name(), cuda=torch.version.cuda,
-                        cudnn=torch.backends.cudnn.version(),
-                        tf32=bool(torch.backends.cudnn.allow_tf32) and tf32_override != "0",
-                        tf32_matmul=(bool(torch.backends.cuda.matmul.allow_tf32)
-                                     and tf32_override != "0"),
-                        nvidia_tf32_override=tf32_override,
-                        cudnn_benchmark=bool(torch.backends.cudnn.benchmark),
-                        cudnn_deterministic=bool(torch.backends.cudnn.deterministic))
+    info.update(_FACTS[port.FRAMEWORK](is_cuda(device), tf32_override))
     return info
+
+
+def _jittor_facts(cuda, tf32_override):
+    import jittor as jt
+    from jittor import compile_extern
+
+    from gfocal.runtime import jittor_onednn_enabled
+    # oneDNN convolutions use OMP_NUM_THREADS; Jittor's generated CPU kernels (every
+    # fused element-wise/reduce op) carry no OpenMP pragma, so they run on one thread.
+    info = dict(version=jt.__version__, onednn=bool(jittor_onednn_enabled()),
+                use_cuda=bool(jt.flags.use_cuda), fused_op_threads=1)
+    if cuda:
+        # cuDNN off (conv_opt=1): convolutions run as Jittor's own CUDA kernels. Jittor
+        # sets no cuDNN math type unless use_tensorcore, and cuDNN's default permits TF32
+        # on Ampere and later: TF32 is off only under NVIDIA_TF32_OVERRIDE=0.
+        cudnn = compile_extern.cudnn is not None
+        tensorcore = int(jt.flags.use_tensorcore)
+        info.update(use_tensorcore=tensorcore, cudnn=cudnn,
+                    cuda_archs=list(getattr(jt.flags, "cuda_archs", [])),  # CUDA builds
+                    nvidia_tf32_override=tf32_override,
+                    tf32=bool(tensorcore or (cudnn and tf32_override != "0")))
+    return info
+
+
+def _torch_facts(cuda, tf32_override):
+    import torch
+    info = dict(version=torch.__version__, framework_threads=torch.get_num_threads(),
+                onednn=bool(torch.backends.mkldnn.is_available()
+                            and torch.backends.mkldnn.enabled))
+    if cuda:
+        info.update(gpu=torch.cuda.get_device_name(), cuda=torch.version.cuda,
+                    cudnn=torch.backends.cudnn.version(),
+                    tf32=bool(torch.backends.cudnn.allow_tf32) and tf32_override != "0",
+                    tf32_matmul=(bool(torch.backends.cuda.matmul.allow_tf32)
+                                 and tf32_override != "0"),
+                    nvidia_tf32_override=tf32_override,
+                    cudnn_benchmark=bool(torch.backends.cudnn.benchmark),
+                    cudnn_deterministic=bool(torch.backends.cudnn.deterministic))
+    return info
+
+
+# Each framework's facts, read from the framework itself (a port has no version or build
+# switches of its own to ask); keyed like gfocal.ports.FRAMEWORKS.
+_FACTS = {"torch": _torch_facts, "jittor": _jittor_facts}
 
 
 # ---- peak memory ---------------------------------------------------------------------------
@@ -199,50 +178,33 @@ def _release_free_heap():
             ctypes.CDLL(name).malloc_trim(0)
 
 
-def release_caches(framework, device):
+def release_caches(port):
     """Return cached blocks to the system so that the next step's peak is its own."""
     gc.collect()
-    if framework == "jittor":
-        import jittor as jt
-        jt.sync_all(True)
-        jt.gc()
-    elif device == "gpu":
-        import torch
-        torch.cuda.synchronize()
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
+    port.release_caches()
     _release_free_heap()
 
 
-def measure_peak_memory(framework, device, fn):
-    """Run fn() once and return {name: MB} of its peak memory.
+def measure_peak_memory(port, device, fn):
+    """Run fn() once (the port on `device`) and return {name: MB} of its peak memory.
 
     CPU: process peak RSS (VmHWM after a reset) and its growth over the RSS before the call.
-    GPU: PyTorch's allocator peak (allocated and reserved); Jittor's allocator size after a
-    cache flush, which its caching allocator keeps at the step's high-water mark.
+    CUDA: the port's allocator peak (port.peak_device_memory: PyTorch's allocated and
+    reserved; Jittor's allocator size after a cache flush).
     """
-    release_caches(framework, device)
-    out = {}
-    if device == "gpu":
-        if framework == "jittor":
-            import jittor as jt
-            fn()
-            synchronize(framework, device)
-            out["gpu_peak_reserved_mb"] = jt.get_mem_info().total_cuda_used / MB
-        else:
-            import torch
-            fn()
-            synchronize(framework, device)
-            out["gpu_peak_allocated_mb"] = torch.cuda.max_memory_allocated() / MB
-            out["gpu_peak_reserved_mb"] = torch.cuda.max_memory_reserved() / MB
-        return out
+    release_caches(port)
+    if is_cuda(device):
+        fn()
+        port.sync()
+        return {f"gpu_peak_{kind}_mb": size / MB
+                for kind, size in port.peak_device_memory().items()}
     before = _proc_status_kb("VmRSS")
     if before is None or not _reset_peak_rss():  # not Linux: no per-call peak available
         fn()
-        synchronize(framework, device)
+        port.sync()
         return {"cpu_peak_rss_mb": None, "cpu_peak_rss_growth_mb": None}
     fn()
-    synchronize(framework, device)
+    port.sync()
     peak = _proc_status_kb("VmHWM")
     return {"cpu_peak_rss_mb": peak / 1024, "cpu_peak_rss_growth_mb": (peak - before) / 1024}
 

@@ -5,24 +5,12 @@ point (conftest, CLI, set-up script) calls :func:`configure_frameworks` first.
 """
 import os
 import platform
-import shutil
 import warnings
 
+from gfocal.device import cuda_available, cuda_index, is_cuda
+from gfocal.launch import local_processes, started_by_mpirun
+
 DEFAULT_SEED = 0
-
-
-def cuda_available():
-    """A CUDA GPU with its driver, not merely an nvcc on PATH."""
-    return shutil.which("nvidia-smi") is not None and os.path.exists("/dev/nvidiactl")
-
-
-def local_processes():
-    """Processes of this job on this machine: torchrun's LOCAL_WORLD_SIZE, mpirun's
-    OMPI_COMM_WORLD_LOCAL_SIZE, else 1."""
-    for key in ("LOCAL_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE"):
-        if os.environ.get(key, "").isdigit():
-            return max(1, int(os.environ[key]))
-    return 1
 
 
 def configure_frameworks(threads=None):
@@ -33,7 +21,7 @@ def configure_frameworks(threads=None):
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     # Jittor loads its MPI module (and initialises MPI) whenever it finds mpicc: only
     # under mpirun, where it is used (set, not defaulted: children inherit the variable).
-    os.environ["use_mpi"] = "1" if "OMPI_COMM_WORLD_SIZE" in os.environ else "0"
+    os.environ["use_mpi"] = "1" if started_by_mpirun() else "0"
     # Jittor names its kernel cache after the git branch of the folder it is installed in: pin
     # the name so an environment inside a git checkout does not recompile on a branch switch.
     os.environ.setdefault("cache_name", "default")
@@ -61,7 +49,7 @@ def warn_if_jittor_slow():
     if not jittor_onednn_enabled():
         warnings.warn(
             "Jittor runs WITHOUT oneDNN: CPU convolutions use a fallback about 60x slower. "
-            "Run `bash scripts/setup.sh` as root to provision libdnnl-dev (SPEC.md section 10).",
+            "Run `bash scripts/setup.sh` as root to provision libdnnl-dev (docs/MODEL.md section 10).",
             RuntimeWarning, stacklevel=2)
 
 
@@ -94,8 +82,7 @@ def describe_environment(device="cpu"):
         env.update(torch=torch.__version__, torchvision=torchvision.__version__,
                    torch_threads=torch.get_num_threads(),
                    gpu=torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none")
-        if device.startswith("cuda"):  # the GPU the run used, and its numerics
-            from gfocal.device import cuda_index
+        if is_cuda(device):  # the GPU the run used, and its numerics
             env.update(gpu=torch.cuda.get_device_name(cuda_index(device)),
                        cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(),
                        tf32=bool(torch.backends.cudnn.allow_tf32))

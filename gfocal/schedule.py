@@ -1,4 +1,4 @@
-"""Learning rate of the 1x recipe (SPEC.md section 8), shared by both training loops."""
+"""Learning rate of the 1x recipe (docs/MODEL.md section 8), shared by both training loops."""
 
 
 def learning_rate(optim_cfg, iteration, epoch):

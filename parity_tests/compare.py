@@ -39,7 +39,7 @@ LOSS_TOTALS = ("loss_cls", "loss_bbox", "loss_dfl", "loss")
 ALL_PROBES = FORWARD_PROBES + TARGET_PROBES + LOSS_PROBES
 
 NOISE_FACTOR = 10.0
-# The targets (CPU, float32) and the loosest tolerance the noise may push them to.
+# The targets the suite was built to meet (CPU, float32) and the loosest tolerance the noise may push them to.
 TARGET = {"forward": 1e-5, "targets": 1e-5, "loss": 1e-5, "grad": 1e-4, "optim": 1e-4,
           "detections": 1e-5}
 CAP = {"forward": 1e-4, "targets": 1e-4, "loss": 1e-4, "grad": 1e-3, "optim": 1e-3,

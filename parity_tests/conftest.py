@@ -16,7 +16,7 @@ from gfocal.config import from_dict
 from parity_tests import compare, regimes
 from parity_tests.compare import FORWARD_PROBES, LOSS_PROBES, TARGET_PROBES
 
-# The small model of the default run (the issue: ResNet-18, 32-64 channels, GN 8, 2 convs).
+# The small model of the default run (ResNet-18, 32-64 channels, GN 8, 2 convs).
 SMALL_MODEL = dict(depth=18, num_classes=6, feat_channels=32, fpn_channels=32,
                    stacked_convs=2, gn_groups=8)
 MODES = ("eval", "train")
@@ -138,7 +138,7 @@ def build_pair(model_cfg, seed=0):
     torch port's seeded weights in both."""
     import torch
 
-    from gfocal.checkpoint_io import load_port
+    from gfocal.ports import load_port
     tp = load_port("torch")
     torch.manual_seed(seed)
     tmodel = tp.build_detector(model_cfg)
@@ -175,7 +175,7 @@ def jittor_installed():
 def jittor_device(device):
     """Where Jittor runs in a parity run on `device`: there when its CUDA build works, else
     on the CPU (still an independent check against the PyTorch CPU run)."""
-    from gfocal.checkpoint_io import load_port
+    from gfocal.ports import load_port
     from gfocal.device import DeviceError
     try:
         with load_port("jittor").on_device(device):
@@ -203,7 +203,7 @@ class ParityRuns:
     "torch@<device>"."""
 
     def __init__(self, model_cfg, weights_from_converter=None, device=None):
-        from gfocal.checkpoint_io import load_port
+        from gfocal.ports import load_port
         self.torch = load_port("torch")
         self.cfg = model_cfg
         self.tmodel, self.jmodel, self.state = build_pair(model_cfg)
@@ -264,7 +264,7 @@ def pair_builder():
     (torch port, jittor port). Skips where Jittor is not installed."""
     if not jittor_installed():
         pytest.skip("Jittor is not installed (a PyTorch-only parity run)")
-    from gfocal.checkpoint_io import load_port
+    from gfocal.ports import load_port
 
     def build(model_cfg, seed=0):
         return build_pair(model_cfg, seed)
@@ -287,8 +287,9 @@ def converted_weights(small_cfg, tmp_path_factory):
     if not jittor_installed():
         return None
 
-    from gfocal.checkpoint_io import load_port
-    from weights_converter.convert import convert, write
+    from gfocal.ports import load_port
+    from gfocal.checkpoint_io import read, write
+    from weights_converter.convert import convert
     tp, jp = load_port("torch"), load_port("jittor")
     torch.manual_seed(0)
     state = tp.checkpoint.state_dict_numpy(tp.build_detector(small_cfg["model"]))
@@ -296,7 +297,7 @@ def converted_weights(small_cfg, tmp_path_factory):
     src, dst = str(folder / "init.pth"), str(folder / "init.pkl")
     write(src, state, "torch")
     convert(src, dst, "torch", "jittor", small_cfg["model"])
-    read_back = jp.checkpoint.read_checkpoint(dst)["state_dict"]
+    read_back = read(dst, "jittor")
     assert set(read_back) == set(state)
     for name, value in state.items():
         assert np.array_equal(read_back[name], value) and read_back[name].dtype == value.dtype, \

@@ -9,6 +9,7 @@ import pytest
 
 from gfocal.schedule import learning_rate
 from parity_tests import compare
+from gfocal.ports import FRAMEWORKS
 
 STEPS_CHECKED = (1, 5)
 # where the steps start in the schedule: iteration 0 (warmup: lr 1e-5 .. 9e-5) and the end of
@@ -120,11 +121,11 @@ def optim_rows(snaps, init, step):
 def test_parameters_momentum_lr_after_sgd_steps(sgd_runs, small_cfg, step, report_table):
     snaps = {k: sgd_runs[k][0][step] for k in ("torch", "jittor", "float64")}
     warmup = small_cfg["optim"]
-    # the lr of the last step taken (iteration start + step - 1), by the formula of SPEC.md
+    # the lr of the last step taken (iteration start + step - 1), by the formula of docs/MODEL.md section 8
     last = sgd_runs["start"] + step - 1
     expected_lr = warmup["lr"] if last >= warmup["warmup_iters"] else warmup["lr"] * (
         1 - (1 - last / warmup["warmup_iters"]) * (1 - warmup["warmup_ratio"]))
-    for key in ("torch", "jittor"):
+    for key in FRAMEWORKS:
         assert snaps[key]["lr"] == pytest.approx(expected_lr, rel=1e-12), key
     rows = optim_rows(snaps, sgd_runs["init"], step)
     context = f"after {step} SGD steps from iteration {sgd_runs['start']}"
@@ -146,7 +147,7 @@ def test_losses_during_sgd_steps(sgd_runs):
 def test_frozen_parts_and_bn_statistics_do_not_move(sgd_runs):
     """frozen_stages=1 and norm_eval: stem, layer1 and every BN running statistic stay put."""
     init = sgd_runs["init"]
-    for key in ("torch", "jittor"):
+    for key in FRAMEWORKS:
         params = sgd_runs[key][0][max(STEPS_CHECKED)]["params"]
         moved = [k for k, v in params.items()
                  if (k.startswith(("backbone.conv1", "backbone.bn1", "backbone.layer1."))

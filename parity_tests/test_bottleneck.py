@@ -17,27 +17,16 @@ def run_port(port, state, imgs, grad_seed, float64=False):
     model = port.backbone.ResNet(50, frozen_stages=1, norm_eval=True)
     port.checkpoint.load_state_dict_numpy(model, state, strict=True)
     model.train()
-    if port.FRAMEWORK == "torch":
-        import torch
-        dtype = torch.float64 if float64 else torch.float32
-        model = model.to(dtype)
-        with port.probes.capture() as probes:
-            outs = model(torch.from_numpy(imgs).to(dtype))
-        weights = output_weights(outs, grad_seed)
-        loss = sum((o * torch.from_numpy(w).to(dtype)).sum() for o, w in zip(outs, weights))
-        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        grads = torch.autograd.grad(loss, [p for _, p in named])
-        return (dict(probes),
-                {n: g.numpy() for (n, _), g in zip(named, grads)})
-    import jittor as jt
+    dtype = None  # the inputs' float32
+    if float64:  # PyTorch's float64 reference (the noise estimate)
+        model, dtype = model.double(), "float64"
     with port.probes.capture() as probes:
-        outs = model(jt.array(imgs))
+        outs = model(port.tensor(imgs, dtype=dtype))
     weights = output_weights(outs, grad_seed)
-    loss = sum((o * jt.array(w)).sum() for o, w in zip(outs, weights))
-    named = [(n, p) for n, p in model.named_parameters() if not p.is_stop_grad()]
-    grads = jt.grad(loss, [p for _, p in named])
-    return (dict(probes),
-            {n: g.numpy() for (n, _), g in zip(named, grads)})
+    loss = sum((o * port.tensor(w, dtype=dtype)).sum() for o, w in zip(outs, weights))
+    named = port.named_trainable_parameters(model)
+    grads = port.gradients(loss, [p for _, p in named])
+    return dict(probes), {n: port.numpy(g) for (n, _), g in zip(named, grads)}
 
 
 def output_weights(outs, seed):

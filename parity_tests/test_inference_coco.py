@@ -21,6 +21,7 @@ import pytest
 from gfocal.config import from_dict
 from gfocal.schedule import learning_rate
 from parity_tests import compare
+from gfocal.ports import FRAMEWORKS
 
 DATA = dict(img_scale=[128, 96], batch_size=4, val_batch_size=8)
 TRAIN_ITERS = 200        # slow test only
@@ -163,7 +164,7 @@ def test_detection_sets_identical(request, dets):
 
 def test_detections_are_sorted_and_well_formed(dets):
     model_cfg = dets["cfg"]["model"]
-    for port in ("torch", "jittor"):
+    for port in FRAMEWORKS:
         for det in dets[port]:
             assert det["boxes"].shape == (len(det["scores"]), 4)
             assert det["labels"].dtype == np.int64
@@ -178,7 +179,7 @@ def test_coco_statistics_equal(request, dets, report_table):
     stats = {port: evaluate(dataset.coco, results_to_coco(dets[port], dets["img_ids"],
                                                           dataset.label_to_cat_id),
                             img_ids=dets["img_ids"])
-             for port in ("torch", "jittor")}
+             for port in FRAMEWORKS}
     lines = [f"{name:6s} torch {stats['torch'][name]:.4f} jittor {stats['jittor'][name]:.4f}"
              for name in stats["torch"]]
     print("\n".join(lines))

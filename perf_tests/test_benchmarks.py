@@ -4,10 +4,10 @@ Cases: backbone forward, full forward, forward + backward, one training step (lo
 backward, SGD) with its peak memory, inference (forward + decoding + NMS), and the last
 two again with both ports interleaved call by call (`paired`). Batch 1 and 2 (and 8 for
 the GPU training step); a small input on the CPU, the paper's 800x1333 on a GPU (marked
-`gpu`), there in full fp32 and, for PyTorch, again with TF32 (`gpu-tf32`); the paired cases in
-fp32 on both. Warm-up rounds keep Jittor's compilation and both ports' caches out of the
-timings. With --benchmark-disable every case runs once as a smoke test. Workflow and
-baselines: perf_tests/README.md.
+`gpu`, device `cuda`), there in full fp32 and, for PyTorch, again with TF32 (id `gpu-tf32`);
+the paired cases in fp32 on both. Warm-up rounds keep Jittor's compilation and both ports'
+caches out of the timings. With --benchmark-disable every case runs once as a smoke test.
+Workflow and baselines: perf_tests/README.md.
 """
 import contextlib
 import os
@@ -20,11 +20,12 @@ from gfocal import perf
 from gfocal.perf import CPU_SIZE, GPU_SIZE, SMOKE_SIZE, make_batch, model_config
 from gfocal.runtime import num_threads
 
-# (device kind, TF32): the GPU cases in full fp32 and with PyTorch's TF32 convolutions and
-# matmuls, labelled in extra_info (parity_tests/TOLERANCES.md, "GPU numerics").
+# (device kind, TF32): the GPU cases (device "cuda"; the ids say gpu) in full fp32 and with
+# PyTorch's TF32 convolutions and matmuls, labelled in extra_info (parity_tests/TOLERANCES.md,
+# "GPU numerics").
 PLACEMENTS = [pytest.param(("cpu", False), id="cpu"),
-              pytest.param(("gpu", False), id="gpu", marks=pytest.mark.gpu),
-              pytest.param(("gpu", True), id="gpu-tf32", marks=pytest.mark.gpu)]
+              pytest.param(("cuda", False), id="gpu", marks=pytest.mark.gpu),
+              pytest.param(("cuda", True), id="gpu-tf32", marks=pytest.mark.gpu)]
 BATCHES = [1, 2]
 TRAIN_BATCHES = [1, 2, 8]  # 8: a GPU case only (the paper trains 2 per GPU; 8 probes memory)
 WARMUP_ROUNDS = 2        # Jittor compiles on the first call and settles its caches on the next
@@ -48,14 +49,13 @@ class Case:
 
     def __init__(self, name, port, placement, batch_size, model_cache, benchmark):
         self.name, self.port, (self.device, tf32) = name, port, placement
-        self.framework = port.FRAMEWORK
         h, w = input_size(self.device, benchmark.enabled)
         self.batch = make_batch(batch_size, (h, w), model_config()["num_classes"])
         self.model = model_cache.get(port, str(port.current_device()))
         self.benchmark = benchmark
         label = self.device + ("-tf32" if tf32 else "")
         benchmark.group = f"{name} {label} {h}x{w} b{batch_size}"
-        benchmark.extra_info.update(perf.framework_info(self.framework, self.device),
+        benchmark.extra_info.update(perf.framework_info(port, self.device),
                                     case=name, input_size=f"{h}x{w}", batch=batch_size)
 
     def imgs(self):
@@ -65,7 +65,7 @@ class Case:
         """Time fn (warm-up first); the device is synchronised inside the timed call."""
         def timed():
             out = fn()
-            perf.synchronize(self.framework, self.device)
+            self.port.sync()
             return out
         return self.benchmark.pedantic(timed, rounds=rounds_for(self.name),
                                        warmup_rounds=WARMUP_ROUNDS, iterations=1)
@@ -112,7 +112,7 @@ def test_backbone_forward(case_factory, batch_size):
     imgs = case.imgs()
 
     def forward():
-        with perf.no_grad(case.framework):
+        with case.port.no_grad():
             return case.model.backbone(imgs)
 
     feats = case.run(forward)
@@ -128,7 +128,7 @@ def test_forward(case_factory, batch_size):
     imgs = case.imgs()
 
     def forward():
-        with perf.no_grad(case.framework):
+        with case.port.no_grad():
             return case.model(imgs)
 
     cls_scores, bbox_preds = case.run(forward)
@@ -143,10 +143,10 @@ def test_forward_backward(case_factory, batch_size):
     case = case_factory("forward_backward", batch_size)
     case.model.train()
     imgs = case.imgs()
-    params = perf.trainable_parameters(case.framework, case.model)
+    params = case.port.trainable_parameters(case.model)
 
     def forward_backward():
-        return perf.gradients(case.framework, _total(case.model(imgs)), params)
+        return case.port.gradients(_total(case.model(imgs)), params)
 
     grads = case.run(forward_backward)
     assert len(grads) == len(params)
@@ -181,7 +181,7 @@ def test_train_step(case_factory, placement, batch_size):
     assert set(losses) >= {"loss", "loss_cls", "loss_bbox", "loss_dfl"}
     assert np.isfinite(losses["loss"])
     if case.benchmark.enabled:  # one more, untimed step under the memory probe
-        memory = perf.measure_peak_memory(case.framework, case.device, step)
+        memory = perf.measure_peak_memory(case.port, case.device, step)
         case.note(**{k: None if v is None else round(v, 1) for k, v in memory.items()})
 
 
@@ -236,7 +236,7 @@ def test_paired(name, batch_size, placement, torch_port, jittor_port, model_cach
                 framework = ports[i].FRAMEWORK
                 start = time.perf_counter()
                 steps[i]()
-                perf.synchronize(framework, kind)
+                ports[i].sync()
                 times[framework].append(time.perf_counter() - start)
 
         rounds = rounds_for("paired")
@@ -244,7 +244,7 @@ def test_paired(name, batch_size, placement, torch_port, jittor_port, model_cach
         benchmark.extra_info.update(framework="paired", device=kind, threads=num_threads(),
                                     case=name, input_size=f"{h}x{w}", batch=batch_size,
                                     **{f"{port.FRAMEWORK}_info": perf.framework_info(
-                                        port.FRAMEWORK, kind) for port in ports})
+                                        port, kind) for port in ports})
         benchmark.pedantic(pair, rounds=rounds, warmup_rounds=WARMUP_ROUNDS, iterations=1)
     timed = {fw: t[-rounds:] for fw, t in times.items()}  # the warm-up pairs dropped
     assert len(timed["torch"]) == len(timed["jittor"]) >= 1

@@ -52,18 +52,29 @@ def test_summary_tables_show_ratio_and_geometric_mean():
 
 
 @pytest.mark.skipif(not perf.peak_rss_supported(), reason="needs Linux /proc peak-RSS reset")
-def test_peak_memory_sees_a_temporary_allocation():
+def test_peak_memory_sees_a_temporary_allocation(port):
     size = 200 * perf.MB
 
     def allocate():
         block = np.ones(size, np.uint8)  # touched, so resident
         return int(block[::4096].sum())
 
-    small = perf.measure_peak_memory("torch", "cpu", lambda: None)
-    big = perf.measure_peak_memory("torch", "cpu", allocate)
+    small = perf.measure_peak_memory(port, "cpu", lambda: None)
+    big = perf.measure_peak_memory(port, "cpu", allocate)
     assert big["cpu_peak_rss_growth_mb"] >= 190
     assert small["cpu_peak_rss_growth_mb"] < 50
     assert big["cpu_peak_rss_mb"] >= big["cpu_peak_rss_growth_mb"]
+
+
+def test_cuda_peak_memory_is_the_ports_allocator_peak_after_its_caches_are_released():
+    calls = []
+    port = SimpleNamespace(release_caches=lambda: calls.append("release"),
+                           sync=lambda: calls.append("sync"),
+                           peak_device_memory=lambda: {"allocated": 2 * perf.MB,
+                                                       "reserved": 3 * perf.MB})
+    memory = perf.measure_peak_memory(port, "cuda:1", lambda: calls.append("step"))
+    assert memory == {"gpu_peak_allocated_mb": 2.0, "gpu_peak_reserved_mb": 3.0}
+    assert calls == ["release", "step", "sync"]
 
 
 def test_make_batch_follows_the_shared_batch_format():
@@ -118,11 +129,12 @@ def test_jittor_gpu_facts_state_its_numerics_flags(jittor_port, monkeypatch):
     import jittor as jt
     from jittor import compile_extern
     monkeypatch.setenv("NVIDIA_TF32_OVERRIDE", "0")
-    info = perf.framework_info("jittor", "gpu")
+    info = perf.framework_info(jittor_port, "cuda")
+    assert info["framework"] == "jittor" and info["device"] == "cuda"
     assert info["use_cuda"] == bool(jt.flags.use_cuda)
     assert info["use_tensorcore"] == jt.flags.use_tensorcore == 0
     assert info["cudnn"] == (compile_extern.cudnn is not None)
     assert info["nvidia_tf32_override"] == "0" and info["tf32"] is False
     monkeypatch.delenv("NVIDIA_TF32_OVERRIDE")
-    assert perf.framework_info("jittor", "gpu")["tf32"] == info["cudnn"]
-    assert "use_tensorcore" not in perf.framework_info("jittor", "cpu")
+    assert perf.framework_info(jittor_port, "cuda")["tf32"] == info["cudnn"]
+    assert "use_tensorcore" not in perf.framework_info(jittor_port, "cpu")

@@ -126,7 +126,7 @@ HUNKS = [
          '        mkl_include_path = os.path.join(mkl_home, "include")\n'
          '        mkl_lib_path = os.path.join(mkl_home, "lib")\n'),
     # cuDNN 9 renamed its libraries (Jittor preloads cuDNN 8's libcudnn_ops_infer.so ...,
-    # upstream issue 666) and removed the RNN API of the cudnn_rnn ops; the convolution
+    # Jittor's GitHub issue 666) and removed the RNN API of the cudnn_rnn ops; the convolution
     # API that Jittor's cudnn_conv ops call is still there.
     Hunk("compile_extern.py", "def setup_cuda_lib(", CUDNN_MAJOR),
     Hunk("compile_extern.py",

@@ -1,5 +1,5 @@
 """Mutation testing of the numerical modules of each port, with the parity suite alone as the
-killing suite (issue 17). Run through `make mutants` (scripts/mutants.sh sets up cosmic-ray in
+killing suite. Run through `make mutants` (scripts/mutants.sh sets up cosmic-ray in
 its own environment and runs this file with it).
 
 For each port, in a copy of this checkout (cosmic-ray edits the files it mutates; the copy

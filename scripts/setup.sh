@@ -122,7 +122,7 @@ EOF
 echo "$ENV" > "$LAUNCHERS/env-path"
 
 # oneDNN: Jittor downloads it at first import, which fails offline. Debian's libdnnl-dev
-# laid out where Jittor looks makes it skip the download (SPEC.md section 10).
+# laid out where Jittor looks makes it skip the download (docs/MODEL.md section 10).
 dnnl_lib=/usr/lib/x86_64-linux-gnu/libdnnl.so
 [ -e "$dnnl_lib" ] || dnnl_lib=$(ls /usr/lib/*/libdnnl.so 2>/dev/null | head -n1 || true)
 if [ -z "$dnnl_lib" ] || [ ! -e "$dnnl_lib" ] || [ ! -e /usr/include/dnnl.h ]; then

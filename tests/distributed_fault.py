@@ -10,7 +10,7 @@ from gfocal.runtime import configure_frameworks
 
 
 def plant(framework, fail_rank, fail_at):
-    from gfocal.checkpoint_io import load_port
+    from gfocal.ports import load_port
     train = load_port(framework).train
     real_step, calls = train.train_step, []
 

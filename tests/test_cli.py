@@ -5,6 +5,7 @@ import shutil
 import pytest
 
 from gfocal.cli import main
+from gfocal.ports import FRAMEWORKS
 
 
 def test_train_then_test_prints_the_12_statistics(port, tiny_config, tmp_path, capsys):
@@ -58,7 +59,7 @@ def test_a_corrupt_image_stops_training_with_workers_in_one_line(tiny_coco, tiny
 
 
 def test_checkpoint_of_another_model_lists_the_bad_keys(tiny_config, tmp_path, capsys):
-    from weights_converter.convert import write
+    from gfocal.checkpoint_io import write
     import numpy as np
     bad = tmp_path / "bad.pth"
     write(str(bad), {"backbone.conv1.weight": np.zeros((64, 3, 7, 7), np.float32),
@@ -108,7 +109,7 @@ def test_compare_with_a_failed_port_writes_its_report_and_exits_1(tiny_config, t
     assert printed and all(os.path.isfile(p) for p in printed)
 
 
-@pytest.mark.parametrize("resumed_by", ["torch", "jittor"])
+@pytest.mark.parametrize("resumed_by", FRAMEWORKS)
 def test_resuming_a_finished_run_says_so_and_names_an_existing_file(tiny_config, tmp_path,
                                                                    capsys, resumed_by):
     work = tmp_path / "work"

@@ -71,7 +71,7 @@ def test_a_second_run_archives_the_first(tmp_path):
 
 @pytest.mark.slow
 def test_full_comparison_on_the_bundled_data(tmp_path):
-    """The main command: both ports reach AP >= 0.25 and agree (issue 7's acceptance)."""
+    """The main command: both ports reach AP >= 0.25 and agree (the acceptance criterion of `gfocal compare`)."""
     from gfocal.report import agreement_summary
     runs, noise = run_comparison(args(out_dir=str(tmp_path)))
     torch_run, jittor_run = runs["torch"], runs["jittor"]

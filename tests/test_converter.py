@@ -7,8 +7,10 @@ import torch
 from gfocal.config import DEFAULTS
 from gfocal.state_dict import CheckpointError
 from weights_converter.cli import main
-from gfocal.checkpoint_io import mmdet_to_canonical, read
-from weights_converter.convert import convert, write
+from gfocal.checkpoint_io import mmdet_to_canonical, read, write
+from weights_converter.convert import convert
+from gfocal.ports import FRAMEWORKS
+from gfocal.checkpoint_io import load_checkpoint
 
 TINY = dict(DEFAULTS["model"], depth=18, num_classes=6, feat_channels=32, fpn_channels=32,
             stacked_convs=1, gn_groups=8)
@@ -57,21 +59,20 @@ def test_round_trip_torch_jittor_torch_is_bit_exact(torch_state, tmp_path):
 
 
 def test_converted_weights_load_into_both_ports(torch_state, tmp_path):
-    from gfocal.jittor import build_detector as build_jittor
-    from gfocal.jittor.checkpoint import load_checkpoint, state_dict_numpy
+    import gfocal.jittor as jittor_port
     src, dst = str(tmp_path / "a.pth"), str(tmp_path / "b.pkl")
     write(src, torch_state, "torch")
     convert(src, dst, "torch", "jittor")
-    model = build_jittor(TINY)
-    meta = load_checkpoint(dst, model)
+    model = jittor_port.build_detector(TINY)
+    meta = load_checkpoint(dst, jittor_port, model)
     assert meta["framework"] == "jittor" and meta["source_format"] == "torch"
-    assert_bit_exact(state_dict_numpy(model), torch_state)
+    assert_bit_exact(jittor_port.checkpoint.state_dict_numpy(model), torch_state)
 
 
 def test_dtypes_and_shapes_are_preserved_by_the_writers(tmp_path):
     state = {"a": np.arange(6, dtype=np.float64).reshape(2, 3),
              "b": np.ones((1,), np.float16), "c": np.arange(4, dtype=np.int64)}
-    for to in ("torch", "jittor"):
+    for to in FRAMEWORKS:
         path = str(tmp_path / f"x.{to}")
         write(path, state, to)
         assert_bit_exact(read(path, to), state)
@@ -85,7 +86,7 @@ def broken(state):
     return bad
 
 
-@pytest.mark.parametrize("to", ["torch", "jittor"])
+@pytest.mark.parametrize("to", FRAMEWORKS)
 def test_strict_conversion_lists_every_bad_key(torch_state, tmp_path, to):
     src, dst = str(tmp_path / "bad.pth"), str(tmp_path / "out")
     write(src, broken(torch_state), "torch")
@@ -137,7 +138,7 @@ def test_torchvision_resnet_fills_the_backbone(tmp_path, config_file):
     """The converted backbone computes what torchvision's ResNet computes, in both ports."""
     import torchvision
 
-    from gfocal.checkpoint_io import load_port
+    from gfocal.ports import load_port
     torch.manual_seed(1)
     resnet = torchvision.models.resnet18(weights=None)
     with torch.no_grad():  # non-trivial BN statistics, so a wrong BN key map shows
@@ -155,12 +156,12 @@ def test_torchvision_resnet_fills_the_backbone(tmp_path, config_file):
         for i in (1, 2, 3, 4):
             t = getattr(resnet, f"layer{i}")(t)
             expected[f"backbone.layer{i}"] = t.numpy()
-    for to in ("torch", "jittor"):
+    for to in FRAMEWORKS:
         port = load_port(to)
         dst = str(tmp_path / f"det.{to}")
         assert main([src, dst, "--from", "torchvision", "--to", to, "--config", config_file]) == 0
         model = port.build_detector(TINY)
-        port.checkpoint.load_checkpoint(dst, model)
+        load_checkpoint(dst, port, model)
         model.eval()
         with port.probes.capture() as got:
             model.backbone(port.tensor(x))

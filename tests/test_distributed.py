@@ -15,6 +15,7 @@ from gfocal import engine
 from gfocal.checkpoint_io import read_training_state
 from gfocal.cli import main
 from parity_tests import compare
+from gfocal.ports import FRAMEWORKS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 3
@@ -47,7 +48,7 @@ def run_job(framework, argv, script=("-m", "gfocal")):
 def job(tiny_coco, tiny_model, tmp_path_factory):
     """The config (global batch 2) and one initialisation (written by the PyTorch port)."""
     from gfocal.pytorch.checkpoint import state_dict_numpy
-    from weights_converter.convert import write
+    from gfocal.checkpoint_io import write
     folder = tmp_path_factory.mktemp("distributed")
     config = folder / "tiny.py"
     # size_divisor 128: every image pads to 128 x 128 alone or in a batch. Padding is part
@@ -170,7 +171,7 @@ def test_only_process_0_reports(runs):
         assert runs[name]["stdout"].count("checkpoint: ") == 2, runs[name]["stdout"]
 
 
-@pytest.mark.parametrize("framework", ["torch", "jittor"])
+@pytest.mark.parametrize("framework", FRAMEWORKS)
 def test_a_failing_process_stops_the_job_and_keeps_the_last_checkpoint(job, framework):
     """Process 1 fails at the 2nd step of a resumed run (iteration 3), process 0 waiting for
     it in the gradient all-reduce: the job ends non-zero within the timeout, the message

@@ -1,4 +1,4 @@
-"""Jittor behaviours that the network modules work around (SPEC.md section 10).
+"""Jittor behaviours that the network modules work around (docs/MODEL.md section 10).
 
 Each test pins the trap itself next to the work-around, so that a Jittor upgrade that
 changes the behaviour shows up here rather than as a parity drift elsewhere.

@@ -96,7 +96,7 @@ def test_control_runs_the_whole_epochs_that_fit(tiny_config):
 def test_a_planted_learning_rate_bug_is_outside_the_band(tiny_coco, tiny_model, tmp_path,
                                                          monkeypatch):
     """Real training: the Jittor port with its learning rate tripled, 10 short epochs."""
-    from gfocal.checkpoint_io import load_port
+    from gfocal.ports import load_port
     from gfocal.compare import check_inputs, run_arms
     from gfocal.config import from_dict
     cfg = from_dict({"model": tiny_model,

@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from gfocal.checkpoint_io import read
+from gfocal.checkpoint_io import BACKGROUND_BIAS, read
 from tests.official_layout import official_model, save_official_checkpoint
 from weights_converter.cli import main as convert_main
-from weights_converter.convert import BACKGROUND_BIAS
+from gfocal.ports import FRAMEWORKS
+from gfocal.checkpoint_io import load_checkpoint
 
 STYLES = {  # style: (save style, name prefix, background channel)
     "mmcv1": ("mmcv1", "", True),
@@ -50,17 +51,17 @@ def shared_tensors_equal(ours, official_state, num_classes):
     assert set(ours) == {k for k in official_state if not k.endswith("num_batches_tracked")}
 
 
-@pytest.mark.parametrize("to", ["torch", "jittor"])
+@pytest.mark.parametrize("to", FRAMEWORKS)
 def test_official_checkpoint_converts_and_loads(official, full_model_cfg, tiny_config,
                                                 tmp_path, to):
-    from gfocal.checkpoint_io import load_port
+    from gfocal.ports import load_port
     path, _, state, _ = official
     dst = str(tmp_path / f"ours.{to}")
     assert convert_main([path, dst, "--from", "mmdet", "--to", to,
                          "--config", tiny_config]) == 0
     port = load_port(to)
     model = port.build_detector(full_model_cfg)
-    meta = port.checkpoint.load_checkpoint(dst, model)  # strict: every key, every shape
+    meta = load_checkpoint(dst, port, model)  # strict: every key, every shape
     assert meta["classes"] == list(CLASSES)
     shared_tensors_equal(port.checkpoint.state_dict_numpy(model), state,
                          full_model_cfg["num_classes"])
@@ -74,7 +75,7 @@ def test_official_checkpoint_without_a_config(official, tmp_path):
     shared_tensors_equal(read(dst, "jittor"), state, len(CLASSES))
 
 
-@pytest.mark.parametrize("via", ["torch", "jittor"])
+@pytest.mark.parametrize("via", FRAMEWORKS)
 def test_round_trip_official_ours_official_is_bit_exact(official, tiny_model, tiny_config,
                                                         tmp_path, via):
     path, _, state, _ = official
@@ -128,7 +129,7 @@ def test_class_count_disagreement_names_both(tiny_model, tiny_config, tmp_path, 
     assert not (tmp_path / "out.pth").exists()
 
 
-@pytest.mark.parametrize("framework", ["torch", "jittor"])
+@pytest.mark.parametrize("framework", FRAMEWORKS)
 def test_gfocal_test_evaluates_an_official_checkpoint(tiny_model, tiny_config, tmp_path,
                                                       capsys, framework):
     """Directly (converted in memory), with the statistics of the converted checkpoint."""

@@ -1,4 +1,4 @@
-"""Learning-rate schedule against the formulas of SPEC.md section 8, worked by hand."""
+"""Learning-rate schedule against the formulas of docs/MODEL.md section 8, worked by hand."""
 import pytest
 
 from gfocal.config import DEFAULTS

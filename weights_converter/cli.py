@@ -6,9 +6,9 @@ import sys
 
 from gfocal.runtime import configure_frameworks
 
-from gfocal.checkpoint_io import FORMATS
+from gfocal.checkpoint_io import FORMATS, TARGETS
 
-from .convert import TARGETS, convert
+from .convert import convert
 
 
 def main(argv=None):

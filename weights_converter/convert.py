@@ -1,40 +1,15 @@
 """Weights between the ports, and from mmdetection / torchvision, via one canonical form.
 
 The canonical form is {mmdetection-style name: numpy array}, the layout both ports use
-(docs/ARCHITECTURE.md), so every conversion is: read -> canonical -> check -> write.
+(docs/ARCHITECTURE.md), so every conversion is: read -> canonical -> check -> write. The
+file formats themselves are gfocal/checkpoint_io.py's; this module checks the weights
+against a model of the target port.
 """
 import os
-import pickle
 
-import numpy as np
-
-from gfocal.checkpoint_io import FORMATS, canonical, classes_of, load_payload, load_port, meta_of
+from gfocal.checkpoint_io import FORMATS, canonical, classes_of, load_payload, meta_of, write
+from gfocal.ports import load_port
 from gfocal.state_dict import CheckpointError, diff_state_dicts
-
-TARGETS = ("torch", "jittor", "mmdet")
-# The official layout's background channel: zero weights and this bias give it a
-# probability of exactly 0.0 in float32 under a sigmoid (exp(1e4) overflows to inf, so
-# 1 / (1 + inf) = 0) and under a softmax next to any logit above -9900 (exp(-9900) = 0).
-BACKGROUND_BIAS = -1e4
-
-
-def canonical_to_mmdet(state):
-    """Our canonical state dict in the official GFocalV2 / mmdetection layout.
-
-    Scales become 0-d (mmcv's `Scale`); the classifier gets mmdetection's background channel
-    appended last, with zero weights and a bias of BACKGROUND_BIAS, so its probability is
-    exactly 0 and the official code's detections are those of our num_classes channels.
-    """
-    out = {}
-    for name, value in state.items():
-        if name.startswith("bbox_head.scales.") and value.shape == (1,):
-            value = value.reshape(())
-        elif name == "bbox_head.gfl_cls.weight":
-            value = np.concatenate([value, np.zeros_like(value[:1])])
-        elif name == "bbox_head.gfl_cls.bias":
-            value = np.concatenate([value, np.full(1, BACKGROUND_BIAS, value.dtype)])
-        out[name] = value
-    return out
 
 
 def infer_model_cfg(state):
@@ -76,50 +51,6 @@ def check_against_model(state, model_cfg, to, source):
     expected = {k: v.shape for k, v in port.checkpoint.state_dict_numpy(model).items()}
     diff_state_dicts(expected, state, source)
     return port, model
-
-
-def _contiguous(value):
-    # not np.ascontiguousarray: it turns a 0-d array (an mmcv Scale) into shape (1,)
-    return value if value.flags.c_contiguous else value.copy()
-
-
-def mmdet_payload(state, classes=None, meta=None):
-    """What mmcv saves: {'meta': {..., 'CLASSES'}, 'state_dict': {name: torch tensor}}, with
-    a `num_batches_tracked` (0) beside every BatchNorm, as the official model has."""
-    import torch
-    tensors = {}
-    for name, value in canonical_to_mmdet(state).items():
-        tensors[name] = torch.from_numpy(_contiguous(value))
-        if name.endswith(".running_var"):
-            tensors[name[:-len("running_var")] + "num_batches_tracked"] = torch.tensor(0)
-    meta = dict(meta or {})
-    if classes is not None:
-        meta["CLASSES"] = tuple(classes)
-    return {"meta": meta, "state_dict": tensors}
-
-
-def write(path, state, to, meta=None, classes=None):
-    """Write a canonical state dict as a checkpoint of port `to`, or in the official
-    layout for 'mmdet' (dtypes and shapes kept); `classes` are the class names if known."""
-    from gfocal.atomic import atomic_path
-    if to not in TARGETS:
-        raise CheckpointError(f"unknown target format {to!r} (choose from {', '.join(TARGETS)})")
-    if to == "mmdet":
-        payload = mmdet_payload(state, classes, meta)
-    else:
-        payload = {"state_dict": state, "momentum": {}, "meta": dict(meta or {}, framework=to)}
-        if classes is not None:
-            payload["meta"]["classes"] = list(classes)
-    with atomic_path(path) as tmp:
-        if to == "jittor":
-            with open(tmp, "wb") as f:
-                pickle.dump(payload, f, protocol=pickle.HIGHEST_PROTOCOL)
-            return
-        import torch
-        if to == "torch":
-            payload["state_dict"] = {k: torch.from_numpy(_contiguous(v))
-                                     for k, v in state.items()}
-        torch.save(payload, tmp)
 
 
 def convert(src, dst, src_fmt, to, model_cfg=None):

@@ -1,6 +1,6 @@
 """COCO detection data set: pycocotools index, contiguous labels, crowd and degenerate boxes.
 
-Box rules follow mmdetection's CocoDataset (SPEC.md section 8): [x, y, w, h] ->
+Box rules follow mmdetection's CocoDataset (docs/MODEL.md section 9): [x, y, w, h] ->
 [x1, y1, x1 + w, y1 + h]; boxes with w < 1 or h < 1, no overlap with the image or an
 unknown category are dropped; `iscrowd` boxes become `gt_bboxes_ignore`.
 """

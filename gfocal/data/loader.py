@@ -21,6 +21,7 @@ import numpy as np
 
 from gfocal.data import transforms
 from gfocal.data.coco import CocoDataset, DatasetError
+from gfocal.device import is_cuda
 
 DEFAULT_MEAN = (123.675, 116.28, 103.53)
 DEFAULT_STD = (58.395, 57.12, 57.375)
@@ -44,7 +45,7 @@ def resolve_workers(setting, device):
     """
     if setting != "auto":
         return _count(setting, "workers must be 'auto' or an integer >= 0", 0)
-    if not str(device).startswith("cuda"):
+    if not is_cuda(str(device)):
         return 0
     return min(MAX_AUTO_WORKERS, max(1, (os.cpu_count() or 1) // 2))
 

@@ -1,4 +1,4 @@
-"""Image and box transforms of SPEC.md section 8 (mmcv/mmdetection 2.x rules), numpy only.
+"""Image and box transforms of docs/MODEL.md section 9 (mmcv/mmdetection 2.x rules), numpy only.
 
 Order in the pipeline: resize (keep ratio) -> flip -> normalise -> pad.
 """

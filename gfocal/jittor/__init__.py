@@ -14,7 +14,7 @@ configure_frameworks()
 import jittor as jt  # noqa: E402  (configure_frameworks sets Jittor's env before import)
 
 FRAMEWORK = "jittor"
-# Jittor casts float64 input to float32 unless told otherwise (SPEC.md section 10).
+# Jittor casts float64 input to float32 unless told otherwise (docs/MODEL.md section 10).
 jt.flags.auto_convert_64_to_32 = 0
 jt.flags.use_cuda = 0  # the CPU until use_device says otherwise
 jt.set_global_seed(DEFAULT_SEED)  # Jittor seeds itself from the clock at import
@@ -63,6 +63,44 @@ def is_out_of_memory(exc):
     text = str(exc)
     return isinstance(exc, RuntimeError) and (
         "out of memory" in text.lower() or "cudaErrorMemoryAllocation" in text)
+
+
+def sync():
+    """Wait until queued work is done: Jittor is lazy, on the CPU too."""
+    jt.sync_all(True)
+
+
+def release_caches():
+    """Return the allocator's cached blocks (after the queued work), so that the next
+    step's peak is its own."""
+    jt.sync_all(True)
+    jt.gc()
+
+
+def peak_device_memory():
+    """{kind: bytes} of the device allocator's peak since release_caches ({} on the CPU)."""
+    if not jt.flags.use_cuda:
+        return {}
+    # the caching allocator keeps the high-water mark: its size after a step is the peak
+    return {"reserved": jt.get_mem_info().total_cuda_used}
+
+
+def no_grad():
+    return jt.no_grad()
+
+
+def named_trainable_parameters(model):
+    """(name, parameter) of every parameter training updates (frozen stages excluded)."""
+    return [(n, p) for n, p in model.named_parameters() if not p.is_stop_grad()]
+
+
+def trainable_parameters(model):
+    return [p for _, p in named_trainable_parameters(model)]
+
+
+def gradients(loss, params):
+    """d loss / d params without touching an optimizer (zeros: unused)."""
+    return jt.grad(loss, params)
 
 
 def tensor(array, dtype=None, requires_grad=False):

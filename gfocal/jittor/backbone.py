@@ -1,4 +1,4 @@
-"""ResNet backbone, mmdetection "pytorch" style (SPEC.md section 1)."""
+"""ResNet backbone, mmdetection "pytorch" style (docs/MODEL.md section 1)."""
 import jittor as jt
 from jittor import nn
 

@@ -1,7 +1,7 @@
 """The GFocalV2 training loss: ATSS targets, then QFL + GIoU + DFL per FPN level.
 
-Follows the official head (implus/GFocalV2, mmdetection 2.6 `loss` / `loss_single`); SPEC.md
-section 6. A plain object, not a Module, so it adds no parameters to the detector.
+Follows the official head (implus/GFocalV2, mmdetection 2.6 `loss` / `loss_single`);
+docs/MODEL.md section 6. A plain object, not a Module, so it adds no parameters to the detector.
 """
 import jittor as jt
 

@@ -1,4 +1,4 @@
-"""Test-time decoding of the GFL head (SPEC.md section 7): per-level top-k, distances to boxes,
+"""Test-time decoding of the GFL head (docs/MODEL.md section 7): per-level top-k, distances to boxes,
 score threshold per (anchor, class) pair, class-aware NMS, at most max_per_img detections."""
 import numpy as np
 import jittor as jt

@@ -1,12 +1,13 @@
 """The framework-specific part of training: optimizer, learning rate, one step."""
 import jittor as jt
 
+from . import gradients, named_trainable_parameters, trainable_parameters
+
 
 def build_optimizer(model, optim_cfg):
     """SGD over the trainable parameters (frozen stages excluded), weight decay on all."""
-    params = [p for p in model.parameters() if not p.is_stop_grad()]
-    return jt.optim.SGD(params, lr=optim_cfg["lr"], momentum=optim_cfg["momentum"],
-                        weight_decay=optim_cfg["weight_decay"])
+    return jt.optim.SGD(trainable_parameters(model), lr=optim_cfg["lr"],
+                        momentum=optim_cfg["momentum"], weight_decay=optim_cfg["weight_decay"])
 
 
 def set_lr(optimizer, lr):
@@ -24,6 +25,6 @@ def train_step(model, optimizer, batch):
 
 def gradients_numpy(model, loss):
     """d loss / d parameter for every trainable parameter, by name (no update)."""
-    named = [(n, p) for n, p in model.named_parameters() if not p.is_stop_grad()]
-    grads = jt.grad(loss, [p for _, p in named])
+    named = named_trainable_parameters(model)
+    grads = gradients(loss, [p for _, p in named])
     return {n: g.numpy() for (n, _), g in zip(named, grads)}

@@ -79,6 +79,47 @@ def is_out_of_memory(exc):
     return isinstance(exc, torch.OutOfMemoryError)
 
 
+def sync():
+    """Wait until queued work is done: CUDA kernels run asynchronously."""
+    if _device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def release_caches():
+    """Return the allocator's cached blocks (after the queued work), so that the next
+    step's peak is its own."""
+    if _device.type == "cuda":  # the CPU allocator keeps no cache
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()  # the peak peak_device_memory reads
+
+
+def peak_device_memory():
+    """{kind: bytes} of the device allocator's peak since release_caches ({} on the CPU)."""
+    if _device.type != "cuda":
+        return {}
+    return {"allocated": torch.cuda.max_memory_allocated(),
+            "reserved": torch.cuda.max_memory_reserved()}
+
+
+def no_grad():
+    return torch.no_grad()
+
+
+def named_trainable_parameters(model):
+    """(name, parameter) of every parameter training updates (frozen stages excluded)."""
+    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+
+def trainable_parameters(model):
+    return [p for _, p in named_trainable_parameters(model)]
+
+
+def gradients(loss, params):
+    """d loss / d params without touching .grad or an optimizer (None: unused)."""
+    return torch.autograd.grad(loss, params, allow_unused=True)
+
+
 def tensor(array, dtype=None, requires_grad=False):
     """A numpy array as a tensor of the same dtype (float64 stays float64) on the port's
     device."""

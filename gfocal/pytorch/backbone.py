@@ -1,4 +1,4 @@
-"""ResNet backbone, mmdetection "pytorch" style (SPEC.md section 1)."""
+"""ResNet backbone, mmdetection "pytorch" style (docs/MODEL.md section 1)."""
 from torch import nn
 
 from .probes import record

@@ -1,13 +1,13 @@
-"""Checkpoints in PyTorch's format: atomic writes, strict loads naming every bad key."""
-import os
-
+"""PyTorch model <-> the canonical {name: numpy} state dict and momentum (strict loads
+naming every bad key), its files are gfocal/checkpoint_io.py's (save_checkpoint / load_checkpoint)."""
 import numpy as np
 import torch
 
-from gfocal.atomic import atomic_path
-from gfocal.state_dict import CheckpointError, diff_state_dicts
+from gfocal.state_dict import diff_state_dicts
 
-EXTENSION = ".pth"
+from . import named_trainable_parameters
+
+EXTENSION = ".pth"  # of this port's checkpoint files (gfocal/checkpoint_io.py)
 
 
 def state_dict_numpy(model):
@@ -27,14 +27,10 @@ def load_state_dict_numpy(model, state, strict=True, source="state dict"):
                 own[name].copy_(torch.from_numpy(np.ascontiguousarray(array)))
 
 
-def _trainable(model):
-    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-
-
 def optimizer_state_numpy(model, optimizer):
     """Momentum buffers by parameter name (absent before the first step)."""
     out = {}
-    for name, p in _trainable(model):
+    for name, p in named_trainable_parameters(model):
         buf = optimizer.state.get(p, {}).get("momentum_buffer")
         if buf is not None:
             out[name] = buf.detach().cpu().numpy().copy()
@@ -42,42 +38,7 @@ def optimizer_state_numpy(model, optimizer):
 
 
 def load_optimizer_state_numpy(model, optimizer, momentum):
-    for name, p in _trainable(model):
+    for name, p in named_trainable_parameters(model):
         if name in momentum:
             optimizer.state[p]["momentum_buffer"] = torch.from_numpy(
                 np.ascontiguousarray(momentum[name])).to(p.device, copy=True)
-
-
-def save_checkpoint(path, model, optimizer=None, meta=None):
-    payload = {"state_dict": {k: torch.from_numpy(v) for k, v in state_dict_numpy(model).items()},
-               "momentum": optimizer_state_numpy(model, optimizer) if optimizer else {},
-               "meta": dict(meta or {}, framework="torch")}
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-
-
-def read_checkpoint(path):
-    """The raw payload: {'state_dict': {name: numpy}, 'momentum': {...}, 'meta': {...}}."""
-    if not os.path.isfile(path):
-        raise CheckpointError(f"{path}: checkpoint file not found")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint "
-                              f"({type(exc).__name__}: {exc})") from exc
-    if not isinstance(payload, dict):
-        raise CheckpointError(f"{path}: expected a dict, found {type(payload).__name__}")
-    state = payload.get("state_dict", payload)
-    return {"state_dict": {k: v.numpy() if torch.is_tensor(v) else np.asarray(v)
-                           for k, v in state.items()},
-            "momentum": payload.get("momentum", {}),
-            "meta": payload.get("meta", {})}
-
-
-def load_checkpoint(path, model, optimizer=None, strict=True):
-    """Load weights (and momentum) into `model` (and `optimizer`); returns the meta dict."""
-    payload = read_checkpoint(path)
-    load_state_dict_numpy(model, payload["state_dict"], strict=strict, source=path)
-    if optimizer is not None:
-        load_optimizer_state_numpy(model, optimizer, payload["momentum"])
-    return payload["meta"]

@@ -7,6 +7,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from gfocal.device import is_cuda
+
 from . import current_device
 
 # A process that waits this long on the others gives up (torchrun normally ends the job
@@ -16,7 +18,7 @@ TIMEOUT = datetime.timedelta(minutes=5)
 
 def start(device):
     """Join the job torchrun started; returns (rank, world size)."""
-    backend = "nccl" if str(device).startswith("cuda") else "gloo"
+    backend = "nccl" if is_cuda(str(device)) else "gloo"
     dist.init_process_group(backend, timeout=TIMEOUT)
     return dist.get_rank(), dist.get_world_size()
 

@@ -1,4 +1,4 @@
-"""FPN neck with extra levels on its own output (SPEC.md section 2) and the shared ConvModule."""
+"""FPN neck with extra levels on its own output (docs/MODEL.md section 2) and the shared ConvModule."""
 import torch.nn.functional as F
 from torch import nn
 

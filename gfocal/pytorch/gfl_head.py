@@ -1,4 +1,4 @@
-"""GFL head with the Distribution-Guided Quality Predictor, GFocalV2 (SPEC.md section 3)."""
+"""GFL head with the Distribution-Guided Quality Predictor, GFocalV2 (docs/MODEL.md section 3)."""
 import math
 
 import torch

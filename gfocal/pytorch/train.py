@@ -1,12 +1,13 @@
 """The framework-specific part of training: optimizer, learning rate, one step."""
 import torch
 
+from . import gradients, named_trainable_parameters, trainable_parameters
+
 
 def build_optimizer(model, optim_cfg):
     """SGD over the trainable parameters (frozen stages excluded), weight decay on all."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.SGD(params, lr=optim_cfg["lr"], momentum=optim_cfg["momentum"],
-                           weight_decay=optim_cfg["weight_decay"])
+    return torch.optim.SGD(trainable_parameters(model), lr=optim_cfg["lr"],
+                           momentum=optim_cfg["momentum"], weight_decay=optim_cfg["weight_decay"])
 
 
 def set_lr(optimizer, lr):
@@ -25,7 +26,7 @@ def train_step(model, optimizer, batch):
 
 def gradients_numpy(model, loss):
     """d loss / d parameter for every trainable parameter, by name (no update)."""
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    grads = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)
+    named = named_trainable_parameters(model)
+    grads = gradients(loss, [p for _, p in named])
     return {n: (torch.zeros_like(p) if g is None else g).detach().cpu().numpy()
             for (n, p), g in zip(named, grads)}

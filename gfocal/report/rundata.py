@@ -6,9 +6,9 @@ from typing import Optional
 
 import numpy as np
 
+from gfocal.ports import FRAMEWORKS  # noqa: F401  (re-exported to the report modules)
 from gfocal.runlog import LOSS_KEYS
 
-FRAMEWORKS = ("torch", "jittor")
 COCO_STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl",
                    "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 LOG_REQUIRED_KEYS = ("iter", "epoch", "loss")
