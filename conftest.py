@@ -8,7 +8,8 @@ import pytest
 from hypothesis import settings
 
 from gfocal.ports import PORT_MODULES, load_port
-from gfocal.runtime import DEFAULT_SEED, configure_frameworks, cuda_available
+from gfocal.device import cuda_available
+from gfocal.runtime import DEFAULT_SEED, configure_frameworks
 
 configure_frameworks()  # Jittor reads its env at import: this must run before any import of it
 

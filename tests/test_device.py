@@ -11,7 +11,7 @@ from gfocal import device as device_mod
 from gfocal.cli import main
 from gfocal.config import from_dict
 from gfocal.device import DeviceError, parse_device, resolve_device
-from gfocal.runtime import cuda_available
+from gfocal.device import cuda_available
 
 DEVICES = [pytest.param("cpu", id="cpu"), pytest.param("cuda", id="cuda", marks=pytest.mark.gpu)]
 

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from gfocal.runtime import cuda_available
+from gfocal.device import cuda_available
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHECK = os.path.join(ROOT, "scripts", "gpu_check.sh")
