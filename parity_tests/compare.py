@@ -44,13 +44,11 @@ TARGET = {"forward": 1e-5, "targets": 1e-5, "loss": 1e-5, "grad": 1e-4, "optim":
           "detections": 1e-5}
 CAP = {"forward": 1e-4, "targets": 1e-4, "loss": 1e-4, "grad": 1e-3, "optim": 1e-3,
        "detections": 1e-4}
-# Several SGD steps: a ReLU input within float32 noise of zero can take the other side of the
-# kink in one framework (measured: a GroupNorm output of -3.2e-6 in the cls tower; Jittor's
-# fused backward re-evaluates it and passes its gradient), moving that one element's
-# gradient. Early in training the cls-branch gradients are ~1e-6, so a single flipped
-# element is ~1e-3 of a tensor's largest update after 5 steps (TOLERANCES.md). After more
-# than one step the cap is therefore TRAJECTORY_CAP, while at least TRAJECTORY_STRICT of the
-# tensors must still meet the ordinary optim cap (a real optimizer bug moves most of them).
+# Several SGD steps of runs that cannot take each other's side of a ReLU kink (separate
+# processes: the data-parallel tests), TOLERANCES.md "ReLU kinks": one flipped ReLU input
+# moves tensors upstream of it (measured 1e-3 .. 6e-2 in the parity cases); there the cap is
+# 1e-2, enough for the kinks their inputs have met so far, and at least TRAJECTORY_STRICT of
+# the tensors must still meet the one-step tolerance (a real optimizer bug moves most). The parity suite itself resolves kinks (parity_tests/kinks.py).
 TARGET["trajectory"] = CAP["trajectory"] = 1e-2
 TRAJECTORY_STRICT = 0.9
 # Probes that hold assignments, labels or counts: compared for equality, not closeness.

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from gfocal.config import from_dict
-from parity_tests import compare, regimes
+from parity_tests import compare, kinks, regimes
 from parity_tests.compare import FORWARD_PROBES, LOSS_PROBES, TARGET_PROBES
 
 # The small model of the default run (ResNet-18, 32-64 channels, GN 8, 2 convs).
@@ -151,16 +151,19 @@ def build_pair(model_cfg, seed=0):
     return tmodel, jmodel, state
 
 
-def run_loss(port, model, batch, mode, grads, device="cpu"):
-    """Captured probes (+ loss totals, + gradients by name) of one loss evaluation on
-    `device` (the model is already there)."""
+def run_loss(port, model, batch, mode, grads, device="cpu", relu_masks=None):
+    """Captured probes (+ loss totals, + gradients by name and the input of every ReLU call)
+    of one loss evaluation on `device` (the model is already there); `relu_masks`: see
+    parity_tests/kinks.py."""
     model.train() if mode == "train" else model.eval()
     with port.on_device(device):
-        with port.probes.capture() as probes:
+        with port.probes.capture() as probes, \
+                port.probes.relu_calls(model, relu_masks) as relus:
             losses = model.loss(batch)
         out = {"probes": dict(probes), "losses": {k: port.numpy(v) for k, v in losses.items()}}
         if grads:
             out["grads"] = port.train.gradients_numpy(model, losses["loss"])
+            out["relu_inputs"] = [(name, port.numpy(x)) for name, x in relus]
     return out
 
 
@@ -239,16 +242,37 @@ class ParityRuns:
                 run[name] = run_loss(port, model, batch, mode, grads, device)
             if grads:
                 run["float64"], run["noise"] = self.float64_reference(batch, run["torch"])
+                run["kinks"] = {name: self.kink_resolved(batch, run, name)
+                                for name in self.subjects}
+                for part in run.values():  # every ReLU input is kept only as long as needed
+                    if isinstance(part, dict):
+                        part.pop("relu_inputs", None)
             else:
                 run["float64"], run["noise"] = train["float64"], train["noise"]
             self._runs[key] = run
         return self._runs[key]
 
-    def float64_reference(self, batch, run32):
+    def kink_resolved(self, batch, run, subject):
+        """Where the subject takes the other side of a ReLU kink than the PyTorch port
+        (parity_tests/kinks.py): the rows holding those ReLU inputs to the forward tolerance
+        and the PyTorch port's float32 run, with its float64 noise, recomputed on the
+        subject's side of each kink; None where there is none."""
+        found = kinks.kinks(run["torch"]["relu_inputs"], run[subject]["relu_inputs"])
+        if not found:
+            return None
+        rows = kinks.rows(found, run["torch"]["relu_inputs"], run[subject]["relu_inputs"],
+                          run["float64"].get("relu_inputs") or run["torch"]["relu_inputs"])
+        masks = kinks.masks(run[subject]["relu_inputs"], found)
+        resolved = run_loss(self.torch, self.tmodel, batch, "train", True, relu_masks=masks)
+        _, noise = self.float64_reference(batch, resolved, masks)
+        return {"rows": rows, "torch": resolved, "noise": noise}
+
+    def float64_reference(self, batch, run32, relu_masks=None):
         """The PyTorch port in float64 (train mode, with gradients) and the float32-vs-float64
         noise per probe, loss and gradient."""
         try:
-            run64 = run_loss(self.torch, self.tmodel64, as_float64(batch), "train", True)
+            run64 = run_loss(self.torch, self.tmodel64, as_float64(batch), "train", True,
+                             relu_masks=relu_masks)
         except Exception as exc:  # a port that cannot run in float64: forward noise only
             self.float64_error = f"{type(exc).__name__}: {exc}"
             self.tmodel64.train()

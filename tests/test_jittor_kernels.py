@@ -85,8 +85,7 @@ def test_batch_norm_fixed_statistics_is_the_eval_formula_with_its_gradients(kern
     for name in ("weight", "bias", "running_mean"):
         getattr(bn, name).assign(rng.standard_normal(8).astype(np.float32))
     bn.running_var.assign(rng.uniform(0.5, 2, 8).astype(np.float32))
-    if frozen:  # as ResNet._freeze_stages leaves it: the plain formula, no Function
-        bn.frozen = True
+    if frozen:  # as ResNet._freeze_stages leaves it
         bn.weight.stop_grad()
         bn.bias.stop_grad()
     bn.is_train = False

@@ -115,10 +115,6 @@ class ResNet(nn.Module):
         self.out_channels = [64 * 2 ** i * block.expansion for i in out_indices]
         self.init_weights()
         self._freeze_stages()
-        for module in self.frozen_modules():
-            for m in module.modules():
-                if isinstance(m, BatchNorm2d):
-                    m.frozen = True  # plain formula, no jt.Function (kernels.py)
 
     def init_weights(self):
         for m in self.modules():

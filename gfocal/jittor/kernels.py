@@ -96,18 +96,11 @@ class ChannelAffine(jt.Function):
 class BatchNorm2d(nn.BatchNorm):
     """nn.BatchNorm2d (same parameters, buffers and forward) whose fixed-statistics path
     (eval mode, norm_eval) goes through ChannelAffine, in eval() and train() alike so that
-    both give the same bits. BatchNorms of frozen stages (`frozen` set by the ResNet) keep
-    the plain formula: with ChannelAffine on the frozen stem and layer1 too, the gradients
-    of layer2.0..layer3.0 came out up to 1e-2 off PyTorch's (parity
-    test_gradients[random_b2]; cause inside Jittor's Function/tape handling not found)."""
-
-    frozen = False
+    both give the same bits."""
 
     def execute(self, x):
         if self.is_train:
             return super().execute(x)
         scale = self.weight / jt.sqrt(self.running_var + self.eps)
         shift = self.bias - self.running_mean * scale
-        if self.frozen:
-            return channel_affine(x, scale, shift)
         return ChannelAffine.apply(x, scale, shift)
