@@ -3,7 +3,7 @@
 Both ports read the same batches (same seed, same shared pipeline) and start from one set of
 weights: initialised once by the PyTorch port and converted, never re-initialised. A third
 run, the control arm, trains the PyTorch port again from those weights moved by one float32
-ulp (gfocal/report/noise.py): the band of differences rounding alone produces, against which
+ulp (gfocal/control_arm.py): the band of differences rounding alone produces, against which
 the Jittor-vs-PyTorch difference is read. Every TRACE_EVERY iterations the weights of the
 Jittor run and the control are compared with the PyTorch run's.
 """
@@ -61,7 +61,7 @@ def write_initial_weights(cfg, out_dir):
     import torch
 
     from gfocal.pytorch.checkpoint import state_dict_numpy
-    from gfocal.report.noise import perturb_one_ulp
+    from gfocal.control_arm import perturb_one_ulp
     from gfocal.checkpoint_io import write
     torch.manual_seed(cfg["train"]["seed"])
     port, model = engine.build_model(cfg, "torch", init_weights="")
@@ -95,7 +95,7 @@ def benchmark_inference(cfg, port, model, warmup=3):
 def run_port(cfg, framework, out_dir, init_weights, max_iters=None, progress=True,
              work_name=None, trace=None):
     """Train, evaluate and benchmark one port in out_dir/`work_name` (default: the
-    framework's name); a failure is caught and reported. `trace`: a noise.WeightTrace."""
+    framework's name); a failure is caught and reported. `trace`: a control_arm.WeightTrace."""
     from gfocal.report import RunData, read_log
     work_dir = os.path.join(out_dir, work_name or framework)
     data = RunData(framework=framework)
@@ -161,12 +161,12 @@ def run_arms(cfg, out_dir, iters_per_epoch, budget_s=None, max_iters=None, progr
              started=None):
     """torch, jittor and the control arm from one initialisation (inputs already checked:
     check_inputs gives `iters_per_epoch`); returns (runs, noise)."""
-    from gfocal.report import noise
+    from gfocal import control_arm
     started = started or time.perf_counter()
     init, states = write_initial_weights(cfg, out_dir)
-    reference = noise.WeightTrace(TRACE_EVERY)
-    traces = {"jittor": noise.WeightTrace(TRACE_EVERY, reference),
-              "control": noise.WeightTrace(TRACE_EVERY, reference)}
+    reference = control_arm.WeightTrace(TRACE_EVERY)
+    traces = {"jittor": control_arm.WeightTrace(TRACE_EVERY, reference),
+              "control": control_arm.WeightTrace(TRACE_EVERY, reference)}
     reference(0, states["torch"])
     for arm, trace in traces.items():
         trace(0, states[arm])
@@ -192,10 +192,10 @@ def run_arms(cfg, out_dir, iters_per_epoch, budget_s=None, max_iters=None, progr
     result = {"control": control, "note": note,
               "traces": {arm: t.records for arm, t in traces.items()}}
     if not control.failure and not runs["torch"].failure:
-        result["check"] = noise.control_check(runs["torch"].log, control.log)
+        result["check"] = control_arm.control_check(runs["torch"].log, control.log)
     if all(not r.failure for r in (*runs.values(), control)):
-        result["verdict"] = noise.verdict(runs["torch"], runs["jittor"], control)
-        result["exit"] = noise.band_exit(result["traces"]["jittor"], result["traces"]["control"])
+        result["verdict"] = control_arm.verdict(runs["torch"], runs["jittor"], control)
+        result["exit"] = control_arm.band_exit(result["traces"]["jittor"], result["traces"]["control"])
     return runs, result
 
 
@@ -206,7 +206,7 @@ def final_aps(runs, noise_result):
 
 
 def run_comparison(args):
-    """Returns (runs of the two ports, the control arm's result: noise.py's numbers)."""
+    """Returns (runs of the two ports, the control arm's result: control_arm.py's numbers)."""
     from gfocal.report import write_report
     started = time.perf_counter()
     cfg = comparison_config(args.config, args.data_root, args.epochs,

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from gfocal.config import from_dict
-from parity_tests import compare, kinks, regimes
-from parity_tests.compare import FORWARD_PROBES, LOSS_PROBES, TARGET_PROBES
+from parity_tests import judge, kinks, regimes
+from parity_tests.judge import FORWARD_PROBES, LOSS_PROBES, TARGET_PROBES
 
 # The small model of the default run (ResNet-18, 32-64 channels, GN 8, 2 convs).
 SMALL_MODEL = dict(depth=18, num_classes=6, feat_channels=32, fpn_channels=32,
@@ -279,7 +279,7 @@ class ParityRuns:
             with self.torch.probes.capture() as probes:
                 self.tmodel64(self.torch.tensor(batch["imgs"].astype(np.float64)))
             run64 = {"probes": dict(probes), "losses": {}, "grads": {}}
-        return run64, compare.noise_of(run32, run64)
+        return run64, judge.noise_of(run32, run64)
 
 
 @pytest.fixture(scope="session")
@@ -343,10 +343,10 @@ def report_table(request):
         extras = request.getfixturevalue("extras")
 
     def add(rows, title, mark=None):
-        compare.record_rows(rows, title)
+        judge.record_rows(rows, title)
         if extras is not None:
             import pytest_html
-            extras.append(pytest_html.extras.html(compare.html_table(rows, title, mark)))
+            extras.append(pytest_html.extras.html(judge.html_table(rows, title, mark)))
     return add
 
 
@@ -354,8 +354,8 @@ def pytest_sessionfinish(session, exitstatus):
     """GFOCAL_PARITY_SUMMARY=path.json writes every compared row (for TOLERANCES.md);
     GFOCAL_PARITY_VERDICT=path.json every row the verdict table counts."""
     import json
-    for variable, data in (("GFOCAL_PARITY_SUMMARY", compare.MEASURED),
-                           ("GFOCAL_PARITY_VERDICT", list(compare.VERDICT.values()))):
+    for variable, data in (("GFOCAL_PARITY_SUMMARY", judge.MEASURED),
+                           ("GFOCAL_PARITY_VERDICT", list(judge.VERDICT.values()))):
         path = os.environ.get(variable)
         if path and data:
             with open(path, "w") as f:
@@ -370,18 +370,18 @@ def pytest_report_header(config):
 
 
 def pytest_terminal_summary(terminalreporter):
-    if compare.VERDICT:
+    if judge.VERDICT:
         terminalreporter.write_sep("=", "parity verdict")
-        terminalreporter.write_line(compare.verdict_text(compare.VERDICT.values()))
-        terminalreporter.write_line(compare.VERDICT_NOTE)
+        terminalreporter.write_line(judge.verdict_text(judge.VERDICT.values()))
+        terminalreporter.write_line(judge.VERDICT_NOTE)
     if regimes.HITS:
         terminalreporter.write_sep("=", "parity regime coverage")
         terminalreporter.write_line(regimes.text())
 
 
 def pytest_html_results_summary(prefix, summary, postfix):
-    if compare.VERDICT:
-        prefix.append(compare.verdict_html(compare.VERDICT.values()))
+    if judge.VERDICT:
+        prefix.append(judge.verdict_html(judge.VERDICT.values()))
     if regimes.HITS:
         prefix.append(regimes.html_table())
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from parity_tests import compare
+from parity_tests import judge
 
 
 @dataclass
@@ -65,9 +65,9 @@ def rows(found, reference, subject, float64):
     out = []
     for kink in found:
         ref, got = reference[kink.call][1], subject[kink.call][1]
-        row = compare.error_stats(kink.name, got, ref)
-        row.noise = compare.error_stats(kink.name, ref, float64[kink.call][1]).rel
-        row.tolerance = compare.tolerance(kink.name, row.noise, kind="forward")
+        row = judge.error_stats(kink.name, got, ref)
+        row.noise = judge.error_stats(kink.name, ref, float64[kink.call][1]).rel
+        row.tolerance = judge.tolerance(kink.name, row.noise, kind="forward")
         row.note = (f"{kink.flips} sign flip(s), e.g. at {kink.where}: "
                     f"{kink.reference:.2e} vs {kink.subject:.2e}; reference takes the "
                     f"subject's side")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from gfocal.schedule import learning_rate
-from parity_tests import compare, kinks
+from parity_tests import judge, kinks
 from gfocal.ports import FRAMEWORKS
 
 STEPS_CHECKED = (1, 5)
@@ -38,9 +38,9 @@ def test_gradients(runs, subject, case, report_table):
     resolved = run["kinks"][subject] or {"rows": [], "torch": run["torch"], "noise": run["noise"]}
     ref = prefixed("grad.", resolved["torch"]["grads"])
     got = prefixed("grad.", run[subject]["grads"])
-    rows = resolved["rows"] + compare.compare_all(list(ref), got, ref, resolved["noise"])
-    report_table(rows, f"{subject} {case}: gradients by parameter", compare.first_failure(rows))
-    compare.assert_rows(rows, f"{case} gradients", subject)
+    rows = resolved["rows"] + judge.compare_all(list(ref), got, ref, resolved["noise"])
+    report_table(rows, f"{subject} {case}: gradients by parameter", judge.first_failure(rows))
+    judge.assert_rows(rows, f"{case} gradients", subject)
 
 
 def lr_of(port, optimizer):
@@ -129,7 +129,7 @@ def sgd_runs(request, pair_builder, small_cfg, sgd_batches):
 
 
 def optim_rows(snaps, init, step):
-    """Rows for the parameter updates (beyond float32 rounding, see compare.update_stats)
+    """Rows for the parameter updates (beyond float32 rounding, see judge.update_stats)
     and the momentum buffers, Jittor vs PyTorch, with the float64 run as noise reference."""
     t, j, f64 = snaps["torch"], snaps["jittor"], snaps["float64"]
     assert set(t["params"]) == set(j["params"])
@@ -138,17 +138,17 @@ def optim_rows(snaps, init, step):
     for name in t["params"]:
         if name.endswith(("running_mean", "running_var")):
             continue  # statistics: checked by test_frozen_parts_and_bn_statistics_do_not_move
-        row = compare.update_stats(f"delta.{name}", j["params"][name], t["params"][name],
+        row = judge.update_stats(f"delta.{name}", j["params"][name], t["params"][name],
                                    init[name], step)
-        row.noise = compare.update_stats(name, t["params"][name], f64["params"][name],
+        row.noise = judge.update_stats(name, t["params"][name], f64["params"][name],
                                          init[name], step).rel
         rows.append(row)
     for name in t["momentum"]:
-        row = compare.error_stats(f"momentum.{name}", j["momentum"][name], t["momentum"][name])
-        row.noise = compare.error_stats(name, t["momentum"][name], f64["momentum"][name]).rel
+        row = judge.error_stats(f"momentum.{name}", j["momentum"][name], t["momentum"][name])
+        row.noise = judge.error_stats(name, t["momentum"][name], f64["momentum"][name]).rel
         rows.append(row)
     for row in rows:
-        row.tolerance = compare.tolerance(row.name, row.noise, kind="optim")
+        row.tolerance = judge.tolerance(row.name, row.noise, kind="optim")
     return rows
 
 
@@ -165,14 +165,14 @@ def test_parameters_momentum_lr_after_sgd_steps(sgd_runs, small_cfg, step, repor
     kink_rows = [row for rows in sgd_runs["kinks"][:step] for row in rows]
     rows = kink_rows + optim_rows(snaps, sgd_runs["init"], step)
     context = f"after {step} SGD steps from iteration {sgd_runs['start']}"
-    report_table(rows, context, compare.first_failure(rows))
-    compare.assert_rows(rows, context)
+    report_table(rows, context, judge.first_failure(rows))
+    judge.assert_rows(rows, context)
 
 
 def test_losses_during_sgd_steps(sgd_runs):
     for step, (t, j) in enumerate(zip(sgd_runs["losses"]["torch"], sgd_runs["losses"]["jittor"]), 1):
-        for key in compare.LOSS_TOTALS:
-            assert j[key] == pytest.approx(t[key], rel=compare.CAP["loss"]), (step, key)
+        for key in judge.LOSS_TOTALS:
+            assert j[key] == pytest.approx(t[key], rel=judge.CAP["loss"]), (step, key)
 
 
 def test_frozen_parts_and_bn_statistics_do_not_move(sgd_runs):
@@ -224,5 +224,5 @@ def test_each_step_from_one_state_eager_jittor(resynced_steps, step, report_tabl
     rows = kink_rows + optim_rows(after, before, 1)
     context = (f"SGD step {step} from iteration {resynced_steps['start']}, both ports from "
                f"the same parameters and momentum, Jittor eager")
-    report_table(rows, context, compare.first_failure(rows))
-    compare.assert_rows(rows, context)
+    report_table(rows, context, judge.first_failure(rows))
+    judge.assert_rows(rows, context)

@@ -5,8 +5,8 @@ every trainable gradient, batch 1 and 2, PyTorch float32-vs-float64 noise as els
 import numpy as np
 import pytest
 
-from gfocal.perf import benchmark_weights
-from parity_tests import compare
+from perf_tests.measure import benchmark_weights
+from parity_tests import judge
 
 STAGES = ("backbone.stem", "backbone.layer1", "backbone.layer2", "backbone.layer3",
           "backbone.layer4")
@@ -47,10 +47,10 @@ def test_r50_stages_and_gradients(torch_port, jittor_port, r50_state, batch):
     probes64, grads64 = run_port(torch_port, r50_state, imgs, batch, float64=True)
     probes, grads = run_port(jittor_port, r50_state, imgs, batch)
     assert len(grads) == len(grads32) > 100  # layer2..layer4 of ResNet-50, every parameter
-    noise = compare.noise_of({"probes": probes32, "grads": grads32},
+    noise = judge.noise_of({"probes": probes32, "grads": grads32},
                              {"probes": probes64, "grads": grads64})
     ref = dict(probes32, **{"grad." + k: v for k, v in grads32.items()})
     got = dict(probes, **{"grad." + k: v for k, v in grads.items()})
     names = list(STAGES) + ["grad." + k for k in grads32]
-    rows = compare.compare_all(names, got, ref, noise)
-    compare.assert_rows(rows, f"ResNet-50 backbone, batch {batch}")
+    rows = judge.compare_all(names, got, ref, noise)
+    judge.assert_rows(rows, f"ResNet-50 backbone, batch {batch}")

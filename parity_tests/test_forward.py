@@ -8,38 +8,38 @@ import copy
 
 import numpy as np
 
-from parity_tests import compare
+from parity_tests import judge
 
 
 def recorded_order(run):
     """The probes in the order the reference port recorded them, documented ones missing
     from it appended (so they show up as failures, not silently skipped)."""
     order = list(run["torch"]["probes"])
-    return order + [n for n in compare.ALL_PROBES if n not in order]
+    return order + [n for n in judge.ALL_PROBES if n not in order]
 
 
 def test_forward_probe(runs, subject, case, mode, forward_probe):
     run = runs.get(case, mode)
-    rows = compare.compare_all([forward_probe], run[subject]["probes"], run["torch"]["probes"],
+    rows = judge.compare_all([forward_probe], run[subject]["probes"], run["torch"]["probes"],
                                run["noise"])
-    compare.assert_rows(rows, f"{case}/{mode}", subject)
+    judge.assert_rows(rows, f"{case}/{mode}", subject)
 
 
 def test_first_divergence(runs, subject, case, mode, report_table):
     """Every probe (forward, targets, losses) in forward order; the report names the first
     divergent one and shows the statistics of all the others."""
     run = runs.get(case, mode)
-    rows = compare.compare_all(recorded_order(run), run[subject]["probes"],
+    rows = judge.compare_all(recorded_order(run), run[subject]["probes"],
                                run["torch"]["probes"], run["noise"])
-    mark = compare.first_failure(rows)
+    mark = judge.first_failure(rows)
     report_table(rows, f"{subject} {case} / {mode}: every probe, forward order", mark)
-    compare.assert_rows(rows, f"{case}/{mode}", subject)
+    judge.assert_rows(rows, f"{case}/{mode}", subject)
 
 
 def test_both_ports_record_the_documented_probes_in_the_same_order(runs, subject, case):
     run = runs.get(case, "train")
     torch_names, jittor_names = list(run["torch"]["probes"]), list(run[subject]["probes"])
-    missing = [n for n in compare.ALL_PROBES if n not in torch_names]
+    missing = [n for n in judge.ALL_PROBES if n not in torch_names]
     assert not missing, f"torch port does not record {missing}"
     assert jittor_names == torch_names, (
         "probe order differs:\n" + "\n".join(
@@ -64,7 +64,7 @@ def test_probe_shapes_follow_the_documented_layout(runs, case):
     cfg = runs.cfg
     n = runs.batch(case)["imgs"].shape[0]
     bins = cfg["reg_max"] + 1
-    for lvl in range(compare.NUM_LEVELS):
+    for lvl in range(judge.NUM_LEVELS):
         h, w = probes[f"neck.p{lvl + 3}"].shape[2:]
         assert probes[f"head.cls_score.{lvl}"].shape == (n, cfg["num_classes"], h, w)
         assert probes[f"head.reg_logits.{lvl}"].shape == (n, 4 * bins, h, w)
@@ -91,8 +91,8 @@ def test_r50_forward(pair_builder, report_table):
         with port.probes.capture() as probes:
             model(port.tensor(x))
         run[key] = {"probes": dict(probes)}
-    noise = compare.noise_of(run["torch"], run["float64"])
-    names = [n for n in compare.FORWARD_PROBES if not n.startswith("head.integral")]
-    rows = compare.compare_all(names, run["jittor"]["probes"], run["torch"]["probes"], noise)
-    report_table(rows, "R50 forward 70x90", compare.first_failure(rows))
-    compare.assert_rows(rows, "R50 forward 70x90")
+    noise = judge.noise_of(run["torch"], run["float64"])
+    names = [n for n in judge.FORWARD_PROBES if not n.startswith("head.integral")]
+    rows = judge.compare_all(names, run["jittor"]["probes"], run["torch"]["probes"], noise)
+    report_table(rows, "R50 forward 70x90", judge.first_failure(rows))
+    judge.assert_rows(rows, "R50 forward 70x90")

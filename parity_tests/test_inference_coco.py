@@ -20,7 +20,7 @@ import pytest
 
 from gfocal.config import from_dict
 from gfocal.schedule import learning_rate
-from parity_tests import compare
+from parity_tests import judge
 from gfocal.ports import FRAMEWORKS
 
 DATA = dict(img_scale=[128, 96], batch_size=4, val_batch_size=8)
@@ -149,15 +149,15 @@ def test_detection_sets_identical(request, dets):
                             f"{[describe(j, i) for i in unexplained_j][:3]}")
     assert total > 10 * len(dets["img_ids"]), f"only {total} detections: too few to prove much"
     nan = float("nan")
-    rows = [compare.ErrorStats("detections.boxes", (total, 4), box_err, 1.0, box_err, nan,
+    rows = [judge.ErrorStats("detections.boxes", (total, 4), box_err, 1.0, box_err, nan,
                                note="relative to the image's larger side", tolerance=BOX_TOL),
-            compare.ErrorStats("detections.scores", (total,), score_err, 1.0, score_err, nan,
+            judge.ErrorStats("detections.scores", (total,), score_err, 1.0, score_err, nan,
                                tolerance=SCORE_TOL),
-            compare.ErrorStats("detections.unmatched", (len(dets["img_ids"]),), nan, nan, nan,
+            judge.ErrorStats("detections.unmatched", (len(dets["img_ids"]),), nan, nan, nan,
                                nan, mismatches=len(problems), tolerance=0.0)]
-    compare.record_verdict(rows, f"detections ({request.node.callspec.id})")
+    judge.record_verdict(rows, f"detections ({request.node.callspec.id})")
     assert not problems, "\n".join(problems)
-    compare.assert_rows(rows, f"detections ({request.node.callspec.id})")
+    judge.assert_rows(rows, f"detections ({request.node.callspec.id})")
     print(f"{total} detections matched one to one ({ties} boundary ties); max box err "
           f"{box_err:.2e} of the image size, max score err {score_err:.2e}")
 
@@ -184,12 +184,12 @@ def test_coco_statistics_equal(request, dets, report_table):
              for name in stats["torch"]]
     print("\n".join(lines))
     tol = 0.5 * 10 ** -STAT_DECIMALS
-    rows = [compare.ErrorStats(f"coco.{k}", (), abs(stats["jittor"][k] - stats["torch"][k]),
+    rows = [judge.ErrorStats(f"coco.{k}", (), abs(stats["jittor"][k] - stats["torch"][k]),
                                abs(stats["torch"][k]), abs(stats["jittor"][k] - stats["torch"][k]),
                                float("nan"), tolerance=tol)
             for k in stats["torch"]]
     report_table(rows, "COCO statistics (absolute difference)")
-    compare.record_verdict(rows, f"COCO statistics ({request.node.callspec.id})")
+    judge.record_verdict(rows, f"COCO statistics ({request.node.callspec.id})")
     assert stats["torch"]["AR100"] > 0, "no true positive at all:\n" + "\n".join(lines)
     if "trained" in request.node.callspec.id:
         assert stats["torch"]["AP50"] >= MIN_AP50, (

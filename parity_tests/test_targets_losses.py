@@ -2,35 +2,35 @@
 losses per level and in total, PyTorch port vs Jittor port.
 
 Assignments, labels and counts must be identical; float targets and losses within the
-tolerance policy of compare.py.
+tolerance policy of judge.py.
 """
 import numpy as np
 import pytest
 
-from parity_tests import compare, regimes
+from parity_tests import judge, regimes
 from parity_tests.conftest import selected_cases
 
 
 def test_target_probe(runs, subject, case, mode, target_probe):
     run = runs.get(case, mode)
-    rows = compare.compare_all([target_probe], run[subject]["probes"], run["torch"]["probes"],
+    rows = judge.compare_all([target_probe], run[subject]["probes"], run["torch"]["probes"],
                                run["noise"])
-    compare.assert_rows(rows, f"{case}/{mode}", subject)
+    judge.assert_rows(rows, f"{case}/{mode}", subject)
 
 
 def test_loss_probe(runs, subject, case, mode, loss_probe):
     run = runs.get(case, mode)
-    rows = compare.compare_all([loss_probe], run[subject]["probes"], run["torch"]["probes"],
+    rows = judge.compare_all([loss_probe], run[subject]["probes"], run["torch"]["probes"],
                                run["noise"])
-    compare.assert_rows(rows, f"{case}/{mode}", subject)
+    judge.assert_rows(rows, f"{case}/{mode}", subject)
 
 
 def test_loss_totals(runs, subject, case, mode, report_table):
     run = runs.get(case, mode)
-    rows = compare.compare_all(compare.LOSS_TOTALS, run[subject]["losses"],
+    rows = judge.compare_all(judge.LOSS_TOTALS, run[subject]["losses"],
                                run["torch"]["losses"], run["noise"])
     report_table(rows, f"{subject} {case} / {mode}: loss totals")
-    compare.assert_rows(rows, f"{case}/{mode} loss totals", subject)
+    judge.assert_rows(rows, f"{case}/{mode} loss totals", subject)
 
 
 def scalar(array):
@@ -46,7 +46,7 @@ def test_totals_are_the_sums_of_the_levels(runs, subject, case):
         losses = {k: scalar(v) for k, v in run[port]["losses"].items()}
         for what in ("loss_cls", "loss_bbox", "loss_dfl"):
             levels = sum(scalar(probes[f"loss.{what}.{lvl}"])
-                         for lvl in range(compare.NUM_LEVELS))
+                         for lvl in range(judge.NUM_LEVELS))
             np.testing.assert_allclose(losses[what], levels, rtol=1e-5, atol=1e-7,
                                        err_msg=f"{port}: {what}")
         np.testing.assert_allclose(
@@ -164,7 +164,7 @@ def test_distance_targets(runs, case):
     probes = run["torch"]["probes"]
     labels = probes["targets.labels"]              # (images, anchors of all levels)
     boxes = probes["targets.bbox_targets"]         # (images, anchors of all levels, 4)
-    sizes = [probes[f"neck.p{lvl + 3}"].shape[2:] for lvl in range(compare.NUM_LEVELS)]
+    sizes = [probes[f"neck.p{lvl + 3}"].shape[2:] for lvl in range(judge.NUM_LEVELS)]
     anchors = reference_anchors(sizes, STRIDES)
     strides = np.concatenate([np.full(len(a), s, np.float32) for a, s in zip(anchors, STRIDES)])
     anchors = np.concatenate(anchors)

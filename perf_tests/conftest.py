@@ -3,7 +3,7 @@ hand-built batches in the shared batch format, and the Jittor/PyTorch ratio summ
 (terminal and HTML report). See perf_tests/README.md for the workflow."""
 import pytest
 
-from gfocal.perf import benchmark_weights, model_config, paired_rows, paired_table_html, \
+from perf_tests.measure import benchmark_weights, model_config, paired_rows, paired_table_html, \
     paired_table_text, ratio_rows, ratio_table_html, ratio_table_text
 
 _ran_perf = pytest.StashKey[bool]()

@@ -16,8 +16,8 @@ import time
 import numpy as np
 import pytest
 
-from gfocal import perf
-from gfocal.perf import CPU_SIZE, GPU_SIZE, SMOKE_SIZE, make_batch, model_config
+from perf_tests import measure
+from perf_tests.measure import CPU_SIZE, GPU_SIZE, SMOKE_SIZE, make_batch, model_config
 from gfocal.runtime import num_threads
 
 # (device kind, TF32): the GPU cases (device "cuda"; the ids say gpu) in full fp32 and with
@@ -55,7 +55,7 @@ class Case:
         self.benchmark = benchmark
         label = self.device + ("-tf32" if tf32 else "")
         benchmark.group = f"{name} {label} {h}x{w} b{batch_size}"
-        benchmark.extra_info.update(perf.framework_info(port, self.device),
+        benchmark.extra_info.update(measure.framework_info(port, self.device),
                                     case=name, input_size=f"{h}x{w}", batch=batch_size)
 
     def imgs(self):
@@ -181,7 +181,7 @@ def test_train_step(case_factory, placement, batch_size):
     assert set(losses) >= {"loss", "loss_cls", "loss_bbox", "loss_dfl"}
     assert np.isfinite(losses["loss"])
     if case.benchmark.enabled:  # one more, untimed step under the memory probe
-        memory = perf.measure_peak_memory(case.port, case.device, step)
+        memory = measure.measure_peak_memory(case.port, case.device, step)
         case.note(**{k: None if v is None else round(v, 1) for k, v in memory.items()})
 
 
@@ -243,11 +243,11 @@ def test_paired(name, batch_size, placement, torch_port, jittor_port, model_cach
         benchmark.group = f"paired {name} {kind} {h}x{w} b{batch_size}"
         benchmark.extra_info.update(framework="paired", device=kind, threads=num_threads(),
                                     case=name, input_size=f"{h}x{w}", batch=batch_size,
-                                    **{f"{port.FRAMEWORK}_info": perf.framework_info(
+                                    **{f"{port.FRAMEWORK}_info": measure.framework_info(
                                         port, kind) for port in ports})
         benchmark.pedantic(pair, rounds=rounds, warmup_rounds=WARMUP_ROUNDS, iterations=1)
     timed = {fw: t[-rounds:] for fw, t in times.items()}  # the warm-up pairs dropped
     assert len(timed["torch"]) == len(timed["jittor"]) >= 1
     assert all(t > 0 for t in timed["torch"] + timed["jittor"])
     benchmark.extra_info.update(torch_times=timed["torch"], jittor_times=timed["jittor"],
-                                **perf.paired_ratios(timed["torch"], timed["jittor"]))
+                                **measure.paired_ratios(timed["torch"], timed["jittor"]))

@@ -1,10 +1,10 @@
-"""The measurement helpers behind the benchmarks (gfocal/perf.py): fast, no model."""
+"""The measurement helpers behind the benchmarks (perf_tests/measure.py): fast, no model."""
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from gfocal import perf
+from perf_tests import measure
 
 
 def record(group, framework, times):
@@ -14,7 +14,7 @@ def record(group, framework, times):
 
 
 def test_ratio_rows_divides_jittor_by_torch_per_group():
-    rows = perf.ratio_rows([
+    rows = measure.ratio_rows([
         record("forward b1", "torch", [0.2, 0.4, 0.3]),
         record("forward b1", "jittor", [0.3, 0.9, 0.6]),
         record("train b1", "jittor", [2.0]),
@@ -30,7 +30,7 @@ def test_ratio_rows_skips_untimed_records_and_keeps_half_groups():
     disabled = SimpleNamespace(group="x", extra_info={"framework": "torch"}, stats=None)
     empty = record("y", "jittor", [1.0])
     empty.stats.data = []
-    rows = perf.ratio_rows([disabled, empty, record("z", "torch", [1.0]),
+    rows = measure.ratio_rows([disabled, empty, record("z", "torch", [1.0]),
                             SimpleNamespace(group="w", extra_info={}, stats=None)])
     assert [r["group"] for r in rows] == ["z"]
     assert rows[0]["torch_min"] == 1.0 and rows[0]["jittor_min"] is None
@@ -38,29 +38,29 @@ def test_ratio_rows_skips_untimed_records_and_keeps_half_groups():
 
 
 def test_summary_tables_cope_with_no_timings():
-    assert "no timings" in perf.ratio_table_text([])
-    assert "no timings" in perf.ratio_table_html([])
+    assert "no timings" in measure.ratio_table_text([])
+    assert "no timings" in measure.ratio_table_html([])
 
 
 def test_summary_tables_show_ratio_and_geometric_mean():
-    rows = perf.ratio_rows([record("a", "torch", [0.1]), record("a", "jittor", [0.4]),
+    rows = measure.ratio_rows([record("a", "torch", [0.1]), record("a", "jittor", [0.4]),
                             record("b", "torch", [0.4]), record("b", "jittor", [0.1])])
-    text = perf.ratio_table_text(rows)
+    text = measure.ratio_table_text(rows)
     assert "4.00" in text and "0.25" in text
     assert text.splitlines()[-1].split()[-2:] == ["1.00", "1.00"]  # sqrt(4 * 0.25)
-    assert "<table" in perf.ratio_table_html(rows) and "4.00" in perf.ratio_table_html(rows)
+    assert "<table" in measure.ratio_table_html(rows) and "4.00" in measure.ratio_table_html(rows)
 
 
-@pytest.mark.skipif(not perf.peak_rss_supported(), reason="needs Linux /proc peak-RSS reset")
+@pytest.mark.skipif(not measure.peak_rss_supported(), reason="needs Linux /proc peak-RSS reset")
 def test_peak_memory_sees_a_temporary_allocation(port):
-    size = 200 * perf.MB
+    size = 200 * measure.MB
 
     def allocate():
         block = np.ones(size, np.uint8)  # touched, so resident
         return int(block[::4096].sum())
 
-    small = perf.measure_peak_memory(port, "cpu", lambda: None)
-    big = perf.measure_peak_memory(port, "cpu", allocate)
+    small = measure.measure_peak_memory(port, "cpu", lambda: None)
+    big = measure.measure_peak_memory(port, "cpu", allocate)
     assert big["cpu_peak_rss_growth_mb"] >= 190
     assert small["cpu_peak_rss_growth_mb"] < 50
     assert big["cpu_peak_rss_mb"] >= big["cpu_peak_rss_growth_mb"]
@@ -70,15 +70,15 @@ def test_cuda_peak_memory_is_the_ports_allocator_peak_after_its_caches_are_relea
     calls = []
     port = SimpleNamespace(release_caches=lambda: calls.append("release"),
                            sync=lambda: calls.append("sync"),
-                           peak_device_memory=lambda: {"allocated": 2 * perf.MB,
-                                                       "reserved": 3 * perf.MB})
-    memory = perf.measure_peak_memory(port, "cuda:1", lambda: calls.append("step"))
+                           peak_device_memory=lambda: {"allocated": 2 * measure.MB,
+                                                       "reserved": 3 * measure.MB})
+    memory = measure.measure_peak_memory(port, "cuda:1", lambda: calls.append("step"))
     assert memory == {"gpu_peak_allocated_mb": 2.0, "gpu_peak_reserved_mb": 3.0}
     assert calls == ["release", "step", "sync"]
 
 
 def test_make_batch_follows_the_shared_batch_format():
-    batch = perf.make_batch(2, (300, 333))
+    batch = measure.make_batch(2, (300, 333))
     assert batch["imgs"].shape == (2, 3, 320, 352) and batch["imgs"].dtype == np.float32
     assert not batch["imgs"][:, :, 300:].any() and not batch["imgs"][:, :, :, 333:].any()
     for boxes, labels, meta in zip(batch["gt_bboxes"], batch["gt_labels"],
@@ -87,7 +87,7 @@ def test_make_batch_follows_the_shared_batch_format():
         assert (boxes[:, :2] >= 0).all() and (boxes[:, 2] <= 333).all()
         assert (boxes[:, 3] <= 300).all() and (boxes[:, 2:] > boxes[:, :2]).all()
         assert meta["img_shape"] == (300, 333) and meta["pad_shape"] == (320, 352)
-    again = perf.make_batch(2, (300, 333))
+    again = measure.make_batch(2, (300, 333))
     assert np.array_equal(batch["imgs"], again["imgs"])
 
 
@@ -95,17 +95,17 @@ def test_benchmark_weights_are_deterministic_and_shaped():
     state = {"backbone.conv1.weight": np.zeros((4, 3, 3, 3)),
              "backbone.bn1.running_var": np.zeros(4), "backbone.bn1.weight": np.zeros(4),
              "bbox_head.gfl_cls.bias": np.zeros(80), "bbox_head.integral.project": np.zeros(17)}
-    a, b = perf.benchmark_weights(state), perf.benchmark_weights(dict(reversed(state.items())))
+    a, b = measure.benchmark_weights(state), measure.benchmark_weights(dict(reversed(state.items())))
     assert all(np.array_equal(a[k], b[k]) and a[k].dtype == np.float32 for k in state)
     assert a["backbone.conv1.weight"].std() > 0 and (a["backbone.bn1.running_var"] == 1).all()
-    assert (a["bbox_head.gfl_cls.bias"] == perf.INFERENCE_CLS_BIAS).all()
+    assert (a["bbox_head.gfl_cls.bias"] == measure.INFERENCE_CLS_BIAS).all()
     assert np.array_equal(a["bbox_head.integral.project"], np.arange(17))
     with pytest.raises(ValueError, match="odd.thing"):
-        perf.benchmark_weights({"odd.thing": np.zeros((2, 2))})
+        measure.benchmark_weights({"odd.thing": np.zeros((2, 2))})
 
 
 def test_paired_ratios_are_per_pair_then_median():
-    out = perf.paired_ratios([1.0, 2.0, 4.0], [1.5, 2.0, 2.0])
+    out = measure.paired_ratios([1.0, 2.0, 4.0], [1.5, 2.0, 2.0])
     assert out["pair_ratios"] == [1.5, 1.0, 0.5]
     assert out["ratio_median"] == 1.0
     assert out["ratio_of_mins"] == pytest.approx(1.5)
@@ -114,13 +114,13 @@ def test_paired_ratios_are_per_pair_then_median():
 def test_paired_rows_and_tables_take_only_interleaved_records():
     paired = SimpleNamespace(group="paired inference b1", stats=None, extra_info=dict(
         framework="paired", torch_times=[0.2, 0.4], jittor_times=[0.3, 0.4],
-        **perf.paired_ratios([0.2, 0.4], [0.3, 0.4])))
-    rows = perf.paired_rows([record("inference b1", "torch", [0.2]), paired])
+        **measure.paired_ratios([0.2, 0.4], [0.3, 0.4])))
+    rows = measure.paired_rows([record("inference b1", "torch", [0.2]), paired])
     assert len(rows) == 1 and rows[0]["pairs"] == 2
     assert rows[0]["ratio_median"] == pytest.approx(1.25)
-    assert perf.ratio_rows([paired]) == []  # not a port: left out of the per-port table
-    assert "1.25" in perf.paired_table_text(rows) and "<table" in perf.paired_table_html(rows)
-    assert "no interleaved" in perf.paired_table_text([])
+    assert measure.ratio_rows([paired]) == []  # not a port: left out of the per-port table
+    assert "1.25" in measure.paired_table_text(rows) and "<table" in measure.paired_table_html(rows)
+    assert "no interleaved" in measure.paired_table_text([])
 
 
 def test_jittor_gpu_facts_state_its_numerics_flags(jittor_port, monkeypatch):
@@ -129,12 +129,12 @@ def test_jittor_gpu_facts_state_its_numerics_flags(jittor_port, monkeypatch):
     import jittor as jt
     from jittor import compile_extern
     monkeypatch.setenv("NVIDIA_TF32_OVERRIDE", "0")
-    info = perf.framework_info(jittor_port, "cuda")
+    info = measure.framework_info(jittor_port, "cuda")
     assert info["framework"] == "jittor" and info["device"] == "cuda"
     assert info["use_cuda"] == bool(jt.flags.use_cuda)
     assert info["use_tensorcore"] == jt.flags.use_tensorcore == 0
     assert info["cudnn"] == (compile_extern.cudnn is not None)
     assert info["nvidia_tf32_override"] == "0" and info["tf32"] is False
     monkeypatch.delenv("NVIDIA_TF32_OVERRIDE")
-    assert perf.framework_info(jittor_port, "cuda")["tf32"] == info["cudnn"]
-    assert "use_tensorcore" not in perf.framework_info(jittor_port, "cpu")
+    assert measure.framework_info(jittor_port, "cuda")["tf32"] == info["cudnn"]
+    assert "use_tensorcore" not in measure.framework_info(jittor_port, "cpu")

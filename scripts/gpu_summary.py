@@ -14,7 +14,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from parity_tests.compare import by_subject, subject_title, verdict_text  # noqa: E402
+from parity_tests.judge import by_subject, subject_title, verdict_text  # noqa: E402
 
 PERF_COLUMNS = ["case", "numerics", "batch", "min ms", "median ms", "per image ms", "FPS",
                 "peak alloc MB", "peak reserved MB"]

@@ -1,7 +1,7 @@
 """Data-parallel training on the frameworks' own engines (torchrun + DDP, mpirun + Jittor's
 MPI mode), 2 processes x batch 1 against 1 process x batch 2 on the same batches and
 weights, and one against the other; faults and bad launches. The tolerances are the parity
-suite's (parity_tests/compare.py) at their targets: there is no float64 run here to widen
+suite's (parity_tests/judge.py) at their targets: there is no float64 run here to widen
 them."""
 import json
 import os
@@ -14,7 +14,7 @@ import pytest
 from gfocal import engine
 from gfocal.checkpoint_io import read_training_state
 from gfocal.cli import main
-from parity_tests import compare
+from parity_tests import judge
 from gfocal.ports import FRAMEWORKS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -120,14 +120,14 @@ def rows_after(got, ref, init, steps):
     rows = []
     for name in ref["params"]:
         if not name.endswith(("running_mean", "running_var")):
-            rows.append(compare.update_stats(f"delta.{name}", got["params"][name],
+            rows.append(judge.update_stats(f"delta.{name}", got["params"][name],
                                              ref["params"][name], init[name], steps))
     for name in ref["momentum"]:
-        rows.append(compare.error_stats(f"momentum.{name}", got["momentum"][name],
+        rows.append(judge.error_stats(f"momentum.{name}", got["momentum"][name],
                                         ref["momentum"][name]))
     kind = "optim" if steps == 1 else "trajectory"
     for row in rows:
-        row.tolerance = compare.tolerance(row.name, None, kind=kind)
+        row.tolerance = judge.tolerance(row.name, None, kind=kind)
     return rows
 
 
@@ -137,17 +137,17 @@ def assert_same_training(got, ref, init, context):
     assert len(got["losses"]) == len(ref["losses"]) == STEPS
     for step, (a, b) in enumerate(zip(got["losses"], ref["losses"]), 1):
         for key in LOSS_KEYS:
-            assert a[key] == pytest.approx(b[key], rel=compare.TARGET["loss"], abs=1e-9), \
+            assert a[key] == pytest.approx(b[key], rel=judge.TARGET["loss"], abs=1e-9), \
                 f"{context}: {key} at step {step}"
     for steps in (1, STEPS):
         assert got[steps]["iter"] == ref[steps]["iter"] == steps
         assert set(got[steps]["params"]) == set(ref[steps]["params"])
         rows = rows_after(got[steps], ref[steps], init, steps)
-        assert compare.first_failure(rows) is None, \
-            compare.divergence_message(rows, f"{context}, after {steps} SGD steps")
-        strict = [r for r in rows if r.rel <= compare.TARGET["optim"]]
-        assert len(strict) >= compare.TRAJECTORY_STRICT * len(rows), \
-            compare.format_table(rows)
+        assert judge.first_failure(rows) is None, \
+            judge.divergence_message(rows, f"{context}, after {steps} SGD steps")
+        strict = [r for r in rows if r.rel <= judge.TARGET["optim"]]
+        assert len(strict) >= judge.TRAJECTORY_STRICT * len(rows), \
+            judge.format_table(rows)
 
 
 @pytest.fixture(scope="module")

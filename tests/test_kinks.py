@@ -4,7 +4,7 @@ port bug from passing as a kink."""
 import numpy as np
 import pytest
 
-from parity_tests import compare, kinks
+from parity_tests import judge, kinks
 
 
 def relu_module(port):
@@ -85,5 +85,5 @@ def test_a_flip_counts_as_a_kink_only_where_the_relu_inputs_agree(moved, passes)
     ref, got, f64 = calls_of(base), calls_of(shifted), calls_of(base.astype(np.float64))
     (row,) = kinks.rows(kinks.kinks(ref, got), ref, got, f64)
     assert row.ok is passes
-    assert row.tolerance == compare.TARGET["forward"]
+    assert row.tolerance == judge.TARGET["forward"]
     assert "1 sign flip(s)" in row.note

@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from parity_tests import compare
+from parity_tests import judge
 from tests.browser import render
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -31,8 +31,8 @@ def test_verdict_lines_on_hand_made_rows():
                record("targets and assignment", exact=True, mismatches=3),
                record("targets and assignment", 4e-7),
                record("gradients", 2e-3, tol=1e-3), record("gradients", None)]
-    lines = {line["check"]: line for line in compare.verdict_lines(records)}
-    assert list(lines) == list(compare.CHECKS)
+    lines = {line["check"]: line for line in judge.verdict_lines(records)}
+    assert list(lines) == list(judge.CHECKS)
     fwd = lines["forward probes"]
     assert (fwd["tensors"], fwd["max"], fwd["median"], fwd["failed"], fwd["verdict"]) == \
         (3, 2e-5, 3e-6, 0, "PASS")
@@ -43,7 +43,7 @@ def test_verdict_lines_on_hand_made_rows():
     grad = lines["gradients"]
     assert (grad["nonfinite"], grad["failed"], grad["verdict"]) == (1, 2, "FAIL")
     assert lines["COCO statistics"]["verdict"] == "not run"
-    text = compare.verdict_text(records)
+    text = judge.verdict_text(records)
     assert "2.00e-05" in text and "1.00e-05 .. 1.00e-04" in text and "2 (3)" in text
 
 
@@ -107,7 +107,7 @@ def verdict_table(page):
     found = [rows for table_id, rows in parser.tables if table_id == "parity-verdict"]
     assert len(found) == 1, "the report has no parity verdict table"
     header, *rows = found[0]
-    assert header == compare.VERDICT_HEADER
+    assert header == judge.VERDICT_HEADER
     return {row[0]: dict(zip(header, row)) for row in rows}
 
 
@@ -117,7 +117,7 @@ def test_html_report_opens_with_the_verdict_of_the_run(small_run):
     assert page.index("<table id='parity-verdict'") < page.index('<table id="results-table"')
     table = verdict_table(page)
     records = small_run["records"]
-    for check in compare.CHECKS:
+    for check in judge.CHECKS:
         rows = [r for r in records if r["check"] == check]
         line = table[check]
         assert int(line["tensors"]) == len(rows), check
@@ -135,7 +135,7 @@ def test_html_report_opens_with_the_verdict_of_the_run(small_run):
         assert table[check]["verdict"] == "PASS", f"the small run covers {check}"
     # the per-tensor counts add up to what the run compared: one case x two modes of every
     # forward probe, and one gradient per trainable parameter
-    assert int(table["forward probes"]["tensors"]) == 2 * len(compare.FORWARD_PROBES)
+    assert int(table["forward probes"]["tensors"]) == 2 * len(judge.FORWARD_PROBES)
     assert int(table["gradients"]["tensors"]) > 50
 
 
@@ -143,7 +143,7 @@ def test_terminal_output_ends_with_the_same_table(small_run):
     stdout = small_run["stdout"]
     assert "parity verdict" in stdout
     section = stdout.split("parity verdict", 1)[1]
-    for line in compare.verdict_text(small_run["records"]).splitlines():
+    for line in judge.verdict_text(small_run["records"]).splitlines():
         assert line in section
 
 

@@ -388,7 +388,7 @@ def test_html_report_renders_in_a_browser_with_every_plot_decoded(complete, tmp_
 
 
 def test_noise_section_with_the_verdict_three_way_table_and_both_plots(tmp_path):
-    from gfocal.report import noise as noise_math
+    from gfocal import control_arm as noise_math
     from gfocal.report.plots import NOISE_PLOTS
     t, j, c = Synthetic("torch", 11), Synthetic("jittor", 12), Synthetic("torch", 13)
     runs = {"torch": t.run, "jittor": j.run}

@@ -228,7 +228,7 @@ PLOTS = (
 
 def noise_band_loss(runs, noise_result):
     """Jittor-vs-PyTorch loss difference over the control-vs-PyTorch one."""
-    from gfocal.report.noise import FIRST_N
+    from gfocal.control_arm import FIRST_N
     control = noise_result.get("control")
     if not (control and control.log and runs.get("torch") and runs["torch"].log):
         return None, "needs the iteration logs of PyTorch and of the control arm"
@@ -259,7 +259,7 @@ def noise_band_loss(runs, noise_result):
 
 def weight_divergence(runs, noise_result):
     """||theta - theta_torch|| / ||theta_torch||, total and per group, both arms."""
-    from gfocal.report.noise import GROUP_NAMES
+    from gfocal.control_arm import GROUP_NAMES
     traces = noise_result.get("traces") or {}
     if not traces.get("jittor") or not traces.get("control"):
         return None, "needs the weight traces of the Jittor run and of the control arm"

@@ -14,7 +14,7 @@ import numpy as np
 
 from gfocal.atomic import write_text
 from gfocal.report import plots
-from gfocal.report.noise import BAND_FACTOR
+from gfocal.control_arm import BAND_FACTOR
 from gfocal.report.rundata import (COCO_STAT_NAMES, FRAMEWORKS, RunData, agreement_summary,
                                    latency_stats, loss_stats, per_epoch, speed_stats)
 from gfocal.runlog import LOSS_KEYS

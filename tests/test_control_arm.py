@@ -1,10 +1,10 @@
-"""The control arm's arithmetic (gfocal/report/noise.py) on hand-made numbers, and a short
+"""The control arm's arithmetic (gfocal/control_arm.py) on hand-made numbers, and a short
 real run with a bug planted in one port that the verdict must call outside the band."""
 import numpy as np
 import pytest
 
 from gfocal.report import RunData
-from gfocal.report import noise
+from gfocal import control_arm
 
 
 def test_weight_distances_total_and_per_group():
@@ -15,10 +15,10 @@ def test_weight_distances_total_and_per_group():
     other = dict(ref)
     other["backbone.layer1.0.conv1.weight"] = np.array([3.0, 5.0], np.float32)    # moved by 1
     other["backbone.bn1.running_var"] = np.array([100.0], np.float32)             # ignored
-    d = noise.weight_distances(ref, other)
+    d = control_arm.weight_distances(ref, other)
     assert d["layer1"] == pytest.approx(1 / 5) and d["dgqp"] == 0.0
     assert d["total"] == pytest.approx(1 / 13)  # sqrt(1) / sqrt(25 + 144)
-    assert d["stem"] == 0.0 and set(d) == set(noise.GROUP_NAMES)
+    assert d["stem"] == 0.0 and set(d) == set(control_arm.GROUP_NAMES)
 
 
 def test_perturbation_moves_every_weight_by_exactly_one_ulp():
@@ -26,7 +26,7 @@ def test_perturbation_moves_every_weight_by_exactly_one_ulp():
     state = {"neck.fpn_convs.0.conv.weight": rng.standard_normal((8, 8)).astype(np.float32),
              "backbone.bn1.running_mean": rng.standard_normal(8).astype(np.float32),
              "bbox_head.integral.project": np.arange(17, dtype=np.float32)}
-    moved = noise.perturb_one_ulp(state, seed=3)
+    moved = control_arm.perturb_one_ulp(state, seed=3)
     w, w2 = state["neck.fpn_convs.0.conv.weight"], moved["neck.fpn_convs.0.conv.weight"]
     assert w2.dtype == np.float32
     assert np.array_equal(np.abs(w2.astype(np.float64) - w), np.spacing(np.abs(w)))
@@ -42,7 +42,7 @@ def log_of(losses):
 
 @pytest.mark.parametrize("first_rel, ok", [(0.0, False), (3e-7, True), (1e-3, False)])
 def test_control_check_wants_a_rounding_sized_first_difference(first_rel, ok):
-    check = noise.control_check(log_of([2.0, 1.9]), log_of([2.0 * (1 + first_rel), 1.9]))
+    check = control_arm.control_check(log_of([2.0, 1.9]), log_of([2.0 * (1 + first_rel), 1.9]))
     assert check["ok"] is ok and check["first_rel"] == pytest.approx(first_rel)
     assert check["text"].startswith("WARNING") is (not ok)
 
@@ -62,22 +62,22 @@ def test_verdict_within_for_noise_of_the_controls_size_outside_for_a_bug():
     control = RunData("torch", log=log_of(synthetic(1, 0.03)), final_stats={"AP": 0.41})
     same = RunData("jittor", log=log_of(synthetic(2, 0.03)), final_stats={"AP": 0.395})
     bug = RunData("jittor", log=log_of(synthetic(3, 0.3)), final_stats={"AP": 0.30})
-    ok = noise.verdict(ref, same, control)
-    assert ok["within"] and ok["ratio"] <= noise.RATIO_LIMIT
+    ok = control_arm.verdict(ref, same, control)
+    assert ok["within"] and ok["ratio"] <= control_arm.RATIO_LIMIT
     assert ok["line"].startswith("Jittor-vs-PyTorch divergence is within")
     assert "dAP -0.005 vs control dAP +0.010" in ok["line"]
-    bad = noise.verdict(ref, bug, control)
+    bad = control_arm.verdict(ref, bug, control)
     assert bad["within"] is False and bad["ratio"] > 5
     assert "outside the same-framework noise band" in bad["line"]
 
 
 def test_band_exit_is_the_first_iteration_and_largest_group():
     def rec(it, **groups):
-        return dict(dict.fromkeys(noise.GROUP_NAMES, 1e-6), iter=it, **groups)
+        return dict(dict.fromkeys(control_arm.GROUP_NAMES, 1e-6), iter=it, **groups)
     control = [rec(0), rec(20), rec(40)]
     jittor = [rec(0), rec(20, fpn=1.5e-6), rec(40, fpn=3e-6, dgqp=9e-6)]
-    assert noise.band_exit(jittor, control) == (40, "dgqp")
-    assert noise.band_exit(jittor[:2], control) is None
+    assert control_arm.band_exit(jittor, control) == (40, "dgqp")
+    assert control_arm.band_exit(jittor[:2], control) is None
 
 
 def test_control_runs_the_whole_epochs_that_fit(tiny_config):

@@ -471,7 +471,7 @@ def summary_markdown(measured):
     return "\n".join(lines)
 
 
-if __name__ == "__main__":  # python -m parity_tests.compare summary.json
+if __name__ == "__main__":  # python -m parity_tests.judge summary.json
     import json
     import sys
     with open(sys.argv[1]) as f:
