@@ -18,6 +18,7 @@ configure_frameworks()  # Jittor reads its env at import: this must run before a
 settings.register_profile("reproducible", derandomize=True)
 settings.register_profile("random", derandomize=False)
 settings.load_profile(os.environ.get("GFOCAL_HYPOTHESIS", "reproducible"))
+ENVIRONMENT = pytest.StashKey[dict]()  # describe_environment() of this run, taken once
 
 
 def pytest_addoption(parser):
@@ -40,11 +41,10 @@ def pytest_configure(config):
         config.option.device = None if spec is None else resolve_device(spec)
     except DeviceError as exc:
         raise pytest.UsageError(f"--device: {exc}") from None
+    from gfocal.runtime import describe_environment
+    env = config.stash[ENVIRONMENT] = describe_environment()  # once: it imports both frameworks
     if config.pluginmanager.hasplugin("metadata"):
         from pytest_metadata.plugin import metadata_key
-
-        from gfocal.runtime import describe_environment
-        env = describe_environment()
         meta = config.stash[metadata_key]
         for key, value in env.items():
             meta[key] = str(value)
@@ -53,16 +53,14 @@ def pytest_configure(config):
 
 
 def pytest_report_header(config):
-    from gfocal.runtime import describe_environment
-    env = describe_environment()
+    env = config.stash[ENVIRONMENT]
     onednn = "on" if env.get("jittor_onednn") else "OFF (slow fallback!)"
     return (f"gfocal: torch {env.get('torch')}, jittor {env.get('jittor')} (oneDNN {onednn}), "
             f"numpy {env['numpy']}, threads {env['omp_threads']}, gpu {env.get('gpu', 'none')}")
 
 
-def pytest_html_results_summary(prefix, summary, postfix):
-    from gfocal.runtime import describe_environment
-    if not describe_environment().get("jittor_onednn"):
+def pytest_html_results_summary(prefix, summary, postfix, session):
+    if not session.config.stash[ENVIRONMENT].get("jittor_onednn"):
         prefix.append("<p style='color:#b00;font-weight:bold'>WARNING: Jittor ran without "
                       "oneDNN; its CPU timings use the ~60x slower fallback convolution.</p>")
 

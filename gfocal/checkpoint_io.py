@@ -9,9 +9,13 @@ and 'torchvision' (an ImageNet ResNet); written: 'torch', 'jittor' and 'mmdet'. 
 is read into, and written from, the canonical form {mmdetection-style name: numpy array} of
 docs/ARCHITECTURE.md.
 """
+import collections
 import hashlib
+import importlib
 import os
 import pickle
+import re
+import warnings
 
 import numpy as np
 
@@ -31,10 +35,66 @@ BACKGROUND_BIAS = -1e4
 JITTOR_MARKER = b"HCAJSLHD"
 
 
+# ---- reading without running code ---------------------------------------------------------
+# Unpickling calls whatever a file names, so every reader (pickle's find_class, torch's
+# weights_only) may reach only these, each of which builds data from data:
+# - numpy's rebuilders of arrays, dtypes and scalars (our momentum, mmengine's meta and
+#   message_hub), under numpy 1's and numpy 2's module names;
+# - OrderedDict: every torch / mmcv / mmengine state dict;
+# - mmengine's HistoryBuffer (loss curves in a message_hub) and Jittor's Var (a tensor as
+#   jt.save writes it): inert stand-ins, so neither mmengine nor Jittor runs to read a file.
+class _Record:
+    """Stands in for a plain-data class we never use: unpickling only sets its attributes."""
+
+
+def _safe_globals():
+    found = {"collections.OrderedDict": collections.OrderedDict,
+             "numpy.ndarray": np.ndarray, "numpy.dtype": np.dtype,
+             "mmengine.logging.history_buffer.HistoryBuffer": _Record,
+             "jittor.jittor_core.Var": np.asarray}  # jt.save pickles a Var as Var(array)
+    for core in ("numpy.core", "numpy._core"):
+        try:
+            with warnings.catch_warnings():  # numpy 2 deprecates the numpy.core name
+                warnings.simplefilter("ignore", DeprecationWarning)
+                multiarray = importlib.import_module(core + ".multiarray")
+        except ImportError:  # numpy before 1.26 has no numpy._core
+            continue
+        for name in ("_reconstruct", "scalar"):
+            found[f"{core}.multiarray.{name}"] = getattr(multiarray, name)
+    return found
+
+
+SAFE_GLOBALS = _safe_globals()
+REFUSAL = "a checkpoint may only hold tensors, arrays and plain containers"
+
+
+class RefusedCheckpoint(CheckpointError):
+    """A weights file that names anything but data: refused before any of it runs."""
+
+    def __init__(self, path, name):
+        super().__init__(f"{path}: refused to load {name!r} ({REFUSAL})")
+
+
+class _Refused(pickle.UnpicklingError):
+    pass
+
+
+class _DataUnpickler(pickle.Unpickler):
+    """pickle that may build only SAFE_GLOBALS (every other reference to code is a class or
+    function looked up here)."""
+
+    def find_class(self, module, name):
+        if f"{module}.{name}" in SAFE_GLOBALS:
+            return SAFE_GLOBALS[f"{module}.{name}"]
+        raise _Refused(f"{module}.{name}")
+
+
 def _read_pickle(path):
     try:
         with open(path, "rb") as f:  # jt.save appends a checksum after the pickle's end
-            return pickle.load(f)
+            return _DataUnpickler(f).load()
+    except _Refused as exc:
+        raise RefusedCheckpoint(path, str(exc)) from None
     except Exception as exc:
         raise CheckpointError(f"{path}: not a readable Jittor checkpoint "
                               f"({type(exc).__name__}: {exc})") from exc
@@ -45,20 +105,40 @@ def _is_zip(path):
         return f.read(4) == b"PK\x03\x04"
 
 
+def _torch_safe_globals():
+    """SAFE_GLOBALS for torch.load(weights_only=True), which also checks the type of every
+    object it sets state on: numpy's dtype classes (np.dtype('f4') is a Float32DType)."""
+    dtypes = {type(np.dtype(code)) for code in np.typecodes["All"]}
+    return [(obj, name) for name, obj in SAFE_GLOBALS.items()] + list(dtypes)
+
+
+def _cause(exc):
+    """The cause of a torch.load error, in one line: weights_only wraps it in paragraphs of
+    advice after 'Unpickler error:'."""
+    text = str(exc).split("Unpickler error:", 1)[-1]
+    return next((line.strip() for line in text.splitlines() if line.strip()), "")
+
+
 def _torch_load(path):
     import torch
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        with torch.serialization.safe_globals(_torch_safe_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
+        refused = re.search(r"GLOBAL (\S+)", str(exc))
+        if isinstance(exc, pickle.UnpicklingError) and refused:
+            name = refused[1]  # torch drops the 'builtins.' of a builtin
+            raise RefusedCheckpoint(path, name if "." in name else "builtins." + name) from None
         raise CheckpointError(f"{path}: not a readable PyTorch file "
-                              f"({type(exc).__name__}: {exc})") from exc
+                              f"({type(exc).__name__}: {_cause(exc)})") from exc
 
 
 def load_payload(path, fmt=None):
-    """The unpickled content of a weights file: a plain pickle for 'jittor', torch.load for
-    the other formats; with `fmt` None, whichever the file's content is. A Jittor checkpoint
-    is a plain pickle of a dict; torch.save writes a zip archive (or, in its legacy format,
-    a pickled magic number first, which is not a dict)."""
+    """The content of a weights file, rebuilt from data only (a file that names anything
+    else is refused, RefusedCheckpoint): a pickle for 'jittor', torch.load for the other
+    formats; with `fmt` None, whichever the file's content is. A Jittor checkpoint is a
+    pickle of a dict; torch.save writes a zip archive (or, in its legacy format, a pickled
+    magic number first, which is not a dict)."""
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: file not found")
     if fmt == "jittor":
@@ -66,6 +146,8 @@ def load_payload(path, fmt=None):
     if fmt is None and not _is_zip(path):
         try:
             payload = _read_pickle(path)
+        except RefusedCheckpoint:
+            raise
         except CheckpointError:
             payload = None
         if isinstance(payload, dict):
@@ -76,10 +158,10 @@ def load_payload(path, fmt=None):
 def _to_numpy(state, path):
     out = {}
     for name, value in state.items():
-        if hasattr(value, "detach"):      # torch tensor
+        # a torch tensor (a Jittor Var is read as its array); asked of the type, since an
+        # unpickled object's own attributes come from the file
+        if hasattr(type(value), "detach"):
             value = value.detach().cpu().numpy()
-        elif hasattr(value, "numpy"):     # jittor Var
-            value = value.numpy()
         if not isinstance(value, np.ndarray):
             raise CheckpointError(f"{path}: entry '{name}' is a {type(value).__name__}, "
                                   "not a tensor")

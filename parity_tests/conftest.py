@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from gfocal.config import from_dict
-from parity_tests import judge, kinks, regimes
+from parity_tests import judge, kinks, ledger, regimes
 from parity_tests.judge import FORWARD_PROBES, LOSS_PROBES, TARGET_PROBES
 
 # The small model of the default run (ResNet-18, 32-64 channels, GN 8, 2 convs).
@@ -354,8 +354,9 @@ def pytest_sessionfinish(session, exitstatus):
     """GFOCAL_PARITY_SUMMARY=path.json writes every compared row (for TOLERANCES.md);
     GFOCAL_PARITY_VERDICT=path.json every row the verdict table counts."""
     import json
-    for variable, data in (("GFOCAL_PARITY_SUMMARY", judge.MEASURED),
-                           ("GFOCAL_PARITY_VERDICT", list(judge.VERDICT.values()))):
+    measured = ledger.of(session.config)
+    for variable, data in (("GFOCAL_PARITY_SUMMARY", measured.measured),
+                           ("GFOCAL_PARITY_VERDICT", list(measured.verdict.values()))):
         path = os.environ.get(variable)
         if path and data:
             with open(path, "w") as f:
@@ -370,21 +371,32 @@ def pytest_report_header(config):
 
 
 def pytest_terminal_summary(terminalreporter):
-    if judge.VERDICT:
+    measured = ledger.of(terminalreporter.config)
+    if measured.verdict:
         terminalreporter.write_sep("=", "parity verdict")
-        terminalreporter.write_line(judge.verdict_text(judge.VERDICT.values()))
+        terminalreporter.write_line(judge.verdict_text(measured.verdict.values()))
         terminalreporter.write_line(judge.VERDICT_NOTE)
-    if regimes.HITS:
+    if measured.hits:
         terminalreporter.write_sep("=", "parity regime coverage")
-        terminalreporter.write_line(regimes.text())
+        terminalreporter.write_line(regimes.text(measured.hits))
 
 
-def pytest_html_results_summary(prefix, summary, postfix):
-    if judge.VERDICT:
-        prefix.append(judge.verdict_html(judge.VERDICT.values()))
-    if regimes.HITS:
-        prefix.append(regimes.html_table())
+def pytest_html_results_summary(prefix, summary, postfix, session):
+    measured = ledger.of(session.config)
+    if measured.verdict:
+        prefix.append(judge.verdict_html(measured.verdict.values()))
+    if measured.hits:
+        prefix.append(regimes.html_table(measured.hits))
 
 
 def pytest_configure(config):
     selected_cases(config)  # a bad --parity-cases stops the session with one line
+    ledger.install(config)
+
+
+@pytest.fixture(autouse=True)
+def _parity_ledger(request):
+    """What this test records goes to its own session's ledger."""
+    token = ledger.activate(request.config.stash[ledger.KEY])
+    yield
+    ledger.deactivate(token)

@@ -18,6 +18,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from gfocal.tables import html_table as render_html_table, markdown_table, text_table
+from parity_tests import ledger
+
 TINY = 1e-12
 # Probe names of docs/ARCHITECTURE.md in forward order (the order the report walks).
 NUM_LEVELS = 5
@@ -220,28 +223,21 @@ HEADER = ["probe", "shape", "max rel err", "1 - cosine", "f32-vs-f64 noise", "to
 
 def format_table(rows, mark=None):
     """Plain-text table of every probe; the row at index `mark` is flagged with '>>'."""
-    cells = [HEADER] + [_row_cells(r) for r in rows]
-    widths = [max(len(str(c[i])) for c in cells) for i in range(len(HEADER))]
-    lines = []
-    for i, c in enumerate(cells):
-        prefix = ">> " if mark is not None and i - 1 == mark else "   "
-        lines.append(prefix + "  ".join(str(v).ljust(w) for v, w in zip(c, widths)).rstrip())
-    return "\n".join(lines)
+    # the gutter is there even without a mark, so that tables with and without one align
+    return text_table(HEADER, [_row_cells(r) for r in rows],
+                      marks=() if mark is None else (mark,))
+
+
+TABLE_ATTRS = " border='1' style='border-collapse:collapse;font-family:monospace'"
 
 
 def html_table(rows, title, mark=None):
     """The same table for the pytest-html report."""
-    out = [f"<h4>{html.escape(title)}</h4>",
-           "<table border='1' style='border-collapse:collapse;font-family:monospace'>",
-           "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in HEADER) + "</tr>"]
-    for i, row in enumerate(rows):
-        style = " style='background:#fcc'" if not row.ok else ""
-        if i == mark:
-            style = " style='background:#f88;font-weight:bold'"
-        out.append(f"<tr{style}>" + "".join(f"<td>{html.escape(str(c))}</td>"
-                                             for c in _row_cells(row)) + "</tr>")
-    out.append("</table>")
-    return "\n".join(out)
+    styles = [" style='background:#f88;font-weight:bold'" if i == mark
+              else "" if row.ok else " style='background:#fcc'" for i, row in enumerate(rows)]
+    return (f"<h4>{html.escape(title)}</h4>\n"
+            + render_html_table(HEADER, [_row_cells(r) for r in rows], attrs=TABLE_ATTRS,
+                                row_attrs=styles, sep="\n"))
 
 
 def divergence_message(rows, context):
@@ -299,7 +295,6 @@ CHECKS = ("forward probes", "targets and assignment", "losses", "gradients", "SG
           "detections", "COCO statistics")
 CHECK_OF_KIND = {"forward": "forward probes", "targets": "targets and assignment",
                  "loss": "losses", "grad": "gradients", "optim": "SGD steps"}
-VERDICT = {}  # (subject, context, name) -> row dict; a tensor asserted twice counts once
 
 
 def check_of(name):
@@ -312,8 +307,10 @@ def check_of(name):
 
 
 def record_verdict(rows, context, subject="jittor"):
+    """Into the running session's ledger; a tensor asserted twice counts once."""
+    verdict = ledger.active().verdict
     for r in rows:
-        VERDICT[(subject, context, r.name)] = {
+        verdict[(subject, context, r.name)] = {
             "subject": subject, "check": check_of(r.name), "context": context, "name": r.name,
             "exact": r.exact,
             "ok": r.ok, "rel": r.rel if math.isfinite(r.rel) else None,
@@ -375,9 +372,7 @@ def subject_title(subject):
 
 
 def _verdict_table_text(records):
-    cells = [VERDICT_HEADER] + [_verdict_cells(line) for line in verdict_lines(records)]
-    widths = [max(len(c[i]) for c in cells) for i in range(len(VERDICT_HEADER))]
-    return "\n".join("  ".join(v.ljust(w) for v, w in zip(c, widths)).rstrip() for c in cells)
+    return text_table(VERDICT_HEADER, [_verdict_cells(line) for line in verdict_lines(records)])
 
 
 def verdict_text(records):
@@ -399,26 +394,21 @@ def verdict_html(records):
     out = ["<h2>Parity verdict</h2>"]
     for subject, rows in by_subject(records).items():
         suffix = "" if subject == "jittor" else "-" + subject.replace("@", "-").replace(":", "-")
+        lines = verdict_lines(rows)
         out += [f"<h3>{html.escape(subject_title(subject))}</h3>",
-                f"<table id='parity-verdict{suffix}' border='1' style='border-collapse:collapse;"
-                "font-family:monospace'>",
-                "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in VERDICT_HEADER) + "</tr>"]
-        for line in verdict_lines(rows):
-            out.append(f"<tr style='background:{colour[line['verdict']]}'>"
-                       + "".join(f"<td>{html.escape(c)}</td>" for c in _verdict_cells(line))
-                       + "</tr>")
-        out.append("</table>")
+                render_html_table(VERDICT_HEADER, [_verdict_cells(line) for line in lines],
+                                  attrs=f" id='parity-verdict{suffix}'{TABLE_ATTRS}",
+                                  row_attrs=[f" style='background:{colour[line['verdict']]}'"
+                                             for line in lines], sep="\n")]
     out.append(f"<p>{html.escape(VERDICT_NOTE)}</p>")
     return "\n".join(out)
 
 
-MEASURED = {}  # context -> rows as dicts, filled by record_rows during a session
-
-
 def record_rows(rows, context="rows"):
-    MEASURED.setdefault(context, [])
+    """Every compared row, into the running session's ledger (for TOLERANCES.md)."""
+    measured = ledger.active().measured.setdefault(context, [])
     for r in rows:
-        MEASURED[context].append({
+        measured.append({
             "name": r.name, "kind": probe_kind(r.name), "exact": r.exact, "ok": r.ok,
             "rel": r.rel if math.isfinite(r.rel) else None,
             "cosine": r.cosine if math.isfinite(r.cosine) else None,
@@ -458,17 +448,17 @@ def summary_markdown(measured):
             if row["exact"] or row["rel"] is None:
                 continue
             groups.setdefault((scope, family(row["name"])), []).append(row)
-    lines = ["| scope | probe family | n | max rel err | median rel err | max f32-vs-f64 noise "
-             "| min tolerance | max tolerance |", "|---|---|---|---|---|---|---|---|"]
+    head = ["scope", "probe family", "n", "max rel err", "median rel err",
+            "max f32-vs-f64 noise", "min tolerance", "max tolerance"]
+    body = []
     for (scope, fam), rows in groups.items():
         rel = [r["rel"] for r in rows]
         noise = [r["noise"] for r in rows if r["noise"] is not None]
         tol = [r["tolerance"] for r in rows]
-        lines.append(f"| {scope} | {fam} | {len(rows)} | {max(rel):.1e} | "
-                     f"{float(np.median(rel)):.1e} | "
-                     f"{(max(noise) if noise else float('nan')):.1e} | {min(tol):.0e} | "
-                     f"{max(tol):.0e} |")
-    return "\n".join(lines)
+        body.append([scope, fam, len(rows), f"{max(rel):.1e}", f"{float(np.median(rel)):.1e}",
+                     f"{(max(noise) if noise else float('nan')):.1e}", f"{min(tol):.0e}",
+                     f"{max(tol):.0e}"])
+    return markdown_table(head, body)
 
 
 if __name__ == "__main__":  # python -m parity_tests.judge summary.json

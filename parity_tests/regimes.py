@@ -6,7 +6,9 @@ A test that builds or reads the inputs of a regime calls `count(regime, hits)` a
 fails the suite; the table (terminal and HTML summary) shows every regime, also those whose
 tests did not run in this session.
 """
-import html
+from gfocal.tables import html_table as render_html_table, text_table
+from parity_tests import ledger
+from parity_tests.judge import TABLE_ATTRS
 
 DFL = "test_distance_targets_at_the_clamp_and_on_integer_bins"
 ATSS = "test_atss_dense_assignment_near_the_threshold"
@@ -36,9 +38,6 @@ MINIMUM = {
         (2, "test_images_without_any_score_above_score_thr"),
     "neighbouring boxes with IoU within 0.02 of the NMS threshold": (200, POST),
 }
-HITS = {}  # regime -> hits counted in this session
-
-
 class RegimeError(KeyError):
     """A regime that MINIMUM does not state."""
 
@@ -46,12 +45,14 @@ class RegimeError(KeyError):
 def count(regime, hits):
     if regime not in MINIMUM:
         raise RegimeError(f"regime {regime!r} has no stated minimum in parity_tests/regimes.py")
-    HITS[regime] = HITS.get(regime, 0) + int(hits)
+    counted = ledger.active().hits  # this session's, kept on its pytest config
+    counted[regime] = counted.get(regime, 0) + int(hits)
 
 
 def check(regimes):
     """Fail (AssertionError naming them) when one of `regimes` is below its minimum."""
-    low = {r: HITS.get(r, 0) for r in regimes if HITS.get(r, 0) < MINIMUM[r][0]}
+    counted = ledger.active().hits
+    low = {r: counted.get(r, 0) for r in regimes if counted.get(r, 0) < MINIMUM[r][0]}
     assert not low, "the parity inputs no longer reach: " + "; ".join(
         f"{r} ({hits} hits, minimum {MINIMUM[r][0]})" for r, hits in low.items())
 
@@ -59,29 +60,23 @@ def check(regimes):
 HEADER = ["regime", "hits", "minimum", "status", "inputs"]
 
 
-def rows():
+def rows(counted):
+    """One row per regime of MINIMUM; `counted`: a session's hits (ledger.Ledger.hits)."""
     out = []
     for regime, (minimum, where) in MINIMUM.items():
-        hits = HITS.get(regime)
+        hits = counted.get(regime)
         status = "not run" if hits is None else ("ok" if hits >= minimum else "BELOW")
         out.append([regime, "-" if hits is None else str(hits), str(minimum), status, where])
     return out
 
 
-def text():
-    cells = [HEADER] + rows()
-    widths = [max(len(c[i]) for c in cells) for i in range(len(HEADER))]
-    return "\n".join("  ".join(v.ljust(w) for v, w in zip(c, widths)).rstrip() for c in cells)
+def text(counted):
+    return text_table(HEADER, rows(counted))
 
 
-def html_table():
+def html_table(counted):
     colour = {"ok": "#cfc", "BELOW": "#f88", "not run": "#eee"}
-    out = ["<h2>Parity regime coverage</h2>",
-           "<table id='parity-regimes' border='1' style='border-collapse:collapse;"
-           "font-family:monospace'>",
-           "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in HEADER) + "</tr>"]
-    for row in rows():
-        out.append(f"<tr style='background:{colour[row[3]]}'>"
-                   + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>")
-    out.append("</table>")
-    return "\n".join(out)
+    body = rows(counted)
+    return "<h2>Parity regime coverage</h2>\n" + render_html_table(
+        HEADER, body, attrs=" id='parity-regimes'" + TABLE_ATTRS,
+        row_attrs=[f" style='background:{colour[row[3]]}'" for row in body], sep="\n")

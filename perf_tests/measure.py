@@ -19,6 +19,7 @@ import numpy as np
 from gfocal.config import DEFAULTS
 from gfocal.device import is_cuda
 from gfocal.ports import FRAMEWORKS
+from gfocal.tables import html_table, text_table
 
 MB = 1024 * 1024
 
@@ -276,12 +277,12 @@ def paired_table_html(rows):
         return title + "<p>no interleaved timings</p>"
     head = ("case", "pairs", "torch median (ms)", "jittor median (ms)", "median pair ratio",
             "ratio of minima")
-    body = [(html.escape(r["group"]), r["pairs"], _fmt_time(r["torch_median"]),
+    body = [(r["group"], r["pairs"], _fmt_time(r["torch_median"]),
              _fmt_time(r["jittor_median"]), _fmt_ratio(r["ratio_median"]),
              _fmt_ratio(r["ratio_of_mins"])) for r in rows]
-    return _html_table(title, "One PyTorch call and one Jittor call per round, alternating "
-                       "which goes first: load that drifts over minutes hits both alike.",
-                       head, body)
+    return _titled_table(title, "One PyTorch call and one Jittor call per round, alternating "
+                         "which goes first: load that drifts over minutes hits both alike.",
+                         head, body)
 
 
 def geometric_mean(values):
@@ -316,11 +317,8 @@ def ratio_table_text(rows):
 
 
 def _text_table(head, body):
-    widths = [max(len(line[i]) for line in [head] + body) for i in range(len(head))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                       for i, (c, w) in enumerate(zip(line, widths))) for line in [head] + body]
-    lines.insert(1, "-" * len(lines[0]))
-    return "\n".join(lines)
+    # case names left, numbers right, so that their digits line up
+    return text_table(head, body, align="l" + "r" * (len(head) - 1), rule=True)
 
 
 def ratio_table_html(rows):
@@ -330,21 +328,16 @@ def ratio_table_html(rows):
         return title + "<p>" + html.escape(ratio_table_text(rows)) + "</p>"
     head = ("case", "torch min (ms)", "torch median (ms)", "jittor min (ms)",
             "jittor median (ms)", "ratio min", "ratio median")
-    body = [(html.escape(r["group"]), _fmt_time(r["torch_min"]), _fmt_time(r["torch_median"]),
+    body = [(r["group"], _fmt_time(r["torch_min"]), _fmt_time(r["torch_median"]),
              _fmt_time(r["jittor_min"]), _fmt_time(r["jittor_median"]),
              _fmt_ratio(r["ratio_min"]), _fmt_ratio(r["ratio_median"])) for r in rows]
     slow = [r["ratio_median"] is not None and r["ratio_median"] > 1.0 for r in rows]
-    return _html_table(title, "ratio = Jittor time / PyTorch time (below 1: Jittor faster).",
-                       head, body, slow)
+    return _titled_table(title, "ratio = Jittor time / PyTorch time (below 1: Jittor faster).",
+                         head, body, slow)
 
 
-def _html_table(title, intro, head, body, slow=None):
+def _titled_table(title, intro, head, body, slow=None):
     """Title, one intro paragraph, a bordered table; rows flagged in `slow` in red."""
-    slow = slow or [False] * len(body)
-    cells = "".join(f"<th>{h}</th>" for h in head)
-    lines = []
-    for values, is_slow in zip(body, slow):
-        style = " style='color:#b00'" if is_slow else ""
-        lines.append("<tr>" + "".join(f"<td{style}>{v}</td>" for v in values) + "</tr>")
-    return (title + f"<p>{intro}</p><table border='1' cellpadding='3'><tr>" + cells + "</tr>"
-            + "".join(lines) + "</table>")
+    red = [" style='color:#b00'" if is_slow else "" for is_slow in slow] if slow else None
+    return (f"{title}<p>{intro}</p>"
+            + html_table(head, body, attrs=" border='1' cellpadding='3'", cell_attrs=red))

@@ -11,18 +11,16 @@ import json
 import os
 import statistics
 import sys
+from types import SimpleNamespace
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from gfocal.tables import markdown_table  # noqa: E402
 from parity_tests.judge import by_subject, subject_title, verdict_text  # noqa: E402
+from perf_tests import measure  # noqa: E402
 
 PERF_COLUMNS = ["case", "numerics", "batch", "min ms", "median ms", "per image ms", "FPS",
                 "peak alloc MB", "peak reserved MB"]
-
-
-def markdown_table(head, rows):
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
 
 
 def read_json(path):
@@ -65,12 +63,11 @@ def paired_rows(bench):
     rows = []
     for b in bench.get("benchmarks", []):
         info = b.get("extra_info", {})
-        if info.get("framework") != "paired" or not info.get("pair_ratios"):
-            continue
-        rows.append([info.get("case", b.get("name")), info.get("batch", "-"),
-                     len(info["pair_ratios"]), _ms(statistics.median(info["torch_times"])),
-                     _ms(statistics.median(info["jittor_times"])),
-                     f"{info['ratio_median']:.2f}", f"{info['ratio_of_mins']:.2f}"])
+        # the perf suite's own rule, on one JSON record at a time: its rows lack case and batch
+        for r in measure.paired_rows([SimpleNamespace(group=b.get("group"), extra_info=info)]):
+            rows.append([info.get("case", b.get("name")), info.get("batch", "-"), r["pairs"],
+                         _ms(r["torch_median"]), _ms(r["jittor_median"]),
+                         f"{r['ratio_median']:.2f}", f"{r['ratio_of_mins']:.2f}"])
     return rows
 
 

@@ -38,6 +38,10 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# cosmic-ray's environment has no numpy: import only stdlib-only modules of the checkout
+sys.path.insert(0, str(ROOT))
+from gfocal.tables import markdown_table  # noqa: E402
+
 MUTATION_DIR = ROOT / "parity_tests" / "mutation"
 PORT_DIRS = {"torch": "gfocal/pytorch", "jittor": "gfocal/jittor"}
 MODULES = ("anchors", "atss", "box_ops", "losses", "gfl_loss", "gfl_head", "postprocess",
@@ -332,9 +336,8 @@ def port_section(result, reasons):
     closed_rows = []
     for job, res in closed:
         mutation, line, text = mutated_line(job)
-        closed_rows.append(f"| `{mutation['module_path']}:{line}` | "
-                           f"{mutation['operator_name']} | `{text.strip()}` | "
-                           f"`{res['rerun']['first_failure'][:100]}` |")
+        closed_rows.append([f"`{mutation['module_path']}:{line}`", mutation["operator_name"],
+                            f"`{text.strip()}`", f"`{res['rerun']['first_failure'][:100]}`"])
     for job, res in survivors:
         mutation, line, text = mutated_line(job)
         entry = reason_for(job, reasons)
@@ -345,8 +348,8 @@ def port_section(result, reasons):
         reason = f"{entry['kind']}: {entry['reason']}" if entry else "no reason recorded yet"
         change = next((d[1:].strip() for d in (res.get("diff") or "").splitlines()
                        if d.startswith("+") and not d.startswith("+++")), "?")
-        rows.append(f"| `{mutation['module_path']}:{line}` | {mutation['operator_name']} | "
-                    f"`{text.strip()}` -> `{change}` | {reason} |")
+        rows.append([f"`{mutation['module_path']}:{line}`", mutation["operator_name"],
+                     f"`{text.strip()}` -> `{change}`", reason])
     competent = outcome["killed"] + outcome["survived"] - equivalent
     rate = outcome["killed"] / competent if competent else float("nan")
     out = [f"## Port `{result['port']}`", "",
@@ -367,20 +370,17 @@ def port_section(result, reasons):
            f"{wilson_lower(outcome['killed'], competent - by_design):.1%})",
            f"- time: baseline {result['baseline_s']:.0f} s, mutants {result['exec_s']:.0f} s "
            f"({result['exec_s'] / max(1, result['run']):.1f} s per mutant)", "",
-           "Planted mutants:", "", "| change | module | killed | first failure |",
-           "|---|---|---|---|"]
-    for p in result["planted"]:
-        out.append(f"| {p['what']} | `{p['module']}` | {'yes' if p['killed'] else '**no**'} "
-                   f"| `{p['first_failure'][:120]}` |")
+           "Planted mutants:", "",
+           markdown_table(["change", "module", "killed", "first failure"],
+                          [[p["what"], f"`{p['module']}`", "yes" if p["killed"] else "**no**",
+                            f"`{p['first_failure'][:120]}`"] for p in result["planted"]])]
     if closed_rows:
         out += ["", "Survivors of the run that new parity inputs kill (re-run):", "",
-                "| where | operator | line | first failure on the re-run |",
-                "|---|---|---|---|"] + closed_rows
-    out += ["", "Survivors:", ""]
-    if rows:
-        out += ["| where | operator | mutation | why it survives |", "|---|---|---|---|"] + rows
-    else:
-        out.append("none")
+                markdown_table(["where", "operator", "line", "first failure on the re-run"],
+                               closed_rows)]
+    out += ["", "Survivors:", "",
+            markdown_table(["where", "operator", "mutation", "why it survives"], rows)
+            if rows else "none"]
     return "\n".join(out) + "\n"
 
 

@@ -6,7 +6,11 @@ names, shapes and 0-d tensors a released one has: if our layout drifts from the 
 one, the converter tests fail.
 """
 import collections
+import contextlib
+import sys
+import types
 
+import numpy as np
 import torch
 import torchvision
 from torch import nn
@@ -93,32 +97,73 @@ def official_model(model_cfg, background_channel=True, seed=0):
     return model
 
 
-def save_official_checkpoint(path, model, classes, style="mmcv1", prefix=""):
+class HistoryBuffer:
+    """mmengine's HistoryBuffer as it pickles (its attributes only). mmengine is not
+    installed here: `_as_mmengine` gives it mmengine's module path while a file is saved, so
+    the pickle names it as a real mmengine checkpoint does."""
+
+    def __init__(self, log_history, count_history, max_length=1000000):
+        self.max_length = max_length
+        self._log_history = np.array(log_history)
+        self._count_history = np.array(count_history)
+
+
+@contextlib.contextmanager
+def _as_mmengine():
+    name = "mmengine.logging.history_buffer"
+    fakes = {n: types.ModuleType(n) for n in ("mmengine", "mmengine.logging", name)}
+    fakes[name].HistoryBuffer = HistoryBuffer
+    saved = HistoryBuffer.__module__
+    HistoryBuffer.__module__ = name
+    sys.modules.update(fakes)
+    try:
+        yield
+    finally:
+        HistoryBuffer.__module__ = saved
+        for n in fakes:
+            del sys.modules[n]
+
+
+def save_official_checkpoint(path, model, classes, style="mmcv1", prefix="", legacy=False):
     """Save `model` the way the official code's runner does.
 
     style 'mmcv1': mmcv 1.x's save_checkpoint (official GFocalV2, mmdetection 2.x):
     {'meta': {mmdet_version, CLASSES, config, epoch, iter, ...}, 'state_dict', 'optimizer'}.
-    style 'mmengine': mmengine's CheckpointHook (mmdetection 3.x): class names under
-    meta['dataset_meta']['classes'], plus message_hub and param_schedulers.
-    `prefix` 'module.' gives the names a DataParallel-wrapped model saves.
+    style 'mmengine': mmengine's Runner.save_checkpoint (mmdetection 3.x): class names under
+    meta['dataset_meta']['classes'], plus message_hub (loss curves as HistoryBuffers, numpy
+    scalars in runtime_info) and param_schedulers.
+    `prefix` 'module.' gives the names a DataParallel-wrapped model saves; `legacy` torch's
+    format before 1.6 (no zip archive), which the official GFocalV2 release was made with.
     """
     state = collections.OrderedDict((prefix + k, v.detach().cpu().clone())
                                     for k, v in model.state_dict().items())
+    state._metadata = model.state_dict()._metadata  # as mmcv's get_state_dict keeps it
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     if style == "mmcv1":
         meta = {"mmdet_version": "2.6.0+gfocalv2", "mmcv_version": "1.1.5", "epoch": 12,
                 "iter": 87960, "time": "Fri Nov 27 11:45:00 2020", "CLASSES": tuple(classes),
-                "config": "model = dict(type='GFL', ...)"}
+                "config": "model = dict(type='GFL', ...)", "seed": None,
+                "hook_msgs": {"last_ckpt": "work_dirs/gfl/epoch_12.pth"}}
         payload = {"meta": meta, "state_dict": state, "optimizer": optimizer.state_dict()}
     elif style == "mmengine":
         meta = {"epoch": 12, "iter": 87960, "cfg": "model = dict(type='GFL', ...)", "seed": 0,
-                "experiment_name": "gfl_r50_fpn_1x_coco", "mmengine_version": "0.10.3",
+                "experiment_name": "gfl_r50_fpn_1x_coco", "time": "20240101_120000",
+                "mmengine_version": "0.10.3",
                 "dataset_meta": {"classes": tuple(classes),
                                  "palette": [(220, 20, 60)] * len(classes)}}
+        log_scalars = collections.OrderedDict(
+            (key, HistoryBuffer([0.5, 0.4], [1, 1])) for key in ("train/lr", "train/loss"))
+        runtime_info = collections.OrderedDict(
+            epoch=12, iter=87960, max_epochs=12, best_score=np.float64(0.412),
+            last_ckpt="work_dirs/gfl/epoch_12.pth")
+        resumed = collections.OrderedDict((k, True) for k in [*log_scalars, *runtime_info])
         payload = {"meta": meta, "state_dict": state, "optimizer": optimizer.state_dict(),
-                   "message_hub": {"log_scalars": {}, "runtime_info": {"epoch": 12}},
-                   "param_schedulers": [{"last_epoch": 12}]}
+                   "message_hub": {"log_scalars": log_scalars, "runtime_info": runtime_info,
+                                   "resumed_keys": resumed},
+                   "param_schedulers": [{"last_epoch": 12, "base_values": [0.01],
+                                         "_get_lr_called_within_step": False}]}
     else:
         raise ValueError(style)
-    torch.save(payload, path)
+    with _as_mmengine():
+        torch.save(payload, path, _use_new_zipfile_serialization=not legacy)
     return payload

@@ -84,7 +84,8 @@ def test_round_trip_official_ours_official_is_bit_exact(official, tiny_model, ti
                          "--config", tiny_config]) == 0
     assert convert_main([mid, back, "--from", via, "--to", "mmdet",
                          "--config", tiny_config]) == 0
-    payload = torch.load(back, map_location="cpu", weights_only=False)
+    # weights_only, as torch.load is by default since torch 2.6 in the official code too
+    payload = torch.load(back, map_location="cpu", weights_only=True)
     assert payload["meta"]["CLASSES"] == CLASSES
     written = payload["state_dict"]
     n = len(CLASSES)
@@ -106,7 +107,7 @@ def test_background_channel_has_probability_exactly_zero(official, tiny_config, 
     mid, back = str(tmp_path / "mid.pth"), str(tmp_path / "back.pth")
     convert_main([path, mid, "--from", "mmdet", "--to", "torch", "--config", tiny_config])
     convert_main([mid, back, "--from", "torch", "--to", "mmdet", "--config", tiny_config])
-    written = torch.load(back, map_location="cpu", weights_only=False)["state_dict"]
+    written = torch.load(back, map_location="cpu", weights_only=True)["state_dict"]
     weight, bias = written["bbox_head.gfl_cls.weight"], written["bbox_head.gfl_cls.bias"]
     assert weight.shape[0] == len(CLASSES) + 1
     assert torch.count_nonzero(weight[-1]) == 0 and float(bias[-1]) == BACKGROUND_BIAS

@@ -18,6 +18,7 @@ from gfocal.control_arm import BAND_FACTOR
 from gfocal.report.rundata import (COCO_STAT_NAMES, FRAMEWORKS, RunData, agreement_summary,
                                    latency_stats, loss_stats, per_epoch, speed_stats)
 from gfocal.runlog import LOSS_KEYS
+from gfocal.tables import html_table, markdown_table
 
 Heading = collections.namedtuple("Heading", "level text")
 Para = collections.namedtuple("Para", "text warn", defaults=(False,))
@@ -288,10 +289,6 @@ def build_blocks(runs, env, config_summary, plot_results, noise_blocks=()):
 
 
 # ---- rendering ----------------------------------------------------------------------------
-def md_cell(text):
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
 def render_markdown(blocks):
     out = []
     for b in blocks:
@@ -300,10 +297,7 @@ def render_markdown(blocks):
         elif isinstance(b, Para):
             out.append(f"**{b.text}**" if b.warn else b.text)
         elif isinstance(b, Table):
-            lines = ["| " + " | ".join(md_cell(h) for h in b.headers) + " |",
-                     "|" + "---|" * len(b.headers)]
-            lines += ["| " + " | ".join(md_cell(c) for c in row) + " |" for row in b.rows]
-            out.append("\n".join(lines))
+            out.append(markdown_table(b.headers, b.rows))
         elif isinstance(b, Code):
             out.append("```\n" + b.text.rstrip("\n") + "\n```")
         elif isinstance(b, Plot):
@@ -342,10 +336,7 @@ def render_html(blocks, plots_dir):
             css = " class=\"warn\"" if b.warn else ""
             out.append(f"<p{css}>{esc(b.text)}</p>")
         elif isinstance(b, Table):
-            head = "".join(f"<th>{esc(str(h))}</th>" for h in b.headers)
-            body = "".join("<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in row) + "</tr>"
-                           for row in b.rows)
-            out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+            out.append(html_table(b.headers, b.rows, sections=True))
         elif isinstance(b, Code):
             out.append(f"<pre>{esc(b.text)}</pre>")
         elif isinstance(b, Plot):
