@@ -11,20 +11,30 @@ import traceback
 from gfocal.launch import LAUNCHERS, process_label
 from gfocal.runtime import configure_frameworks
 from gfocal.ports import FRAMEWORKS
+from gfocal.config import MAX_SEED
 
 STAT_FORMAT = "{:<6} {:.3f}"
 DEFAULT_BUDGET_MINUTES = 20
 
 
-def _at_least(minimum, kind):
-    """An argparse type: a number of `kind` >= minimum (argparse says which value is bad)."""
+def _at_least(minimum, kind, maximum=None):
+    """An argparse type: a number of `kind` >= minimum (and <= maximum, if given; argparse
+    says which value is bad)."""
     def parse(text):
         value = kind(text)
         if value < minimum:
             raise argparse.ArgumentTypeError(f"{text} is below {minimum}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"{text} is above {maximum}")
         return value
     parse.__name__ = kind.__name__
     return parse
+
+
+def _add_seed(p):
+    p.add_argument("--seed", type=_at_least(0, int, MAX_SEED),
+                   help="override the config's train.seed (weight initialisation, data "
+                        "order, flips)")
 
 
 def _add_framework(p):
@@ -49,6 +59,7 @@ def build_parser():
     p.add_argument("--init-weights", help="initial weights (any format the converter reads)")
     p.add_argument("--max-iters", type=int, help="stop after this many iterations")
     _add_device(p)
+    _add_seed(p)
     p.add_argument("--launcher", choices=list(LAUNCHERS), default="none",
                    help="data-parallel training: pytorch (started by torchrun, "
                         "--framework torch) or mpi (started by mpirun, --framework jittor)")
@@ -77,6 +88,7 @@ def build_parser():
                    help="the control arm runs the whole epochs that fit in this budget for "
                         f"the first seed (default {DEFAULT_BUDGET_MINUTES}; 0: no limit)")
     _add_device(p)
+    _add_seed(p)
     return parser
 
 
@@ -90,18 +102,20 @@ def run(args):
     from gfocal import engine
     from gfocal.config import load_config
     if args.command == "train":
-        cfg = load_config(args.config)
-        out = engine.train(cfg, args.framework, args.work_dir, resume=args.resume,
-                           max_iters=args.max_iters, init_weights=args.init_weights,
-                           device=args.device, launcher=args.launcher)
-        if out["rank"] != 0:
+        seed = {} if args.seed is None else {"train": {"seed": args.seed}}
+        cfg = load_config(args.config, seed)
+        out = engine.train(engine.TrainRun(
+            cfg, args.framework, args.work_dir, resume=args.resume,
+            init_weights=args.init_weights, max_iters=args.max_iters, device=args.device,
+            launcher=args.launcher))
+        if out.rank != 0:
             return 0  # a process of a data-parallel job other than 0: process 0 reports
-        if out["complete"]:
-            print(f"nothing to train: {out['checkpoint']} already holds iteration "
-                  f"{out['iters']} of {out['total']} (the run is complete)")
+        if out.complete:
+            print(f"nothing to train: {out.checkpoint} already holds iteration "
+                  f"{out.iters} of {out.total} (the run is complete)")
             return 0
-        print(f"checkpoint: {out['checkpoint']}\nlog: {out['log']}")
-        for ev in out["evals"]:
+        print(f"checkpoint: {out.checkpoint}\nlog: {out.log}")
+        for ev in out.evals:
             print(f"epoch {ev['epoch']}: " + json.dumps(ev["stats"]))
     elif args.command == "test":
         cfg = load_config(args.config)

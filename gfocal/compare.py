@@ -23,14 +23,16 @@ DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__
 TRACE_EVERY = 20            # mini preset: 480 iterations, 25 snapshots of ~50 MB
 
 
-def comparison_config(config_path=None, data_root=None, epochs=None, device=None):
-    overrides = {}
+def comparison_config(config_path=None, data_root=None, epochs=None, device=None, seed=None):
+    overrides = {"train": {}}
     if data_root:
         overrides["data"] = {"root": os.path.abspath(data_root)}
     if epochs:
         overrides["optim"] = {"epochs": epochs}
     if device:
-        overrides["train"] = {"device": device}
+        overrides["train"]["device"] = device
+    if seed is not None:
+        overrides["train"]["seed"] = seed
     return load_config(config_path or DEFAULT_CONFIG, overrides)
 
 
@@ -56,14 +58,12 @@ def archive_previous_run(out_dir):
 
 
 def write_initial_weights(cfg, out_dir):
-    """One random initialisation (PyTorch port, seeded), written for both ports, and the
-    control arm's copy moved by one ulp; returns ({arm: path}, {arm: initial state})."""
-    import torch
-
+    """One random initialisation (PyTorch port, seeded by cfg's train.seed), written for both
+    ports, and the control arm's copy moved by one ulp; returns ({arm: path}, {arm: initial
+    state})."""
     from gfocal.pytorch.checkpoint import state_dict_numpy
     from gfocal.control_arm import perturb_one_ulp
     from gfocal.checkpoint_io import write
-    torch.manual_seed(cfg["train"]["seed"])
     port, model = engine.build_model(cfg, "torch", init_weights="")
     state = state_dict_numpy(model)
     states = {"torch": state, "jittor": state,
@@ -101,16 +101,16 @@ def run_port(cfg, framework, out_dir, init_weights, max_iters=None, progress=Tru
     data = RunData(framework=framework)
     t0 = time.perf_counter()
     try:
-        out = engine.train(cfg, framework, work_dir, init_weights=init_weights,
-                           max_iters=max_iters, progress=progress,
-                           on_iter_end=trace.hook if trace else None)
-        data.log = read_log(out["log"])
-        data.evals = out["evals"]
+        out = engine.train(engine.TrainRun(
+            cfg, framework, work_dir, init_weights=init_weights, max_iters=max_iters,
+            progress=progress, on_iter_end=trace.hook if trace else None, keep_model=True))
+        data.log = read_log(out.log)
+        data.evals = out.evals
         if not data.evals:
             data.evals = [{"epoch": data.log[-1]["epoch"],
-                           "stats": engine.evaluate(cfg, out["port"], out["model"])}]
+                           "stats": engine.evaluate(cfg, out.port, out.model)}]
         data.final_stats = data.evals[-1]["stats"]
-        data.latencies = benchmark_inference(cfg, out["port"], out["model"])
+        data.latencies = benchmark_inference(cfg, out.port, out.model)
     except Exception as exc:  # the report is still written, with the failure in it
         data.failure = f"{type(exc).__name__}: {exc}"
         data.traceback = traceback.format_exc()
@@ -210,7 +210,7 @@ def run_comparison(args):
     from gfocal.report import write_report
     started = time.perf_counter()
     cfg = comparison_config(args.config, args.data_root, args.epochs,
-                            getattr(args, "device", None))
+                            getattr(args, "device", None), getattr(args, "seed", None))
     iters_per_epoch = check_inputs(cfg)
     out_dir = os.path.abspath(args.out_dir)
     os.makedirs(out_dir, exist_ok=True)
@@ -237,7 +237,7 @@ def run_comparison(args):
                "model": cfg["model"], "optim": cfg["optim"],
                "batch_size": cfg["data"]["batch_size"], "img_scale": cfg["data"]["img_scale"],
                "seeds": sorted(spread)}
-    env = describe_environment(resolve_device(cfg["train"]["device"]))
+    env = describe_environment(resolve_device(cfg["train"]["device"]), base_seed)
     md, html = write_report(out_dir, runs, env, summary, noise=noise_result)
     if "verdict" in noise_result:
         print("== " + noise_result["verdict"]["line"])

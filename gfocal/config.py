@@ -61,7 +61,8 @@ DEFAULTS = {
         "epochs": 12,
     },
     "train": {
-        "seed": 0,
+        "seed": 0,                   # weight initialisation, data order and flips of a run
+                                     # (gfocal train/compare --seed overrides it)
         "log_interval": 1,
         "checkpoint_interval": 1,    # epochs
         "eval_interval": 1,          # epochs; 0 = only at the end
@@ -71,6 +72,8 @@ DEFAULTS = {
     },
 }
 
+
+MAX_SEED = 2 ** 32 - 1  # numpy's global generator takes no larger seed
 
 # Keys that take a value of another type besides their default's ("auto" or a count).
 ALSO_ALLOWED = {("data", "workers"): int}
@@ -129,6 +132,10 @@ def _validate_values(cfg, source):
     if workers != "auto" and not (isinstance(workers, int) and workers >= 0):
         raise ConfigError(f"{source}: 'data.workers' = {workers!r} (must be 'auto' or an "
                           "integer >= 0)")
+    seed = cfg["train"]["seed"]
+    if not (isinstance(seed, int) and 0 <= seed <= MAX_SEED):
+        raise ConfigError(f"{source}: 'train.seed' = {seed!r} (must be an integer in "
+                          f"0 .. {MAX_SEED})")
     from gfocal.device import DeviceError, parse_device
     try:
         parse_device(cfg["train"]["device"])

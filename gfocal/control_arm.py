@@ -120,6 +120,12 @@ def verdict(torch_run, jittor_run, control_run, first_n=FIRST_N):
         return {"within": None, "ratio": None, "d_ap": d_ap, "c_ap": c_ap,
                 "line": f"No verdict: fewer than {first_n + 1} iterations compared.",
                 "rule": VERDICT_RULE}
+    check = control_check(torch_run.log, control_run.log)
+    if not check["ok"]:  # no rounding-sized control, no band to read Jittor against
+        return {"within": None, "ratio": None, "d_ap": d_ap, "c_ap": c_ap,
+                "line": "Undecided: the control arm is not a rounding-sized perturbation of "
+                        "the PyTorch run, so it gives no noise band (" + check["text"] + ").",
+                "rule": VERDICT_RULE}
     ratio = j / c if c > 0 else (np.inf if j > 0 else 1.0)
     within = bool(ratio <= RATIO_LIMIT)
 

@@ -6,8 +6,10 @@ module owns the schedule, the batches, the log, checkpoints and the NaN stop, so
 are trained by literally the same loop.
 """
 import contextlib
+import dataclasses
 import os
 import time
+from typing import Any, Callable, Optional
 
 from tqdm import tqdm
 
@@ -21,13 +23,53 @@ from gfocal.evaluation.coco_eval import results_to_coco
 from gfocal.runlog import RunLog, check_finite, console_line
 from gfocal.schedule import learning_rate
 
+
+@dataclasses.dataclass(frozen=True)
+class TrainRun:
+    """One training run: a validated config and the choices that belong to this run only
+    (the one argument of `train`). Seed, epochs, evaluation interval and the rest come from
+    `cfg`."""
+    cfg: dict
+    framework: str                   # "torch" or "jittor"
+    work_dir: str                    # the log and checkpoints go here (process 0 only)
+    resume: Optional[str] = None     # a checkpoint of either port: weights and momentum
+    init_weights: Optional[str] = None  # default cfg's train.init_weights (any format)
+    max_iters: Optional[int] = None  # stop early (a checkpoint `latest` is still written)
+    device: Optional[str] = None     # default cfg's train.device
+    launcher: str = "none"           # "pytorch" (torchrun) / "mpi" (mpirun): data-parallel
+    progress: bool = True            # the progress bar (process 0 only)
+    on_iter_end: Optional[Callable] = None  # (iteration, model, port), process 0 only
+    keep_model: bool = False         # return the trained model and its port
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+    """What `train` did. Only plain values, unless the run asked for `keep_model`."""
+    log: Optional[str]     # the JSON-lines log; None in processes other than 0, or when
+                           # nothing was trained
+    checkpoint: str        # `latest` in work_dir, or the resumed file when complete
+    evals: list            # [{'epoch': n, 'stats': {12 COCO statistics}}] (process 0)
+    iters: int             # iterations done, resumed ones included
+    total: int             # iterations the run was to reach (epochs, or max_iters)
+    complete: bool         # the resumed checkpoint had done them all: nothing trained
+    rank: int              # this process in a data-parallel job (0 alone)
+    model: Any = None      # the trained detector (keep_model only)
+    port: Any = None       # its port (keep_model only)
+
+
+def use_port(cfg, framework, device):
+    """The port of `framework`, with `device` (already resolved) made its device and cfg's
+    numerics switches applied."""
+    port = load_port(framework)
+    port.use_device(device, tf32=cfg["train"]["tf32"])
+    return port
+
+
 def select_device(cfg, framework, device=None):
     """(port, device name): `device` (default cfg's train.device) resolved and made the
     port's device, with cfg's numerics switches."""
-    port = load_port(framework)
     name = resolve_device(device or cfg["train"]["device"])
-    port.use_device(name, tf32=cfg["train"]["tf32"])
-    return port, name
+    return use_port(cfg, framework, name), name
 
 
 def build_model(cfg, framework, init_weights=None, device=None):
@@ -38,8 +80,13 @@ def build_model(cfg, framework, init_weights=None, device=None):
 
 
 def new_detector(port, cfg, init_weights=None):
-    """cfg's detector on the port's device, with weights from `init_weights` (default
-    cfg's train.init_weights; a checkpoint of any format) if given."""
+    """cfg's detector on the port's device, initialised from cfg's train.seed, with weights
+    from `init_weights` (default cfg's train.init_weights; a checkpoint of any format) if
+    given."""
+    # The initialisation is the only random draw of a run (the data plan has its own
+    # generator, seeded from the same train.seed): seeding here makes every run of a seed
+    # start alike, whatever was drawn before in this process.
+    port.seed(cfg["train"]["seed"])
     model = port.build_detector(cfg["model"])
     init_weights = init_weights or cfg["train"]["init_weights"]
     if init_weights:
@@ -79,50 +126,47 @@ def checkpoint_path(work_dir, port, name):
     return os.path.join(work_dir, name + port.checkpoint.EXTENSION)
 
 
-def join_job(cfg, framework, device, launcher):
+def join_job(run):
     """(port, device name, rank, world size): this process's place in a data-parallel job
-    started by `launcher` ("none": a job of one), with the port on its device (on a GPU
+    started by `run.launcher` ("none": a job of one), with the port on its device (on a GPU
     machine process r of a node takes GPU r)."""
-    check_launcher(launcher, framework)
-    if launcher != "none":
+    cfg, parallel = run.cfg, run.launcher != "none"
+    check_launcher(run.launcher, run.framework)
+    if parallel:
         per_process_batch(cfg, job_size())  # a bad split stops before the job starts
-    device = resolve_device(device or cfg["train"]["device"])
-    if launcher != "none" and is_cuda(device):
+    device = resolve_device(run.device or cfg["train"]["device"])  # the run's one resolution
+    if parallel and is_cuda(device):
         device = f"cuda:{local_rank()}"
-    port, device = select_device(cfg, framework, device)
-    rank, world = port.distributed.start(device) if launcher != "none" else (0, 1)
+    port = use_port(cfg, run.framework, device)
+    rank, world = port.distributed.start(device) if parallel else (0, 1)
     return port, device, rank, world
 
 
-def train(cfg, framework, work_dir, resume=None, max_iters=None, init_weights=None,
-          evaluate_every_epoch=None, progress=True, on_epoch_end=None, on_iter_end=None,
-          device=None, launcher="none"):
-    """Train per cfg; returns {'log': path, 'checkpoint': path, 'evals': [...], 'iters': n,
-    'complete': bool}.
+def train(run):
+    """Train per `run` (a TrainRun); returns a TrainResult.
 
-    `max_iters` stops early (a checkpoint `latest` is still written). `resume` is a
-    checkpoint of either port (weights and momentum are converted). `device` overrides
-    cfg's train.device. `launcher` ("pytorch": torchrun, "mpi": mpirun) makes this process
-    one of a data-parallel job: each takes its part of every global batch (data.batch_size),
-    the framework averages the gradients, process 0 alone writes the log (losses averaged
-    over the processes), the checkpoints and evaluates. Resuming a run that has already done
-    every iteration trains nothing and writes nothing: 'complete' is then True,
-    'checkpoint' the resumed file and 'log' None. `on_epoch_end(epoch, stats)` is called
-    after each evaluation, `on_iter_end(iteration, model, port)` after each iteration (both
-    in process 0 only).
+    With a launcher this process is one of a data-parallel job: each takes its part of every
+    global batch (data.batch_size), the framework averages the gradients, process 0 alone
+    writes the log (losses averaged over the processes), the checkpoints and evaluates.
+    Resuming a run that has already done every iteration trains nothing and writes nothing:
+    the result is then `complete`, its checkpoint the resumed file and its log None.
     """
-    port, device, rank, world = join_job(cfg, framework, device, launcher)
+    port, device, rank, world = join_job(run)
     try:
-        return _train(cfg, port, device, rank, world, work_dir, resume, max_iters,
-                      init_weights, evaluate_every_epoch, progress, on_epoch_end, on_iter_end)
+        return _train(run, port, device, rank, world)
     finally:
         port.distributed.stop()
 
 
-def _train(cfg, port, device, rank, world, work_dir, resume, max_iters, init_weights,
-           evaluate_every_epoch, progress, on_epoch_end, on_iter_end):
+def _result(run, port, model, **values):
+    kept = {"model": model, "port": port} if run.keep_model else {}
+    return TrainResult(**values, **kept)
+
+
+def _train(run, port, device, rank, world):
+    cfg, work_dir, resume, max_iters = run.cfg, run.work_dir, run.resume, run.max_iters
     framework, lead = port.FRAMEWORK, rank == 0
-    model = new_detector(port, cfg, init_weights)
+    model = new_detector(port, cfg, run.init_weights)
     optim_cfg = cfg["optim"]
     optimizer = port.train.build_optimizer(model, optim_cfg)
     loader = build_dataloader(cfg, "train", device=device, rank=rank, world_size=world)
@@ -136,19 +180,18 @@ def _train(cfg, port, device, rank, world, work_dir, resume, max_iters, init_wei
         total = min(total, max_iters)
     if resume and it >= total:
         loader.close()
-        return {"log": None, "checkpoint": resume, "evals": [], "iters": it, "total": total,
-                "complete": True, "model": model, "port": port, "rank": rank}
+        return _result(run, port, model, log=None, checkpoint=resume, evals=[], iters=it,
+                       total=total, complete=True, rank=rank)
     stepper = port.distributed.wrap(model) if world > 1 else model
     classes = loader.dataset.class_names
     log = None
     if lead:
         os.makedirs(work_dir, exist_ok=True)
         log = RunLog(os.path.join(work_dir, f"log_{framework}.jsonl"), resume=bool(resume))
-    eval_every = evaluate_every_epoch if evaluate_every_epoch is not None \
-        else cfg["train"]["eval_interval"]
+    eval_every = cfg["train"]["eval_interval"]
     evals = []
     bar = tqdm(total=total, initial=it, desc=f"train[{framework}]",
-               disable=not (progress and lead), dynamic_ncols=True)
+               disable=not (run.progress and lead), dynamic_ncols=True)
     model.train()
     try:
         for epoch in range(start_epoch, optim_cfg["epochs"]):
@@ -173,8 +216,8 @@ def _train(cfg, port, device, rank, world, work_dir, resume, max_iters, init_wei
                               time=time.perf_counter() - t0, data_time=data_time)
                 if lead:
                     log.write(record)
-                    if on_iter_end:
-                        on_iter_end(it, model, port)
+                    if run.on_iter_end:
+                        run.on_iter_end(it, model, port)
                 bar.update(1)
                 bar.set_postfix_str(console_line(record), refresh=False)
                 t_data = time.perf_counter()
@@ -193,8 +236,6 @@ def _train(cfg, port, device, rank, world, work_dir, resume, max_iters, init_wei
                 if lead:  # the others wait at the barrier
                     stats = evaluate(cfg, port, model, progress=False)
                     evals.append({"epoch": epoch + 1, "stats": stats})
-                    if on_epoch_end:
-                        on_epoch_end(epoch + 1, stats)
                 port.distributed.barrier()
                 model.train()
             if it >= total:
@@ -204,10 +245,9 @@ def _train(cfg, port, device, rank, world, work_dir, resume, max_iters, init_wei
         bar.close()
         if log:
             log.close()
-    return {"log": log.path if log else None,
-            "checkpoint": checkpoint_path(work_dir, port, "latest"), "evals": evals,
-            "iters": it, "total": total, "complete": False, "model": model, "port": port,
-            "rank": rank}
+    return _result(run, port, model, log=log.path if log else None,
+                   checkpoint=checkpoint_path(work_dir, port, "latest"), evals=evals,
+                   iters=it, total=total, complete=False, rank=rank)
 
 
 def predict_dataset(port, model, loader, progress=False, latencies=None):

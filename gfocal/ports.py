@@ -26,6 +26,7 @@ INTERFACE = (
     "gradients",                  # (loss, params) -> d loss / d params, no .grad touched
     "tensor",                     # (array, dtype=None, requires_grad=False) -> tensor
     "numpy",                      # (tensor) -> numpy array
+    "seed",                       # (n) seed Python's, numpy's and the framework's generators
     "build_detector",             # (model_cfg) -> GFocalV2 on the current device
     "probes", "backbone", "fpn", "gfl_head", "box_ops", "anchors", "atss", "losses",
     "postprocess", "detector", "checkpoint", "train", "distributed",  # sub-modules

@@ -64,8 +64,9 @@ def _cpu_model():
     return platform.processor() or "unknown"
 
 
-def describe_environment(device="cpu"):
-    """Versions and settings that decide whether two runs (on `device`) are comparable."""
+def describe_environment(device="cpu", seed=DEFAULT_SEED):
+    """Versions and settings that decide whether two runs (on `device`, of `seed`) are
+    comparable."""
     import numpy
     env = {
         "device": device,
@@ -74,7 +75,7 @@ def describe_environment(device="cpu"):
         "cpu": _cpu_model(),
         "cpu_count": os.cpu_count(),
         "omp_threads": os.environ.get("OMP_NUM_THREADS"),
-        "seed": DEFAULT_SEED,
+        "seed": seed,
     }
     try:
         import torch

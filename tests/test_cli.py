@@ -92,10 +92,10 @@ def test_compare_with_a_failed_port_writes_its_report_and_exits_1(tiny_config, t
     from gfocal import compare
     real_train = compare.engine.train
 
-    def train(cfg, framework, *args, **kwargs):
-        if framework == "jittor":
+    def train(run):
+        if run.framework == "jittor":
             raise RuntimeError("planted failure")
-        return real_train(cfg, framework, *args, **kwargs)
+        return real_train(run)
 
     monkeypatch.setattr(compare.engine, "train", train)
     out_dir = tmp_path / "out"

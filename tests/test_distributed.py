@@ -58,7 +58,14 @@ def job(tiny_coco, tiny_model, tmp_path_factory):
                       f"data = dict(root={tiny_coco!r}, img_scale=[96, 96], batch_size=2, "
                       "size_divisor=128)\n"
                       "optim = dict(warmup_iters=2, epochs=1)\n"
-                      "train = dict(eval_interval=0)\n")
+                      # seed 1, not the default 0: from seed 0's initialisation Jittor's
+                      # 2 x batch 1 and 1 x batch 2 part after step 1 with the pattern of a
+                      # ReLU kink (parity_tests/TOLERANCES.md): head and neck within 1.3e-5, every
+                      # backbone tensor upstream of layer4 off by up to 5.6e-3, 101 of 176
+                      # tensors within 1e-4 (measured). The parity suite resolves kinks; a
+                      # multi-process run cannot, so this test needs an initialisation
+                      # without one in its 3 steps.
+                      "train = dict(eval_interval=0, seed=1)\n")
     from gfocal.config import load_config
     cfg = load_config(str(config))
     _, model = engine.build_model(cfg, "torch", device="cpu")
@@ -83,10 +90,11 @@ def single_run(job, framework):
     out = {}
     for steps in (1, STEPS):
         work = job["folder"] / f"single_{framework}_{steps}"
-        result = engine.train(job["cfg"], framework, str(work), max_iters=steps,
-                              init_weights=job["init"], progress=False, device="cpu")
-        out[steps] = snapshot(result["checkpoint"], job["cfg"])
-        out["losses"] = read_losses(result["log"])
+        result = engine.train(engine.TrainRun(job["cfg"], framework, str(work),
+                                              init_weights=job["init"], max_iters=steps,
+                                              device="cpu", progress=False))
+        out[steps] = snapshot(result.checkpoint, job["cfg"])
+        out["losses"] = read_losses(result.log)
     return out
 
 

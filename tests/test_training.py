@@ -1,5 +1,6 @@
 """The shared training loop with each port: log schema, resume, NaN stop, atomic checkpoints."""
 import copy
+import dataclasses
 import json
 import os
 
@@ -7,6 +8,7 @@ import numpy as np
 import pytest
 
 from gfocal import engine
+from gfocal.engine import TrainRun
 from gfocal.config import from_dict
 from gfocal.runlog import NonFiniteLoss
 from gfocal.ports import FRAMEWORKS
@@ -35,31 +37,34 @@ def init_weights(cfg, tmp_path_factory):
     return path
 
 
+def train(cfg, framework, work_dir, **choices):
+    """engine.train of one TrainRun, without the progress bar."""
+    return engine.train(TrainRun(cfg, framework, str(work_dir), progress=False, **choices))
+
+
 def read_log(path):
     with open(path) as f:
         return [json.loads(line) for line in f]
 
 
 def test_log_schema_and_checkpoint(port, cfg, init_weights, tmp_path):
-    out = engine.train(cfg, port.FRAMEWORK, str(tmp_path), max_iters=2,
-                       init_weights=init_weights, progress=False)
-    records = read_log(out["log"])
+    out = train(cfg, port.FRAMEWORK, tmp_path, max_iters=2, init_weights=init_weights,
+                keep_model=True)
+    records = read_log(out.log)
     assert [r["iter"] for r in records] == [1, 2]
     assert all(set(r) == LOG_KEYS for r in records)
     assert records[0]["lr"] < records[1]["lr"]  # warmup
-    assert os.path.isfile(out["checkpoint"])
-    meta = load_checkpoint(out["checkpoint"], port, out["model"])
+    assert os.path.isfile(out.checkpoint)
+    meta = load_checkpoint(out.checkpoint, port, out.model)
     assert meta["iter"] == 2 and meta["framework"] == port.FRAMEWORK
 
 
 def test_resume_gives_the_same_next_loss(port, cfg, init_weights, tmp_path):
-    straight = engine.train(cfg, port.FRAMEWORK, str(tmp_path / "a"), max_iters=3,
-                            init_weights=init_weights, progress=False)
-    first = engine.train(cfg, port.FRAMEWORK, str(tmp_path / "b"), max_iters=2,
-                         init_weights=init_weights, progress=False)
-    resumed = engine.train(cfg, port.FRAMEWORK, str(tmp_path / "b"), max_iters=3,
-                           resume=first["checkpoint"], progress=False)
-    a, b = read_log(straight["log"]), read_log(resumed["log"])
+    straight = train(cfg, port.FRAMEWORK, tmp_path / "a", max_iters=3,
+                     init_weights=init_weights)
+    first = train(cfg, port.FRAMEWORK, tmp_path / "b", max_iters=2, init_weights=init_weights)
+    resumed = train(cfg, port.FRAMEWORK, tmp_path / "b", max_iters=3, resume=first.checkpoint)
+    a, b = read_log(straight.log), read_log(resumed.log)
     assert [r["iter"] for r in b] == [1, 2, 3]  # appended, not overwritten
     for key in ("loss", "loss_cls", "loss_bbox", "loss_dfl", "lr"):
         assert b[2][key] == pytest.approx(a[2][key], rel=1e-6, abs=1e-9), key
@@ -70,15 +75,14 @@ def test_resume_mid_epoch_with_worker_processes(torch_port, cfg, init_weights, t
     exactly the losses of one straight run without workers."""
     with_workers = copy.deepcopy(cfg)
     with_workers["data"]["workers"] = 2
-    straight = engine.train(cfg, "torch", str(tmp_path / "a"), max_iters=3,
-                            init_weights=init_weights, progress=False)
-    first = engine.train(with_workers, "torch", str(tmp_path / "b"), max_iters=2,
-                         init_weights=init_weights, progress=False, device="cpu")
-    resumed = engine.train(with_workers, "torch", str(tmp_path / "b"), max_iters=3,
-                           resume=first["checkpoint"], progress=False)
+    straight = train(cfg, "torch", tmp_path / "a", max_iters=3, init_weights=init_weights)
+    first = train(with_workers, "torch", tmp_path / "b", max_iters=2,
+                  init_weights=init_weights, device="cpu")
+    resumed = train(with_workers, "torch", tmp_path / "b", max_iters=3,
+                    resume=first.checkpoint)
     keys = ("loss", "loss_cls", "loss_bbox", "loss_dfl", "lr")
-    assert [[r[k] for k in keys] for r in read_log(resumed["log"])] == \
-        [[r[k] for k in keys] for r in read_log(straight["log"])]
+    assert [[r[k] for k in keys] for r in read_log(resumed.log)] == \
+        [[r[k] for k in keys] for r in read_log(straight.log)]
 
 
 def test_nan_loss_stops_with_the_iteration(port, cfg, init_weights, tmp_path, monkeypatch):
@@ -92,16 +96,15 @@ def test_nan_loss_stops_with_the_iteration(port, cfg, init_weights, tmp_path, mo
 
     monkeypatch.setattr(port.train, "train_step", step)
     with pytest.raises(NonFiniteLoss, match="iteration 2"):
-        engine.train(cfg, port.FRAMEWORK, str(tmp_path), max_iters=5,
-                     init_weights=init_weights, progress=False)
+        train(cfg, port.FRAMEWORK, tmp_path, max_iters=5, init_weights=init_weights)
     assert [r["iter"] for r in read_log(tmp_path / f"log_{port.FRAMEWORK}.jsonl")] == [1]
 
 
 def test_crash_while_saving_keeps_the_previous_checkpoint(port, cfg, init_weights, tmp_path,
                                                           monkeypatch):
-    out = engine.train(cfg, port.FRAMEWORK, str(tmp_path), max_iters=1,
-                       init_weights=init_weights, progress=False)
-    before = open(out["checkpoint"], "rb").read()
+    out = train(cfg, port.FRAMEWORK, tmp_path, max_iters=1, init_weights=init_weights,
+                keep_model=True)
+    before = open(out.checkpoint, "rb").read()
 
     def broken_save(obj, path, *args, **kwargs):
         with open(path, "wb") as f:
@@ -113,8 +116,8 @@ def test_crash_while_saving_keeps_the_previous_checkpoint(port, cfg, init_weight
         (checkpoint_io, "_write_jittor")
     monkeypatch.setattr(*writer, broken_save)
     with pytest.raises(OSError, match="disk full"):
-        save_checkpoint(out["checkpoint"], port, out["model"])
-    assert open(out["checkpoint"], "rb").read() == before
+        save_checkpoint(out.checkpoint, port, out.model)
+    assert open(out.checkpoint, "rb").read() == before
     assert [p for p in os.listdir(tmp_path) if p.endswith(".tmp")] == []
 
 
@@ -124,22 +127,19 @@ def test_resume_from_the_other_ports_checkpoint(cfg, init_weights, tmp_path, sav
     """Weights and momentum convert: the other port continues as the saving port would."""
     from gfocal.checkpoint_io import read_training_state
     from gfocal.ports import load_port
-    first = engine.train(cfg, saved_by, str(tmp_path / "a"), max_iters=2,
-                         init_weights=init_weights, progress=False)
+    first = train(cfg, saved_by, tmp_path / "a", max_iters=2, init_weights=init_weights)
     port = load_port(resumed_by)
     model = port.build_detector(cfg["model"])
     optimizer = port.train.build_optimizer(model, cfg["optim"])
-    meta = engine.resume_training(port, model, optimizer, first["checkpoint"], cfg)
-    saved = read_training_state(first["checkpoint"])
+    meta = engine.resume_training(port, model, optimizer, first.checkpoint, cfg)
+    saved = read_training_state(first.checkpoint)
     assert meta["iter"] == 2 and len(saved["momentum"]) > 10
     restored = port.checkpoint.optimizer_state_numpy(model, optimizer)
     for name, value in saved["momentum"].items():
         assert np.array_equal(restored[name], value), name
-    same = engine.train(cfg, saved_by, str(tmp_path / "c"), max_iters=3,
-                        resume=first["checkpoint"], progress=False)
-    other = engine.train(cfg, resumed_by, str(tmp_path / "b"), max_iters=3,
-                         resume=first["checkpoint"], progress=False)
-    a, b = read_log(same["log"])[-1], read_log(other["log"])[-1]
+    same = train(cfg, saved_by, tmp_path / "c", max_iters=3, resume=first.checkpoint)
+    other = train(cfg, resumed_by, tmp_path / "b", max_iters=3, resume=first.checkpoint)
+    a, b = read_log(same.log)[-1], read_log(other.log)[-1]
     assert a["iter"] == b["iter"] == 3
     # one forward of each port on identical weights and batch: the parity suite's loss
     # tolerance (1e-4 relative) bounds what they may differ by
@@ -148,9 +148,10 @@ def test_resume_from_the_other_ports_checkpoint(cfg, init_weights, tmp_path, sav
 
 
 def test_resuming_a_finished_run_trains_and_writes_nothing(port, cfg, init_weights, tmp_path):
-    done = engine.train(cfg, port.FRAMEWORK, str(tmp_path / "a"), max_iters=2,
-                        init_weights=init_weights, progress=False)
-    again = engine.train(cfg, port.FRAMEWORK, str(tmp_path / "b"), max_iters=2,
-                         resume=done["checkpoint"], progress=False)
-    assert again["complete"] and again["checkpoint"] == done["checkpoint"]
-    assert again["log"] is None and not (tmp_path / "b").exists()
+    done = train(cfg, port.FRAMEWORK, tmp_path / "a", max_iters=2, init_weights=init_weights)
+    again = train(cfg, port.FRAMEWORK, tmp_path / "b", max_iters=2, resume=done.checkpoint)
+    assert again.complete and again.checkpoint == done.checkpoint
+    assert again.log is None and not (tmp_path / "b").exists()
+    # plain values only: no model or port is kept alive unless the run asks (keep_model)
+    assert done.model is None and done.port is None
+    assert json.loads(json.dumps(dataclasses.asdict(done)))["iters"] == 2

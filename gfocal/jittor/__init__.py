@@ -4,6 +4,7 @@ No torch import anywhere in this package: it must work where PyTorch is not inst
 """
 import contextlib
 import importlib
+import random
 
 import numpy as np
 
@@ -115,6 +116,14 @@ def tensor(array, dtype=None, requires_grad=False):
 
 def numpy(v):
     return v.numpy()
+
+
+def seed(n):
+    """Seed every random source a run draws from: Python's, numpy's global generator and the
+    framework's (the data plan has its own, gfocal/data/loader.py)."""
+    random.seed(n)
+    np.random.seed(n)
+    jt.set_seed(n)  # every process alike (jt.set_global_seed adds 2591 x rank under MPI)
 
 
 def build_detector(model_cfg):

@@ -1,6 +1,7 @@
 """The PyTorch port of GFocalV2. Sub-modules load on first attribute access."""
 import contextlib
 import importlib
+import random
 
 import numpy as np
 import torch
@@ -131,6 +132,14 @@ def tensor(array, dtype=None, requires_grad=False):
 
 def numpy(t):
     return t.detach().cpu().numpy()
+
+
+def seed(n):
+    """Seed every random source a run draws from: Python's, numpy's global generator and the
+    framework's (the data plan has its own, gfocal/data/loader.py)."""
+    random.seed(n)
+    np.random.seed(n)
+    torch.manual_seed(n)  # the generators of every device
 
 
 def build_detector(model_cfg):
