@@ -17,7 +17,7 @@ from gfocal.checkpoint_io import load_any, read_training_state, save_checkpoint
 from gfocal.ports import load_port
 from gfocal.data.loader import build_dataloader, per_process_batch
 from gfocal.device import DeviceError, is_cuda, resolve_device
-from gfocal.launch import check_launcher, job_size, local_rank
+from gfocal.launch import check_launcher, job_device, job_size, local_rank, show_only_gpu
 from gfocal.evaluation.coco_eval import evaluate as coco_evaluate
 from gfocal.evaluation.coco_eval import results_to_coco
 from gfocal.runlog import RunLog, check_finite, console_line
@@ -136,7 +136,10 @@ def join_job(run):
         per_process_batch(cfg, job_size())  # a bad split stops before the job starts
     device = resolve_device(run.device or cfg["train"]["device"])  # the run's one resolution
     if parallel and is_cuda(device):
-        device = f"cuda:{local_rank()}"
+        device, gpu = job_device(run.framework, local_rank(),
+                                 os.environ.get("CUDA_VISIBLE_DEVICES"))
+        if gpu is not None:
+            show_only_gpu(gpu)
     port = use_port(cfg, run.framework, device)
     rank, world = port.distributed.start(device) if parallel else (0, 1)
     return port, device, rank, world

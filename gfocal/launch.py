@@ -3,6 +3,7 @@
 OpenMPI's mpirun for the Jittor port (Jittor's MPI mode). The frameworks do the rest.
 This is the one module that reads the launchers' environment variables."""
 import os
+import sys
 
 LAUNCHERS = {"none": None, "pytorch": "torch", "mpi": "jittor"}
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -70,3 +71,26 @@ def local_processes():
 
 def started_by_mpirun():
     return MPIRUN_ENV[0] in os.environ
+
+
+def job_device(framework, rank_here, visible=None):
+    """(device, CUDA_VISIBLE_DEVICES for this process or None) of the process with local rank
+    `rank_here` of a job on a GPU machine; `visible`: the CUDA_VISIBLE_DEVICES it inherited.
+    PyTorch addresses GPU r as cuda:r. Jittor only ever uses the first GPU it sees, so each
+    of its processes is shown just its own GPU (the r-th visible one) and uses cuda."""
+    gpus = [g.strip() for g in visible.split(",")] if visible else None
+    if gpus is not None and rank_here >= len(gpus):
+        raise LaunchError(f"the process of local rank {rank_here} has no GPU: "
+                          f"CUDA_VISIBLE_DEVICES={visible!r} lists {len(gpus)}")
+    if framework == "torch":
+        return f"cuda:{rank_here}", None
+    return "cuda", gpus[rank_here] if gpus is not None else str(rank_here)
+
+
+def show_only_gpu(gpu):
+    """Restrict this process to GPU `gpu` (job_device's second value); it must happen before
+    Jittor is imported, which is when Jittor initialises CUDA."""
+    if "jittor" in sys.modules and os.environ.get("CUDA_VISIBLE_DEVICES") != gpu:
+        raise LaunchError(f"Jittor was imported before this process of the job was given its "
+                          f"GPU (CUDA_VISIBLE_DEVICES={gpu}); start it through `gfocal train`")
+    os.environ["CUDA_VISIBLE_DEVICES"] = gpu
