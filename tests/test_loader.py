@@ -2,6 +2,7 @@
 worker processes (same bytes, resume, errors, no process left behind)."""
 import gc
 import os
+import re
 import time
 
 import numpy as np
@@ -303,14 +304,19 @@ def test_a_sample_that_raises_names_its_image_file(root, workers, new_children):
 
 
 def test_a_worker_that_dies_stops_with_a_dataset_error(root, new_children):
+    """Mid-epoch, a worker that ends itself preparing sample 5 ends the iteration with one
+    line naming the worker and its exit code (one killed by a signal: test_loader_workers)."""
     faulty = FaultyDataset(*train_files(root), bad=5, exit=True)
-    loader = DataLoader(faulty, batch_size=2, img_scale=SCALE, shuffle=False, workers=2)
+    loader = DataLoader(faulty, batch_size=1, img_scale=SCALE, shuffle=False, workers=2)
+    iterator = iter(loader)
+    next(iterator)
     with pytest.raises(DatasetError) as info:
-        list(loader)
+        list(iterator)
     message = str(info.value)
-    assert message.startswith("a data worker died (BrokenProcessPool")
-    assert "while preparing the batch with files " in message and faulty.img_dir in message
-    assert "\n" not in message
+    assert re.match(r"data worker [12] of 2 \(pid \d+\) exited with code 1 while the batch "
+                    r"with files \S+\.png in ", message)
+    assert faulty.img_dir in message and "\n" not in message
+    assert "import the main module" not in message  # a batch had come back: not at start-up
     assert new_children() == []
 
 

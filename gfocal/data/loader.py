@@ -6,15 +6,19 @@ With `workers` > 0 the batches are prepared in worker processes of the standard 
 is imported here: the Jittor port must run without PyTorch.
 """
 import collections
-import copy
 import itertools
 import multiprocessing
 import numbers
 import os
+import pickle
 import signal
+import sys
+import time
 import weakref
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
+from multiprocessing import connection
+from multiprocessing.shared_memory import SharedMemory
 
 import cv2
 import numpy as np
@@ -26,6 +30,16 @@ from gfocal.device import is_cuda
 DEFAULT_MEAN = (123.675, 116.28, 103.53)
 DEFAULT_STD = (58.395, 57.12, 57.375)
 MAX_AUTO_WORKERS = 8
+# No wait on a worker is unbounded: a batch is awaited in polls of WORKER_POLL_S that check the
+# workers are alive, for at most the loader's `timeout` (BATCH_TIMEOUT_S: generous, a live
+# but slow worker is not a dead one); close() waits JOIN_TIMEOUT_S per step before it
+# terminates, then kills, a worker.
+WORKER_POLL_S = 0.5
+BATCH_TIMEOUT_S = 600.0
+JOIN_TIMEOUT_S = 2.0
+SPAWN_HINT = ("spawned data workers must be able to import the main module: run the script "
+              "from a file (its work under `if __name__ == '__main__':`), or use workers=0 "
+              "(config: data.workers = 0)")
 
 
 def _count(value, what, low, high=None):
@@ -68,12 +82,14 @@ class DataLoader:
     plan order. The pool starts on first use and lives across epochs until `close()` (or
     the end of `with loader:`, or garbage collection). It works on a copy of the loader
     taken when it starts: settings changed later need a `close()` first. The dataset must
-    then be picklable.
+    then be picklable. A worker that dies, or no batch for `timeout` seconds while all are
+    alive, ends the iteration with a one-line DatasetError.
     """
 
     def __init__(self, dataset, batch_size, img_scale, flip_prob=0.5, shuffle=True, seed=0,
                  mean=DEFAULT_MEAN, std=DEFAULT_STD, to_rgb=True, size_divisor=32,
-                 drop_last=False, workers=0, prefetch=None, rank=0, world_size=1):
+                 drop_last=False, workers=0, prefetch=None, rank=0, world_size=1,
+                 timeout=BATCH_TIMEOUT_S):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if not 0 <= flip_prob <= 1:
@@ -93,8 +109,12 @@ class DataLoader:
         self.world_size = _count(world_size, "world_size must be an integer >= 1", 1)
         self.rank = _count(rank, f"rank must be an integer in [0, {self.world_size - 1}]", 0,
                            self.world_size - 1)
+        if not timeout > 0:
+            raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
+        self.timeout = float(timeout)
         self.epoch = 0
         self._pool = self._finalizer = None
+        self._delivered = 0  # batches the current pool has returned
 
     def set_epoch(self, epoch):
         self.epoch = int(epoch)
@@ -193,45 +213,90 @@ class DataLoader:
                 future.cancel()
 
     def _collect(self, future, tasks, ahead):
-        """The batch of `future`. Any failure shuts the pool down (after a crash its
-        processes are gone or in doubt); a dead worker becomes a DatasetError."""
+        """The batch of `future`, awaited in short polls that check the workers are alive.
+        Any failure shuts the pool down (after a crash its processes are gone or in doubt);
+        a dead worker or a batch overdue by `timeout` becomes a DatasetError."""
+        deadline = time.monotonic() + self.timeout
         try:
-            return future.result()
+            while True:
+                try:
+                    batch = future.result(timeout=WORKER_POLL_S)
+                    self._delivered += 1
+                    return batch
+                except FutureTimeout:
+                    ended = self._ended_workers()
+                    if ended:
+                        raise DatasetError(self._death_message(ended, tasks, ahead)) from None
+                    if time.monotonic() > deadline:
+                        raise DatasetError(
+                            f"no batch from the {self.workers} data workers in "
+                            f"{self.timeout:g} s although they are alive (a sample that "
+                            "slow, or a worker stuck reading it?), awaiting the batch with "
+                            f"files {_file_list(self.dataset, tasks)}") from None
         except BrokenProcessPool as exc:
+            message = self._death_message(self._ended_workers(), tasks, ahead)
             self.close()
-            raise DatasetError(self._death_message(tasks, ahead)) from exc
+            raise DatasetError(message) from exc
         except BaseException:
             self.close()
             raise
 
-    def _death_message(self, tasks, ahead):
-        """One line naming the awaited batch's files and their folder."""
-        names = ", ".join(_image_file(self.dataset, idx)[1] for idx, _ in tasks)
-        folder = _image_file(self.dataset, tasks[0][0])[0]
-        where = f" in {folder}" if folder else ""
+    def _ended_workers(self):
+        """[(number, pid, exit code)] of the pool's workers that have ended. The pool keeps
+        its processes in `_processes` (no public accessor)."""
+        processes = list(enumerate((getattr(self._pool, "_processes", None) or {}).values(), 1))
+        ready = set(connection.wait([p.sentinel for _, p in processes], timeout=0))
+        ended = []
+        for number, process in processes:
+            if process.sentinel in ready:
+                ended.append((number, process.pid, _exit_code(process)))
+        # a broken pool terminates the other workers (SIGTERM): name the one that began it
+        first = [e for e in ended if e[2] != -signal.SIGTERM]
+        return first or ended
+
+    def _death_message(self, ended, tasks, ahead):
+        """One line: which worker ended how, the awaited batch's files, and (when no batch
+        came back yet: most likely a death at start-up) the hint on the main module."""
+        if ended:
+            number, pid, code = ended[0]
+            how = (f"was killed by signal {-code} ({signal.Signals(-code).name})"
+                   if code is not None and code < 0 else f"exited with code {code}")
+            who = f"data worker {number} of {self.workers} (pid {pid}) {how}"
+        else:
+            who = f"a data worker of {self.workers} exited abruptly (BrokenProcessPool)"
         # the pool fails every pending batch at once: the crash may be in a later one
-        later = f" (or in one of the {ahead} batches prefetched after it)" if ahead else ""
-        return ("a data worker died (BrokenProcessPool: a worker process exited abruptly) "
-                f"while preparing the batch with files {names}{where}{later}")
+        later = (f" (or one of the {ahead} batch{'es' * (ahead > 1)} prefetched after it)"
+                 if ahead else "")
+        hint = "" if self._delivered else f"; no batch had come back yet: {SPAWN_HINT}"
+        return (f"{who} while the batch with files {_file_list(self.dataset, tasks)}{later} "
+                f"was awaited{hint}")
 
     def _start_pool(self):
         """The worker pool, started on first use (spawn: no fork of a process that may hold
         framework threads or a GPU context)."""
         if self._pool is None:
-            # a copy: the pool keeps its initargs, and a reference to self would keep the
-            # loader alive and its finalizer from ever running
+            _check_main_importable()
+            # The workers get the loader from shared memory, not as initargs: spawn writes
+            # those into the new process's pipe while it still holds the pipe's read end, so
+            # a payload over the pipe's buffer blocks for ever when the process dies at
+            # start-up. A copy taken now: a reference to self would keep the loader alive
+            # and its finalizer from ever running.
+            payload = pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL)
+            memory = SharedMemory(create=True, size=len(payload))
+            memory.buf[:len(payload)] = payload
             pool = ProcessPoolExecutor(self.workers,
                                        mp_context=multiprocessing.get_context("spawn"),
-                                       initializer=_init_worker, initargs=(copy.copy(self),))
-            self._finalizer = weakref.finalize(self, pool.shutdown, wait=True,
-                                               cancel_futures=True)
-            self._pool = pool
+                                       initializer=_init_worker,
+                                       initargs=(memory.name, len(payload)))
+            self._finalizer = weakref.finalize(self, _stop_pool, pool, memory)
+            self._pool, self._delivered = pool, 0
         return self._pool
 
     def close(self):
-        """Stop the worker processes (idempotent); a later iteration starts new ones."""
+        """Stop the worker processes (idempotent, bounded); a later iteration starts new
+        ones."""
         if self._finalizer is not None:
-            self._finalizer()  # pool.shutdown, at most once
+            self._finalizer()  # _stop_pool, at most once
         self._pool = self._finalizer = None
 
     def __enter__(self):
@@ -248,15 +313,55 @@ class DataLoader:
 _worker_loader = None
 
 
-def _init_worker(loader):
+def _init_worker(name, size):
     global _worker_loader
-    _worker_loader = loader
+    memory = SharedMemory(name)
+    try:
+        _worker_loader = pickle.loads(memory.buf[:size])
+    finally:
+        memory.close()
     cv2.setNumThreads(1)  # N workers share the cores: OpenCV's own threads would oversubscribe
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it shuts us down
 
 
 def _worker_batch(tasks):
     return _worker_loader.prepare_batch(tasks)
+
+
+def _stop_pool(pool, memory):
+    """Shut `pool` down without an unbounded wait: each worker gets JOIN_TIMEOUT_S to end,
+    then is terminated, then killed; then the loader's shared copy is freed."""
+    processes = list((pool._processes or {}).values())  # shutdown drops its reference
+    pool.shutdown(wait=False, cancel_futures=True)
+    for stop in (None, "terminate", "kill"):
+        deadline = time.monotonic() + JOIN_TIMEOUT_S
+        for process in processes:
+            if stop and process.is_alive():
+                getattr(process, stop)()
+            process.join(max(0.0, deadline - time.monotonic()))
+        processes = [p for p in processes if p.exitcode is None]
+    memory.close()
+    memory.unlink()
+
+
+def _exit_code(process):
+    """The exit code of a process whose sentinel is ready: it may lag a moment (the pool's
+    own thread may be reaping the process at the same time)."""
+    deadline = time.monotonic() + JOIN_TIMEOUT_S
+    while process.exitcode is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return process.exitcode
+
+
+def _check_main_importable():
+    """A DatasetError now, before workers that would die at start-up: spawn starts each by
+    running the main module's file (a script read from stdin has none)."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if getattr(getattr(main, "__spec__", None), "name", None) is None and path \
+            and not os.path.isfile(path):
+        raise DatasetError(f"data workers cannot start: the main module {path!r} is not a "
+                           f"file; {SPAWN_HINT}")
 
 
 def _submit(pool, tasks):
@@ -268,6 +373,13 @@ def _submit(pool, tasks):
         failed = Future()
         failed.set_exception(exc)
         return failed
+
+
+def _file_list(dataset, tasks):
+    """"a.png, b.png in <folder>": the image files of `tasks`."""
+    names = ", ".join(_image_file(dataset, idx)[1] for idx, _ in tasks)
+    folder = _image_file(dataset, tasks[0][0])[0]
+    return f"{names} in {folder}" if folder else names
 
 
 def _image_file(dataset, idx):

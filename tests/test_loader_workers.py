@@ -1,0 +1,136 @@
+"""Loader workers that die at start-up or hang: one line within a bound, never a wait for
+ever, no worker left behind (issue 22)."""
+import os
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+
+from gfocal.data.coco import CocoDataset, DatasetError
+from gfocal.data.loader import SPAWN_HINT, DataLoader
+from tests.test_loader import SCALE, batches, new_children, root, train_files  # noqa: F401
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BOUND_S = 60
+
+# Iterates a 2-worker loader, run as `python - < script` (no file for the workers to import)
+# or from a file, with argv: annotation file, image folder, what goes wrong. "start": a
+# worker's import of the main module ends it (as a crashing import would); "kill": after
+# the first batch a worker is killed (as by the out-of-memory killer; not in the test
+# process: Jittor, imported there, ends a process whose child a signal kills). The dataset
+# carries 1 MiB, as a real annotation file does: more than a pipe holds, so spawning with it
+# as an argument would block for ever once the worker is gone.
+SCRIPT = """\
+import multiprocessing
+import os
+import signal
+import sys
+if __name__ == "__mp_main__" and sys.argv[3] == "start":
+    sys.exit(3)
+from gfocal.data.coco import CocoDataset
+from gfocal.data.loader import DataLoader
+from gfocal.errors import USER_ERRORS
+from tests.processes import child_processes
+if __name__ == "__main__":
+    dataset = CocoDataset(*sys.argv[1:3])
+    dataset.padding = bytes(1 << 20)
+    try:
+        with DataLoader(dataset, batch_size=1, img_scale=(160, 128), workers=2) as loader:
+            batches = iter(loader)
+            next(batches)
+            if sys.argv[3] == "kill":
+                victim = min(child_processes())
+                os.kill(victim, signal.SIGKILL)
+                print("killed", victim)
+            list(batches)
+    except USER_ERRORS as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        print("workers left:", len(multiprocessing.active_children()))
+        sys.exit(2)
+"""
+
+
+def run_bounded(command, stdin):
+    """subprocess.run with a bound; past it the process is stopped with SIGTERM (a child
+    killed by another signal would make Jittor end this process) and the test fails."""
+    with subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, cwd=REPO,
+                          env={**os.environ, "PYTHONPATH": REPO}) as process:
+        try:
+            out, err = process.communicate(stdin, timeout=BOUND_S)
+        except subprocess.TimeoutExpired:
+            process.terminate()
+            process.communicate(timeout=BOUND_S)
+            pytest.fail(f"still running after {BOUND_S} s: {command}")
+    return subprocess.CompletedProcess(command, process.returncode, out, err)
+
+
+@pytest.mark.parametrize("main, fault", [("stdin", "start"), ("file", "start"),
+                                         ("file", "kill")])
+def test_a_worker_that_cannot_start_or_is_killed_ends_in_one_line(root, tmp_path, main,
+                                                                  fault):
+    args = [*train_files(root), fault]
+    if main == "stdin":
+        command, stdin = [sys.executable, "-", *args], SCRIPT
+    else:
+        script = tmp_path / "script.py"
+        script.write_text(SCRIPT)
+        command, stdin = [sys.executable, str(script), *args], ""
+    done = run_bounded(command, stdin)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    line, = done.stderr.splitlines()
+    if main == "stdin":
+        assert line == (f"error: data workers cannot start: the main module '<stdin>' is not "
+                        f"a file; {SPAWN_HINT}")
+    elif fault == "start":
+        assert re.match(r"error: data worker [12] of 2 \(pid \d+\) exited with code 3 while "
+                        r"the batch with files \S+\.png in ", line)
+        assert line.endswith(f"; no batch had come back yet: {SPAWN_HINT}")
+    else:
+        victim = done.stdout.splitlines()[0].split()[1]
+        assert re.match(rf"error: data worker [12] of 2 \(pid {victim}\) was killed by signal "
+                        r"9 \(SIGKILL\) while the batch with files \S+\.png in ", line)
+        assert SPAWN_HINT not in line
+    assert done.stdout.splitlines()[-1] == "workers left: 0"
+
+
+class SlowDataset(CocoDataset):
+    """Its first 2 samples, each taking `delay` seconds to load."""
+
+    def __init__(self, ann_file, img_dir, delay):
+        super().__init__(ann_file, img_dir)
+        self.delay = delay
+
+    def __len__(self):
+        return 2
+
+    def load(self, idx):
+        time.sleep(self.delay)
+        return super().load(idx)
+
+
+@pytest.mark.parametrize("delay, done", [(1.2, True), (60, False)])
+def test_a_live_worker_is_awaited_up_to_the_timeout(root, delay, done, new_children):
+    """Batches slower than the poll but within `timeout` come; one past it ends the
+    iteration with one line, and the stuck worker is stopped."""
+    slow = DataLoader(SlowDataset(*train_files(root), delay=delay), batch_size=1,
+                      img_scale=SCALE, shuffle=False, workers=1, timeout=4)
+    start = time.monotonic()
+    if done:
+        with slow:
+            ids = [meta["img_id"] for batch in batches(slow) for meta in batch["img_metas"]]
+        assert ids == slow.dataset.img_ids[:2]
+    else:
+        with pytest.raises(DatasetError, match=r"^no batch from the 1 data workers in 4 s "
+                                               r"although they are alive .* files \S+\.png in "):
+            batches(slow)
+        assert time.monotonic() - start < 20
+    assert new_children() == []
+
+
+def test_timeout_must_be_positive():
+    with pytest.raises(ValueError, match="timeout must be > 0 seconds, got 0"):
+        DataLoader([], batch_size=1, img_scale=SCALE, timeout=0)
