@@ -71,6 +71,23 @@ def test_verdict_within_for_noise_of_the_controls_size_outside_for_a_bug():
     assert "outside the same-framework noise band" in bad["line"]
 
 
+@pytest.mark.parametrize("first_rel, why", [(0.0, "not moved at all"),
+                                             (1e-3, "moved far beyond rounding")])
+def test_verdict_is_undecided_when_the_control_check_fails(first_rel, why):
+    """A control that is no rounding-sized perturbation gives no band: no within / outside,
+    even for a Jittor run that would read "within" against it."""
+    n = 200
+    ref_losses = 2.0 / np.sqrt(np.arange(1, n + 1))
+    ref = RunData("torch", log=log_of(ref_losses), final_stats={"AP": 0.40})
+    control_losses = synthetic(1, 0.03)
+    control_losses[0] = ref_losses[0] * (1 + first_rel)
+    control = RunData("torch", log=log_of(control_losses), final_stats={"AP": 0.41})
+    same = RunData("jittor", log=log_of(synthetic(2, 0.03)), final_stats={"AP": 0.395})
+    out = control_arm.verdict(ref, same, control)
+    assert out["within"] is None and out["ratio"] is None, why
+    assert out["line"].startswith("Undecided: the control arm is not a rounding-sized")
+
+
 def test_band_exit_is_the_first_iteration_and_largest_group():
     def rec(it, **groups):
         return dict(dict.fromkeys(control_arm.GROUP_NAMES, 1e-6), iter=it, **groups)
@@ -95,13 +112,16 @@ def test_control_runs_the_whole_epochs_that_fit(tiny_config):
 
 def test_a_planted_learning_rate_bug_is_outside_the_band(tiny_coco, tiny_model, tmp_path,
                                                          monkeypatch):
-    """Real training: the Jittor port with its learning rate tripled, 10 short epochs."""
+    """Real training: the Jittor port with its learning rate tripled, 8 short epochs (24
+    iterations of 3; the verdict compares the 4 after FIRST_N = 20). The bug puts R far
+    outside the band (R = 737 at 10 epochs, 1620 at 8, against the limit 2), so a few
+    iterations past FIRST_N decide it: the cost is the iterations, three arms of them."""
     from gfocal.ports import load_port
     from gfocal.compare import check_inputs, run_arms
     from gfocal.config import from_dict
     cfg = from_dict({"model": tiny_model,
                      "data": dict(root=tiny_coco, img_scale=[96, 96], batch_size=2),
-                     "optim": dict(warmup_iters=5, epochs=10),
+                     "optim": dict(warmup_iters=5, epochs=8),
                      "train": dict(eval_interval=0)}, source="tiny noise config")
     jittor_train = load_port("jittor").train
     real_set_lr = jittor_train.set_lr
@@ -109,6 +129,9 @@ def test_a_planted_learning_rate_bug_is_outside_the_band(tiny_coco, tiny_model, 
     runs, result = run_arms(cfg, str(tmp_path), check_inputs(cfg), progress=False)
     assert result["check"]["ok"], result["check"]["text"]
     n = len(runs["torch"].log)
-    assert n >= 30 and len(runs["jittor"].log) == len(result["control"].log) == n
+    assert n > control_arm.FIRST_N + 3
+    assert len(runs["jittor"].log) == len(result["control"].log) == n
+    print(result["verdict"]["line"])
     assert result["verdict"]["within"] is False, result["verdict"]["line"]
+    assert result["verdict"]["ratio"] > 10 * control_arm.RATIO_LIMIT  # decided with margin
     assert result["exit"] is not None  # the weights leave the band too
