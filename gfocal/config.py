@@ -69,6 +69,8 @@ DEFAULTS = {
         "init_weights": "",          # a checkpoint (any --from format the converter reads)
         "device": "auto",            # auto | cpu | cuda | cuda:N (auto: CUDA when present)
         "tf32": False,               # PyTorch on CUDA: TF32 convolutions/matmuls (off = fp32)
+        "dist_timeout_s": 3600,      # torchrun jobs: seconds a process waits in one collective
+                                     # (the lead's COCOeval, a slow peer) before it gives up
     },
 }
 
@@ -132,6 +134,9 @@ def _validate_values(cfg, source):
     if workers != "auto" and not (isinstance(workers, int) and workers >= 0):
         raise ConfigError(f"{source}: 'data.workers' = {workers!r} (must be 'auto' or an "
                           "integer >= 0)")
+    if cfg["train"]["dist_timeout_s"] <= 0:
+        raise ConfigError(f"{source}: 'train.dist_timeout_s' = {cfg['train']['dist_timeout_s']} "
+                          "(must be > 0)")
     seed = cfg["train"]["seed"]
     if not (isinstance(seed, int) and 0 <= seed <= MAX_SEED):
         raise ConfigError(f"{source}: 'train.seed' = {seed!r} (must be an integer in "

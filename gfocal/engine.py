@@ -141,7 +141,8 @@ def join_job(run):
         if gpu is not None:
             show_only_gpu(gpu)
     port = use_port(cfg, run.framework, device)
-    rank, world = port.distributed.start(device) if parallel else (0, 1)
+    rank, world = (port.distributed.start(device, cfg["train"]["dist_timeout_s"])
+                   if parallel else (0, 1))
     return port, device, rank, world
 
 
@@ -236,8 +237,10 @@ def _train(run, port, device, rank, world):
                                 model, optimizer, meta)
             last = epoch + 1 == optim_cfg["epochs"] or it >= total
             if eval_every and ((epoch + 1) % eval_every == 0 or last):
-                if lead:  # the others wait at the barrier
-                    stats = evaluate(cfg, port, model, progress=False)
+                # every process predicts its share of the val split; process 0 gathers the
+                # detections and computes the statistics while the others wait at the barrier
+                stats = evaluate(cfg, port, model, progress=False, rank=rank, world=world)
+                if lead:
                     evals.append({"epoch": epoch + 1, "stats": stats})
                 port.distributed.barrier()
                 model.train()
@@ -253,11 +256,15 @@ def _train(run, port, device, rank, world):
                    iters=it, total=total, complete=False, rank=rank)
 
 
-def predict_dataset(port, model, loader, progress=False, latencies=None):
-    """Detections for every image of `loader`, in its order, with per-batch timing."""
+def predict_dataset(port, model, loader, progress=False, latencies=None, rank=0, world=1):
+    """Detections for every image of `loader`, in its order, with per-batch timing. In a
+    data-parallel job (`world` > 1) this process predicts only batch b of the loader's
+    batches with b % world == rank: every image once over the job, each batch padded as
+    in one process, so the detections are those of a 1-process evaluation."""
     model.eval()
     predictions, img_ids = [], []
-    for batch in tqdm(loader, desc="predict", disable=not progress, dynamic_ncols=True):
+    batches = loader if world == 1 else loader.shard(rank, world)
+    for batch in tqdm(batches, desc="predict", disable=not progress, dynamic_ncols=True):
         t0 = time.perf_counter()
         with memory_guard(port, "inference"):
             out = model.predict(batch)
@@ -268,13 +275,37 @@ def predict_dataset(port, model, loader, progress=False, latencies=None):
     return predictions, img_ids
 
 
-def evaluate(cfg, port, model, progress=False, out_json=None, latencies=None):
-    """The 12 COCO statistics of `model` (of `port`, on its device) on cfg's val split."""
+def evaluate(cfg, port, model, progress=False, out_json=None, latencies=None, rank=0,
+             world=1):
+    """The 12 COCO statistics of `model` (of `port`, on its device) on cfg's val split.
+
+    In a data-parallel job (process `rank` of `world`, called in every process) the
+    processes share the images (predict_dataset), process 0 gathers the detections
+    (port.distributed.gather_predictions), puts them in the val split's order and returns
+    the statistics; the others return None."""
     with build_dataloader(cfg, "val", device=str(port.current_device())) as loader:
-        predictions, img_ids = predict_dataset(port, model, loader, progress, latencies)
+        predictions, img_ids = predict_dataset(port, model, loader, progress, latencies,
+                                               rank, world)
     dataset = loader.dataset
+    if world > 1:
+        position = {img_id: i for i, img_id in enumerate(dataset.img_ids)}
+        gathered = port.distributed.gather_predictions(
+            [(position[img_id], _numpy_prediction(pred))
+             for img_id, pred in zip(img_ids, predictions)])
+        if gathered is None:
+            return None
+        if [p for p, _ in gathered] != list(range(len(dataset.img_ids))):
+            raise RuntimeError(f"the processes predicted images {[p for p, _ in gathered]} "
+                               f"of the {len(dataset.img_ids)} of the val split")
+        predictions = [pred for _, pred in gathered]
+        img_ids = list(dataset.img_ids)
     results = results_to_coco(predictions, img_ids, dataset.label_to_cat_id)
     if out_json:
         from gfocal.evaluation.coco_eval import save_results
         save_results(out_json, results)
     return coco_evaluate(dataset.coco, results, img_ids=img_ids)
+
+
+def _numpy_prediction(pred):
+    import numpy as np
+    return {key: np.asarray(pred[key]) for key in ("boxes", "scores", "labels")}

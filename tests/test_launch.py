@@ -8,6 +8,7 @@ import pytest
 
 from gfocal import engine
 from gfocal.launch import LaunchError, job_device, show_only_gpu
+from gfocal.ports import FRAMEWORKS
 
 TORCHRUN = {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "MASTER_ADDR": "127.0.0.1",
             "MASTER_PORT": "29500"}
@@ -27,7 +28,7 @@ def test_local_rank_to_device(framework, rank, visible, want):
     assert job_device(framework, rank, visible) == want
 
 
-@pytest.mark.parametrize("framework", ["torch", "jittor"])
+@pytest.mark.parametrize("framework", FRAMEWORKS)
 def test_a_process_beyond_the_visible_gpus_is_one_line(framework):
     with pytest.raises(LaunchError, match="local rank 2 has no GPU: CUDA_VISIBLE_DEVICES='4,5' "
                                           "lists 2"):
@@ -59,9 +60,9 @@ def test_join_job_gives_process_1_its_gpu(monkeypatch, framework, launcher, env,
     def use_port(cfg, framework, device):
         seen.update(device=device, visible=__import__("os").environ.get("CUDA_VISIBLE_DEVICES"))
         return types.SimpleNamespace(distributed=types.SimpleNamespace(
-            start=lambda device: (1, 2)))
+            start=lambda device, timeout_s: (1, 2)))
     monkeypatch.setattr(engine, "use_port", use_port)
-    cfg = {"train": {"device": "cuda"}, "data": {"batch_size": 2}}
+    cfg = {"train": {"device": "cuda", "dist_timeout_s": 60}, "data": {"batch_size": 2}}
     run = engine.TrainRun(cfg, framework, "unused", launcher=launcher)
     _, got, rank, world = engine.join_job(run)
     assert (got, rank, world) == (device, 1, 2)

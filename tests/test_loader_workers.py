@@ -1,5 +1,5 @@
 """Loader workers that die at start-up or hang: one line within a bound, never a wait for
-ever, no worker left behind (issue 22)."""
+ever, no worker left behind."""
 import os
 import re
 import subprocess

@@ -142,7 +142,15 @@ class DataLoader:
         skipped batches are not prepared."""
         skip = _count(skip, f"skip must be an integer in [0, {len(self)}] (the batches of an "
                       "epoch)", 0, len(self))
-        tasks = self._batch_tasks(skip)
+        return self._prepared(self._batch_tasks(skip))
+
+    def shard(self, rank, world):
+        """Batches rank, rank + world, ... of this (one-process) loader's epoch: a
+        data-parallel evaluation, where process `rank` of `world` predicts every world-th
+        batch, each padded as in one process; the other batches are not prepared."""
+        return self._prepared(self._batch_tasks(0)[rank::world])
+
+    def _prepared(self, tasks):
         if self.workers and tasks:
             return self._pooled(tasks)
         return (self.prepare_batch(batch) for batch in tasks)

@@ -11,15 +11,17 @@ from gfocal.device import is_cuda
 
 from . import current_device
 
-# A process that waits this long on the others gives up (torchrun normally ends the job
-# sooner: it stops every process when one fails).
-TIMEOUT = datetime.timedelta(minutes=5)
+# A process that waits longer than cfg's train.dist_timeout_s on the others in one
+# collective gives up (torchrun normally ends the job sooner: it stops every process when
+# one fails). The default of gfocal.config: 3600 s.
+DEFAULT_TIMEOUT_S = 3600
 
 
-def start(device):
-    """Join the job torchrun started; returns (rank, world size)."""
+def start(device, timeout_s=DEFAULT_TIMEOUT_S):
+    """Join the job torchrun started, giving up on a collective after `timeout_s` seconds;
+    returns (rank, world size)."""
     backend = "nccl" if is_cuda(str(device)) else "gloo"
-    dist.init_process_group(backend, timeout=TIMEOUT)
+    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=float(timeout_s)))
     return dist.get_rank(), dist.get_world_size()
 
 
@@ -35,6 +37,20 @@ def reduce_mean(values):
     t = torch.tensor(values, dtype=torch.float64, device=current_device())
     dist.all_reduce(t)
     return (t / dist.get_world_size()).tolist()
+
+
+def gather_predictions(indexed):
+    """Process 0: every process's `indexed` ([(image position, prediction dict of numpy
+    arrays), ...]) together, sorted by image position; the others: None. Not distributed:
+    `indexed` sorted."""
+    if not active():
+        return sorted(indexed, key=lambda item: item[0])
+    parts = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    # gather_object pickles; on NCCL it moves the bytes through this process's GPU
+    dist.gather_object(list(indexed), parts, dst=0)
+    if parts is None:
+        return None
+    return sorted((item for part in parts for item in part), key=lambda item: item[0])
 
 
 class _LossForward(nn.Module):
