@@ -69,7 +69,8 @@ def baited(fmt, tmp_path):
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_the_bait_runs_code_when_unpickled_unrestricted(fmt, tmp_path):
-    """The files below are real attacks: a plain pickle / torch.load runs their command."""
+    """The files below are real attacks: a plain pickle / torch.load runs their command
+    (deliberately unsafe here, on files this test wrote: it proves the bait is real)."""
     path, src_fmt, marker = baited(fmt, tmp_path)
     if src_fmt == "jittor":
         with open(path, "rb") as f:

@@ -325,6 +325,8 @@ def _init_worker(name, size):
     global _worker_loader
     memory = SharedMemory(name)
     try:
+        # trusted: the parent process pickled this loader into memory it created a moment
+        # ago (no file, nothing a user supplies); spawn itself unpickles the same way
         _worker_loader = pickle.loads(memory.buf[:size])
     finally:
         memory.close()
