@@ -37,6 +37,12 @@ MINIMUM = {
     "image without any score above score_thr (one at it)":
         (2, "test_images_without_any_score_above_score_thr"),
     "neighbouring boxes with IoU within 0.02 of the NMS threshold": (200, POST),
+    "kept box at the left or top border narrower than a pixel":
+        (40, "test_boxes_at_the_left_and_top_border_narrower_than_a_pixel"),
+    "same-class pair that class offsets move across the NMS threshold":
+        (20, "test_nms_on_both_sides_of_the_offset_switch"),
+    "loss input of exactly one element (one class, one anchor)":
+        (2, "test_quality_focal_loss_on_tiny_shapes"),
 }
 class RegimeError(KeyError):
     """A regime that MINIMUM does not state."""

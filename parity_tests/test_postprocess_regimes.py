@@ -1,8 +1,12 @@
 """Post-processing on controlled head outputs, no backbone: class scores near score_thr, more
 candidates than nms_pre on a level, and neighbouring boxes whose IoU is near the NMS
-threshold. Both ports must keep the same detections; parity_tests/regimes.py counts how many
-elements of each regime the input reached."""
+threshold, boxes narrower than a pixel at the image border, and same-class pairs on either side
+of the size where class-aware NMS switches from class offsets to a loop over classes. Both ports
+must keep the same detections; parity_tests/regimes.py counts how many elements of each regime
+the input reached."""
 import numpy as np
+import torch
+import torchvision
 
 from gfocal.config import DEFAULTS
 from parity_tests import regimes
@@ -113,10 +117,11 @@ def past_the_cut(pairs):
     return pairs & (index < MODEL["nms_pre"])
 
 
-def postprocess_both(torch_port, jittor_port, model, scores=None):
-    """GFLPostProcess(model) of both ports on head_outputs() (or the given scores)."""
-    default_scores, regs = head_outputs()
+def postprocess_both(torch_port, jittor_port, model, scores=None, regs=None):
+    """GFLPostProcess(model) of both ports on head_outputs() (or the given scores / regs)."""
+    default_scores, default_regs = head_outputs()
     scores = default_scores if scores is None else scores
+    regs = default_regs if regs is None else regs
     out = {}
     for port in (torch_port, jittor_port):
         post = port.postprocess.GFLPostProcess(model)
@@ -174,3 +179,97 @@ def test_images_without_any_score_above_score_thr(torch_port, jittor_port):
             assert t[key].dtype == j[key].dtype == dtype, (i, key)
     regimes.count("image without any score above score_thr (one at it)", len(out["torch"]))
     regimes.check(["image without any score above score_thr (one at it)"])
+
+
+def test_boxes_at_the_left_and_top_border_narrower_than_a_pixel(torch_port, jittor_port):
+    """Anchors of column 0 and row 0 sit on the border (centre 0), so a predicted distance
+    under 1 / stride bins puts x2 (y2) inside the first pixel: the clamp to the image must
+    keep it there (a port that clamped at 1 would not). Level 0, class 0 only on the border
+    locations, every side 0.05 bins (0.4 px); the other levels and classes score nothing."""
+    scores, regs = head_outputs()
+    bins = MODEL["reg_max"] + 1
+    for level, (h, w) in enumerate(LEVELS):
+        scores[level][:] = 0
+        if level == 0:
+            border = np.zeros((h, w), bool)
+            border[0, :] = border[:, 0] = True
+            scores[level][:, 0][:, border] = 0.9
+            probs = np.full((IMAGES, 4, bins, h, w), 1e-12)
+            probs[:, :, 0], probs[:, :, 1] = 0.95, 0.05
+            regs[level] = np.log(probs).reshape(IMAGES, 4 * bins, h, w).astype(np.float32)
+    every = dict(MODEL, max_per_img=10**6)
+    out = postprocess_both(torch_port, jittor_port, every, scores, regs)
+    assert_same_full_detections(out, None)
+    boxes = np.concatenate([d["boxes"] for d in out["torch"]])
+    thin = (boxes[:, 2] < 1) | (boxes[:, 3] < 1)
+    assert thin.any() and np.all(boxes[thin][:, [2, 3]].min(axis=1) > 0), "not inside pixel 0"
+    regimes.count("kept box at the left or top border narrower than a pixel", thin.sum())
+    regimes.check(["kept box at the left or top border narrower than a pixel"])
+
+
+# torchvision's batched_nms adds per-class offsets (class x (max coordinate + 1)) up to 4000
+# numbers (1000 boxes) on the CPU and loops over the classes above; the offsets round the
+# coordinates in float32, so a same-class IoU at the threshold can fall on either side. The
+# sizes straddle that switch: below it, at it, one past it, and beyond.
+NMS_SIZES = (10, 900, 1000, 1001, 1200)
+IMAGE_SIDE = 1333.0
+PAIR_LABEL = 3
+
+
+def pair_fates_differ(pair, max_coordinate):
+    """Does torchvision keep a different part of `pair` (2 boxes, first scoring higher) with
+    the class offsets than without?"""
+    scores = torch.tensor([1.0, 0.5])
+    raw = torchvision.ops.nms(torch.from_numpy(pair), scores, MODEL["iou_thr"])
+    offset = torch.from_numpy(pair) + np.float32(PAIR_LABEL) * (np.float32(max_coordinate) + 1)
+    return raw.tolist() != torchvision.ops.nms(offset, scores, MODEL["iou_thr"]).tolist()
+
+
+def offset_sensitive_input(n, seed=5):
+    """n boxes in a 1333 px image: same-class pairs (PAIR_LABEL) whose fate the class offsets
+    change (drawn at IoU within 1e-4 of iou_thr and kept where they do), a box in the far
+    corner that fixes the maximum coordinate, and disjoint 6 px filler boxes of classes 0-3.
+    -> boxes, scores (distinct), labels, number of pairs."""
+    rng = np.random.default_rng(seed)
+    pairs = []
+    while len(pairs) < min(20, (n - 1) // 2):  # on a grid of 80 x 70 px cells: disjoint
+        x = 80.0 * (len(pairs) % 15) + rng.uniform(0, 4)
+        y = 1000 + 70.0 * (len(pairs) // 15) + rng.uniform(0, 4)
+        w, h = rng.uniform(20, 60, 2)
+        dx = w * (1 - MODEL["iou_thr"]) / (1 + MODEL["iou_thr"]) + rng.uniform(-1e-4, 1e-4)
+        pair = np.array([[x, y, x + w, y + h], [x + dx, y, x + dx + w, y + h]], np.float32)
+        if pair_fates_differ(pair, IMAGE_SIDE):
+            pairs.append(pair)
+    corner = np.array([[IMAGE_SIDE - 10, IMAGE_SIDE - 10, IMAGE_SIDE, IMAGE_SIDE]], np.float32)
+    fill = n - 2 * len(pairs) - 1
+    cells = np.stack(np.meshgrid(np.arange(90), np.arange(90)), -1).reshape(-1, 2)[:fill] * 10.0
+    filler = np.concatenate([cells, cells + 6], axis=1).astype(np.float32)
+    boxes = np.concatenate(pairs + [corner, filler])
+    # pairs well apart in score from one another; within a pair the first box leads
+    scores = rng.permutation(n).astype(np.float32) / n
+    for k in range(len(pairs)):
+        scores[2 * k:2 * k + 2] = np.sort(scores[2 * k:2 * k + 2])[::-1]
+    labels = np.concatenate([np.full(2 * len(pairs), PAIR_LABEL), [0],
+                             np.arange(fill) % 4]).astype(np.int64)
+    return boxes, scores, labels, len(pairs)
+
+
+def test_nms_on_both_sides_of_the_offset_switch(torch_port, jittor_port):
+    """Both ports keep the same boxes on every size, and the PyTorch port's pairs follow the
+    offsets up to 1000 boxes and the raw coordinates above (so the input sees the switch)."""
+    for n in NMS_SIZES:
+        boxes, scores, labels, pairs = offset_sensitive_input(n)
+        kept = {}
+        for port in (torch_port, jittor_port):
+            kept[port.FRAMEWORK] = port.numpy(port.postprocess.batched_nms(
+                port.tensor(boxes), port.tensor(scores), port.tensor(labels),
+                MODEL["iou_thr"])).tolist()
+        assert kept["jittor"] == kept["torch"], f"{n} boxes"
+        second_kept = [2 * k + 1 in kept["torch"] for k in range(pairs)]
+        raw_keeps = [len(torchvision.ops.nms(torch.from_numpy(boxes[2 * k:2 * k + 2]),
+                                             torch.tensor([1.0, 0.5]), MODEL["iou_thr"])) == 2
+                     for k in range(pairs)]
+        offsets_used = n * 4 <= 4000
+        assert second_kept == [r != offsets_used for r in raw_keeps], f"{n} boxes"
+        regimes.count("same-class pair that class offsets move across the NMS threshold", pairs)
+    regimes.check(["same-class pair that class offsets move across the NMS threshold"])

@@ -12,6 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from parity_tests import regimes
+
 EPS32 = float(np.finfo(np.float32).eps)
 PROPERTY = settings(max_examples=25, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.function_scoped_fixture,
@@ -252,6 +254,31 @@ def test_quality_focal_loss_at_extreme_probabilities(ports, probs, labels, score
     # element by element: the gradient spans 0 .. 1e12 (BCE's 1 / max(p (1 - p), 1e-12))
     assert_close_elementwise(out["jittor"][1], out["torch"][1], QFL_GRAD_RTOL, QFL_GRAD_ATOL,
                              "d QFL / d p")
+
+
+def test_quality_focal_loss_on_tiny_shapes(ports):
+    """A level's (anchors, classes) can be one element: a one-class head on a batch of one
+    image of 128 px or less has a 1 x 1 P7 map. Values and gradients as on larger inputs,
+    with the first anchor a positive or background."""
+    shapes = [(n, c, first) for n, c in [(1, 1), (1, 2), (2, 1)] for first in (0, c)]
+    for n, c, first_label in shapes:
+        rng = np.random.default_rng(10 * n + c)
+        p = rng.uniform(0.05, 0.95, (n, c)).astype(np.float32)
+        label = np.full(n, c, np.int64)  # background but for the first anchor
+        label[0] = first_label
+        score = rng.uniform(0.2, 0.9, n).astype(np.float32)
+        want = reference_qfl(p, label, score)
+        out = each_port(ports, lambda port: value_and_grad(
+            port, lambda x, lb, s: port.losses.quality_focal_loss(x, lb, s, beta=2.0),
+            p, label, score))
+        case = f"{n} x {c}, first label {first_label}"
+        for name, (value, grad) in out.items():
+            assert value.shape == (n,) and grad.shape == (n, c), f"{name} {case}"
+            assert_close_rel(value, want, 1e-5, f"{name} QFL {case}")
+        assert_close_elementwise(out["jittor"][1], out["torch"][1], QFL_GRAD_RTOL,
+                                 QFL_GRAD_ATOL, f"d QFL / d p {case}")
+        regimes.count("loss input of exactly one element (one class, one anchor)", n * c == 1)
+    regimes.check(["loss input of exactly one element (one class, one anchor)"])
 
 
 # ---------------------------------------------------------------- Distribution Focal Loss
