@@ -1,29 +1,40 @@
-"""Mutation testing of the numerical modules of each port, with the parity suite alone as the
-killing suite. Run through `make mutants` (scripts/mutants.sh sets up cosmic-ray in
+"""Mutation testing of the project's numerical code, each group of modules judged by the
+tests that can see it. Run through `make mutants` (scripts/mutants.sh sets up cosmic-ray in
 its own environment and runs this file with it).
 
-For each port, in a copy of this checkout (cosmic-ray edits the files it mutates; the copy
+Targets (TARGETS below says which modules and which tests judge them):
+  torch, jittor  every numerical module of the port (group "port"), judged by the parity suite
+                 alone (`pytest -x parity_tests`): it must see a port bug without unit tests;
+  converter      the checkpoint readers and writers and the converter (group "converter"),
+                 judged by the converter and checkpoint-safety tests and the parity suite;
+  shared         the framework-neutral data, evaluation and schedule code both ports use
+                 (group "shared"): the parity suite cannot see it by design (both ports get
+                 the same inputs), so its judge is the unit tests of tests/ for that module.
+
+For each target, in a copy of this checkout (cosmic-ray edits the files it mutates; the copy
 keeps your tree untouched even when a run is interrupted):
-  1. the parity suite once, unmutated (it must pass; its time sets the per-mutant timeout);
-  2. cosmic-ray's catalogue of the port's numerical modules, less the operators excluded in
+  1. the judge once, unmutated (it must pass; its time sets the per-mutant timeout);
+  2. cosmic-ray's catalogue of the target's modules, less the operators excluded in
      parity_tests/mutation/cosmic-ray.toml (and, with --sample N, all but N drawn by --seed);
-  3. `cosmic-ray exec`: each mutant applied alone, the parity suite run with -x;
-  4. the planted mutants of parity_tests/mutation/planted.toml through the same command.
-Then one report (markdown) with the counts per port, the planted mutants, and each survivor
-with its line, its mutation and the reason recorded in parity_tests/mutation/survivors.toml
-(or "no reason recorded yet").
+  3. `cosmic-ray exec`: each mutant applied alone, its module's judge run with -x;
+  4. the planted mutants of parity_tests/mutation/planted.toml through the same judge.
+Then one report (markdown): per group the kill rate with its Wilson 95 % lower bound, per
+target the planted mutants and each survivor with its mutation and the reason recorded for
+that mutation in parity_tests/mutation/survivors.toml (or "no reason recorded yet").
 
-  python scripts/mutants.py [--ports torch,jittor] [--sample N] [--seed S] [--out DIR]
-                            [--report FILE] [--parallel] [--budget-minutes M] [--resume]
-                            [--rerun-survivors]
+  python scripts/mutants.py [--targets torch,jittor,converter,shared] [--sample N] [--seed S]
+                            [--out DIR] [--report FILE] [--parallel] [--budget-minutes M]
+                            [--resume] [--rerun-survivors]
 
---budget-minutes stops each port's mutants after M minutes and reports those that ran (in
+--budget-minutes stops each target's mutants after M minutes and reports those that ran (in
 cosmic-ray's random order, so still a random sample); --resume goes on with the rest;
---rerun-survivors runs the survivors not recorded as equivalent in survivors.toml again, on
-this checkout (after new parity inputs).
+--rerun-survivors runs again, on this checkout, every survivor whose judge's inputs (its test
+files, conftests, fixtures) changed since it last ran, labelled equivalent or not: a survivor
+counts as equivalent only when its last run saw the judge as it is now.
 """
 import argparse
 import concurrent.futures
+import hashlib
 import json
 import math
 import os
@@ -44,21 +55,83 @@ from gfocal.tables import markdown_table  # noqa: E402
 
 MUTATION_DIR = ROOT / "parity_tests" / "mutation"
 PORT_DIRS = {"torch": "gfocal/pytorch", "jittor": "gfocal/jittor"}
-MODULES = ("anchors", "atss", "box_ops", "losses", "gfl_loss", "gfl_head", "postprocess",
-           "kernels")
+# Every module of a port that computes: not __init__ (the port's interface and glue),
+# checkpoint (the converter target's) and distributed (judged by the multi-process tests of
+# tests/, minutes a run: not mutated, said in the report).
+PORT_MODULES = ("anchors", "atss", "backbone", "box_ops", "detector", "fpn", "gfl_head",
+                "gfl_loss", "losses", "postprocess", "probes", "train", "kernels")
 # Parity files that fail fastest on a broken target, loss or decoding come first: with -x a
 # killed mutant stops at its first failure. Files not named here follow in name order.
 FIRST_FILES = ("test_targets_losses.py", "test_postprocess_regimes.py", "test_forward.py",
                "test_inference_coco.py", "test_backward_optim.py")
+PARITY = "parity_tests"  # a judge entry: every parity file, in parity_files() order
+CONVERTER_MODULES = ("gfocal/pytorch/checkpoint.py", "gfocal/jittor/checkpoint.py",
+                     "gfocal/checkpoint_io.py", "weights_converter/convert.py")
+CONVERTER_JUDGE = ("tests/test_checkpoint_safety.py", "tests/test_converter.py",
+                   "tests/test_official_checkpoints.py", PARITY)
+# shared module -> the unit tests that judge it (those that exercise it directly; the
+# training and end-to-end tests of tests/ would see more, at minutes a mutant)
+SHARED_JUDGES = {
+    "gfocal/data/transforms.py": ("tests/test_transforms.py", "tests/test_loader.py"),
+    "gfocal/data/loader.py": ("tests/test_loader.py", "tests/test_loader_workers.py"),
+    "gfocal/data/coco.py": ("tests/test_coco_dataset.py", "tests/test_loader.py"),
+    "gfocal/data/subset.py": ("tests/test_subset.py",),
+    "gfocal/data/synthetic.py": ("tests/test_synthetic.py",),
+    "gfocal/evaluation/coco_eval.py": ("tests/test_evaluation.py",),
+    "gfocal/schedule.py": ("tests/test_schedule.py",),
+}
+GROUPS = {"torch": "port", "jittor": "port", "converter": "converter", "shared": "shared"}
 
 
 class MutantsError(Exception):
     """A problem with the run's inputs or environment: one line, exit 2."""
 
 
-def port_modules(port):
-    present = [f"{PORT_DIRS[port]}/{m}.py" for m in MODULES]
-    return [m for m in present if (ROOT / m).exists()]
+def target_judges(target):
+    """{module: judge entries} of a target's modules (those present in this checkout)."""
+    if target in PORT_DIRS:
+        judges = {f"{PORT_DIRS[target]}/{m}.py": (PARITY,) for m in PORT_MODULES}
+    elif target == "converter":
+        judges = {m: CONVERTER_JUDGE for m in CONVERTER_MODULES}
+    else:
+        judges = dict(SHARED_JUDGES)
+    return {m: j for m, j in judges.items() if (ROOT / m).exists()}
+
+
+def target_modules(target):
+    return list(target_judges(target))
+
+
+def judge_files(entries, tree=ROOT):
+    """Test files (relative to the tree) of judge entries, each once, in order."""
+    files = []
+    for entry in entries:
+        for f in ([f"parity_tests/{f}" for f in parity_files(tree)] if entry == PARITY
+                  else [entry]):
+            if f not in files:
+                files.append(f)
+    return files
+
+
+def judge_union(target, tree=ROOT):
+    return judge_files([e for judge in target_judges(target).values() for e in judge], tree)
+
+
+def judge_fingerprint(target, tree=ROOT):
+    """What a survivor's verdict depends on besides its module: the judge's test files, every
+    conftest above them, the parity helpers and the fixtures' generator (sha256, 12 hex
+    digits; the generated data is git-ignored and follows from fixtures/*.py)."""
+    files = set(judge_union(target, tree)) | {"conftest.py"}
+    for f in list(files):
+        files.add(str(Path(f).parent / "conftest.py"))
+        if f.startswith("parity_tests/"):
+            files.update(str(p.relative_to(tree)) for p in (tree / "parity_tests").glob("*.py"))
+    files.update(str(p.relative_to(tree)) for p in (tree / "fixtures").glob("*.py"))
+    digest = hashlib.sha256()
+    for f in sorted(files):
+        if (tree / f).is_file():
+            digest.update(f.encode() + b"\0" + (tree / f).read_bytes() + b"\0")
+    return digest.hexdigest()[:12]
 
 
 def parity_files(tree=ROOT):
@@ -80,15 +153,34 @@ def copy_checkout(dest):
                    stdout=subprocess.DEVNULL)
 
 
-def kill_command(tree):
-    files = " ".join(f"parity_tests/{f}" for f in parity_files(tree))
-    return f"{tree}/.venv/bin/python -m pytest -x -q -p no:cacheprovider {files}"
+def kill_command(tree, target, work):
+    """What cosmic-ray runs after applying a mutant: this script as the target's judge."""
+    return (f"{sys.executable} {tree}/scripts/mutants.py --judge {target} "
+            f"--out {work}")
 
 
-def run_killing_suite(tree, timeout):
+def pristine_dir(work, target):
+    return work / f"pristine-{target}"
+
+
+def judge(target, work):
+    """Run (exec) the judge of the module of the target that differs from its pristine copy
+    (cwd: the mutated tree); with none changed, the judges of every module."""
+    tree = Path.cwd()
+    judges = target_judges(target)
+    pristine = pristine_dir(work, target)
+    changed = [m for m in judges
+               if (tree / m).read_bytes() != (pristine / m).read_bytes()]
+    entries = [e for m in (changed or judges) for e in judges[m]]
+    files = judge_files(entries, tree)
+    python = str(tree / ".venv" / "bin" / "python")
+    os.execv(python, [python, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *files])
+
+
+def run_killing_suite(tree, target, work, timeout):
     """-> (killed, seconds, first failure line); pytest's usage errors (exit 4, 5: a file
     missing, nothing collected) are the run's problem, not a kill."""
-    rc, seconds, output = run_timed(kill_command(tree), tree, timeout)
+    rc, seconds, output = run_timed(kill_command(tree, target, work), tree, timeout)
     if rc in (4, 5):
         raise MutantsError(f"the killing suite cannot run in {tree} (pytest exit {rc}): "
                            f"{output.strip().splitlines()[-1] if output.strip() else ''}")
@@ -96,14 +188,14 @@ def run_killing_suite(tree, timeout):
     return rc != 0, seconds, failed[0] if failed else output[-200:]
 
 
-def run_mutated(tree, module, mutate, timeout):
+def run_mutated(tree, target, work, module, mutate, timeout):
     """run_killing_suite with mutate(path, original text) applied to tree/module, which is
     put back afterwards whatever happens."""
     path = tree / module
     original = path.read_text()
     try:
         mutate(path, original)
-        return run_killing_suite(tree, timeout)
+        return run_killing_suite(tree, target, work, timeout)
     finally:
         path.write_text(original)
 
@@ -124,16 +216,16 @@ def mutant_timeout(baseline_s):
     return 2 * baseline_s + 60
 
 
-def write_config(port, tree, timeout, path):
+def write_config(target, tree, work, timeout, path):
     base = tomllib.loads((MUTATION_DIR / "cosmic-ray.toml").read_text())
     excluded = base["exclude-operators"]
-    quoted = ", ".join(json.dumps(m) for m in port_modules(port))
+    quoted = ", ".join(json.dumps(m) for m in target_modules(target))
     path.write_text(
         "[cosmic-ray]\n"
         f"module-path = [{quoted}]\n"
         f"timeout = {timeout:.0f}\n"
         "excluded-modules = []\n"
-        f"test-command = {json.dumps(kill_command(tree))}\n"
+        f"test-command = {json.dumps(kill_command(tree, target, work))}\n"
         "[cosmic-ray.distributor]\nname = \"local\"\n"
         "[cosmic-ray.filters.operators-filter]\n"
         f"exclude-operators = {json.dumps(excluded)}\n")
@@ -164,62 +256,71 @@ def catalogue(session):
     return [json.loads(line) for line in dump.splitlines() if line.strip()]
 
 
-def run_planted(port, tree, timeout):
+def run_planted(target, tree, work, timeout):
     planted = tomllib.loads((MUTATION_DIR / "planted.toml").read_text())["planted"]
     results = []
-    for entry in (p for p in planted if p["port"] == port):
+    for entry in (p for p in planted if p["port"] == target):
         def plant(path, original, entry=entry):
             if original.count(entry["old"]) != 1:
                 raise MutantsError(f"planted.toml: {entry['old']!r} does not occur exactly "
                                    f"once in {entry['module']}")
             path.write_text(original.replace(entry["old"], entry["new"]))
-        killed, seconds, failure = run_mutated(tree, entry["module"], plant, timeout)
+        killed, seconds, failure = run_mutated(tree, target, work, entry["module"], plant,
+                                               timeout)
         results.append({**entry, "killed": killed, "seconds": seconds,
                         "first_failure": failure})
     return results
 
 
-def fresh_tree(work, port):
-    tree = work / f"tree-{port}"
-    if tree.exists():
-        shutil.rmtree(tree)
+def fresh_tree(work, target):
+    """A copy of this checkout for the target, and a pristine copy of its modules beside it
+    (how the judge tells which module a mutant changed)."""
+    tree = work / f"tree-{target}"
+    for folder in (tree, pristine_dir(work, target)):
+        if folder.exists():
+            shutil.rmtree(folder)
     tree.mkdir(parents=True)
     copy_checkout(tree)
+    for module in target_modules(target):
+        (pristine_dir(work, target) / module).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(tree / module, pristine_dir(work, target) / module)
     return tree
 
 
-def start_session(port, work, sample, seed, log):
+def start_session(target, work, sample, seed, log):
     """Copy, baseline, catalogue, operator filter and sample; -> the run's state."""
-    tree = fresh_tree(work, port)
-    log(f"{port}: baseline (the parity suite, unmutated)")
-    rc, baseline, output = run_timed(kill_command(tree), tree)
+    tree = fresh_tree(work, target)
+    log(f"{target}: baseline (its judges, unmutated)")
+    rc, baseline, output = run_timed(kill_command(tree, target, work), tree)
     if rc != 0:
-        (work / f"baseline-{port}.log").write_text(output)
-        raise MutantsError(f"the parity suite fails on the unmutated {port} tree: see "
-                           f"{work / f'baseline-{port}.log'}")
-    config, session = work / f"cosmic-ray-{port}.toml", work / f"session-{port}.sqlite"
+        (work / f"baseline-{target}.log").write_text(output)
+        raise MutantsError(f"the judge fails on the unmutated {target} tree: see "
+                           f"{work / f'baseline-{target}.log'}")
+    config, session = work / f"cosmic-ray-{target}.toml", work / f"session-{target}.sqlite"
     session.unlink(missing_ok=True)
-    write_config(port, tree, mutant_timeout(baseline), config)
+    write_config(target, tree, work, mutant_timeout(baseline), config)
     subprocess.run([tool("cosmic-ray"), "init", str(config), str(session)], cwd=tree,
                    check=True)
     generated = len(catalogue(session))
     subprocess.run([tool("cr-filter-operators"), str(session), str(config)], cwd=tree,
                    check=True)
     kept, drawn = keep_sample(session, sample, seed)
-    return {"port": port, "commit": commit(), "date": time.strftime("%Y-%m-%d"),
-            "sample": sample, "seed": seed, "generated": generated, "after_filter": kept,
-            "drawn": drawn, "baseline_s": baseline, "exec_s": 0.0}
+    return {"target": target, "group": GROUPS[target], "commit": commit(),
+            "date": time.strftime("%Y-%m-%d"), "sample": sample, "seed": seed,
+            "generated": generated, "after_filter": kept, "drawn": drawn,
+            "baseline_s": baseline, "exec_s": 0.0,
+            "fingerprint": judge_fingerprint(target, tree), "commands": []}
 
 
-def restore_modules(tree):
-    """The ports' modules of `tree` as in this checkout (after a stopped exec)."""
-    for module in (m for port in PORT_DIRS for m in port_modules(port)):
+def restore_modules(tree, target):
+    """The target's modules of `tree` as in this checkout (after a stopped exec)."""
+    for module in target_modules(target):
         shutil.copy2(ROOT / module, tree / module)
 
 
 def exec_session(tree, config, session, budget_s):
     """`cosmic-ray exec` for at most budget_s seconds (None: to the end); a stopped run
-    leaves its pending mutants for --resume (and a mutated file: run_port restores it)."""
+    leaves its pending mutants for --resume (and a mutated file: run_target restores it)."""
     proc = subprocess.Popen([tool("cosmic-ray"), "exec", str(config), str(session)], cwd=tree,
                             stdout=subprocess.DEVNULL, start_new_session=True)
     try:
@@ -232,17 +333,18 @@ def exec_session(tree, config, session, budget_s):
         raise MutantsError(f"cosmic-ray exec {config} exited {rc}")
 
 
-def run_port(port, work, sample, seed, log, resume=False, budget_s=None):
-    state_file = work / f"state-{port}.json"
-    config, session = work / f"cosmic-ray-{port}.toml", work / f"session-{port}.sqlite"
-    tree = work / f"tree-{port}"
+def run_target(target, work, sample, seed, log, command, resume=False, budget_s=None):
+    state_file = work / f"state-{target}.json"
+    config, session = work / f"cosmic-ray-{target}.toml", work / f"session-{target}.sqlite"
+    tree = work / f"tree-{target}"
     if resume and state_file.is_file() and session.is_file() and tree.is_dir():
         state = json.loads(state_file.read_text())
     else:
-        state = start_session(port, work, sample, seed, log)
-        state_file.write_text(json.dumps(state))
+        state = start_session(target, work, sample, seed, log)
+    state["commands"].append(command)
+    state_file.write_text(json.dumps(state))
     timeout = mutant_timeout(state["baseline_s"])
-    log(f"{port}: {state['generated']} mutants, {state['after_filter']} after the operator "
+    log(f"{target}: {state['generated']} mutants, {state['after_filter']} after the operator "
         f"filter, {state['drawn']} drawn (baseline {state['baseline_s']:.0f} s, timeout "
         f"{timeout:.0f} s)" + (f", for at most {budget_s:.0f} s" if budget_s else ""))
     start = time.monotonic()
@@ -250,12 +352,13 @@ def run_port(port, work, sample, seed, log, resume=False, budget_s=None):
         if budget_s is None or budget_s > 0:
             exec_session(tree, config, session, budget_s)
     finally:
-        restore_modules(tree)
+        restore_modules(tree, target)
     state["exec_s"] += time.monotonic() - start
     state_file.write_text(json.dumps(state))
     jobs = catalogue(session)
     ran = sum(1 for _, res in jobs if res and res.get("worker_outcome") != "skipped")
-    return {**state, "run": ran, "jobs": jobs, "planted": run_planted(port, tree, timeout)}
+    return {**state, "run": ran, "jobs": jobs,
+            "planted": run_planted(target, tree, work, timeout)}
 
 
 def commit():
@@ -263,20 +366,23 @@ def commit():
                           capture_output=True, text=True).stdout.strip()
 
 
-def rerun_survivors(result, work, log):
-    """Each survivor of an earlier run that survivors.toml does not call equivalent (and no
-    re-run killed yet) again, on a fresh copy of this checkout (after new parity inputs):
-    its result gets `rerun` = killed / survived and the first failure."""
-    port, reasons = result["port"], survivor_reasons()
+def last_fingerprint(result, res):
+    """The judge fingerprint of a mutant's latest run (its re-run's, else the session's)."""
+    return res.get("rerun", {}).get("fingerprint", result["fingerprint"])
 
-    def equivalent(job):
-        entry = reason_for(job, reasons)
-        return entry is not None and entry["kind"] == "equivalent"
+
+def rerun_survivors(result, work, log, command):
+    """Every survivor of an earlier run (no re-run killed yet) whose last run saw other judge
+    inputs than this checkout's, labelled or not, again on a fresh copy of this checkout:
+    its result gets `rerun` = killed, the first failure and the judge fingerprint."""
+    target = result["target"]
+    tree = fresh_tree(work, target)
+    now = judge_fingerprint(target, tree)
     survivors = [(job, res) for job, res in result["jobs"]
-                 if res and res.get("test_outcome") == "survived" and not equivalent(job)
-                 and not res.get("rerun", {}).get("killed")]
-    tree = fresh_tree(work, port)
-    log(f"{port}: re-running {len(survivors)} survivors")
+                 if res and res.get("test_outcome") == "survived"
+                 and not res.get("rerun", {}).get("killed")
+                 and last_fingerprint(result, res) != now]
+    log(f"{target}: re-running {len(survivors)} survivors")
     timeout = mutant_timeout(result["baseline_s"])
     for job, res in survivors:
         mutation = job["mutations"][0]
@@ -285,24 +391,39 @@ def rerun_survivors(result, work, log):
             subprocess.run([tool("cosmic-ray"), "apply", mutation["module_path"],
                             mutation["operator_name"], str(mutation["occurrence"])],
                            cwd=tree, check=True, capture_output=True)
-        killed, _, failure = run_mutated(tree, mutation["module_path"], apply, timeout)
-        res["rerun"] = {"killed": killed, "first_failure": failure}
-    result["rerun_commit"] = commit()
+        killed, _, failure = run_mutated(tree, target, work, mutation["module_path"], apply,
+                                         timeout)
+        res["rerun"] = {"killed": killed, "first_failure": failure, "fingerprint": now,
+                        "commit": commit()}
+    result.setdefault("commands", []).append(command)
     return result
 
 
 # ---------------------------------------------------------------- report
 
+KINDS = ("equivalent", "not reachable by the judge", "open gap")
+
+
 def survivor_reasons():
+    """survivors.toml by mutation: (module, stripped original line, stripped mutated line)."""
     path = MUTATION_DIR / "survivors.toml"
     entries = tomllib.loads(path.read_text()).get("survivor", []) if path.exists() else []
-    return {(e["module"], e["line"].strip(), e["operator"]): e for e in entries}
+    return {(e["module"], e["line"].strip(), e["mutated"].strip()): e for e in entries}
 
 
-def reason_for(job, reasons):
-    """survivors.toml's entry for a mutant (by module, stripped line, operator), or None."""
-    mutation, _, text = mutated_line(job)
-    return reasons.get((mutation["module_path"], text.strip(), mutation["operator_name"]))
+def mutation_lines(job, res):
+    """(module, line number, original line, mutated line) of a mutant, from its diff."""
+    mutation = job["mutations"][0]
+    diff = (res.get("diff") or "").splitlines()
+    removed = next((d[1:] for d in diff if d.startswith("-") and not d.startswith("---")), "?")
+    added = next((d[1:] for d in diff if d.startswith("+") and not d.startswith("+++")), "?")
+    return mutation["module_path"], mutation["start_pos"][0], removed.strip(), added.strip()
+
+
+def reason_for(job, res, reasons):
+    """survivors.toml's entry for this very mutation, or None."""
+    module, _, original, mutated = mutation_lines(job, res)
+    return reasons.get((module, original, mutated))
 
 
 def wilson_lower(killed, n, z=1.96):
@@ -314,121 +435,187 @@ def wilson_lower(killed, n, z=1.96):
     return (centre - margin) / (1 + z * z / n)
 
 
-def mutated_line(job):
-    mutation = job["mutations"][0]
-    line = mutation["start_pos"][0]
-    text = (ROOT / mutation["module_path"]).read_text().splitlines()[line - 1]
-    return mutation, line, text
-
-
-def port_section(result, reasons):
+def tally(result, reasons, fingerprints):
+    """Counts of one target's run and its rows: a survivor is equivalent only with a
+    recorded reason of that kind and a last run against the judge as it is now."""
+    now = fingerprints[result["target"]]
     ran = [(job, res) for job, res in result["jobs"]
            if res and res.get("worker_outcome") != "skipped"]
-    outcome = {"killed": 0, "survived": 0, "incompetent": 0}
-    for _, res in ran:
-        outcome[res.get("test_outcome") or "incompetent"] += 1
-    survivors = [(job, res) for job, res in ran if res.get("test_outcome") == "survived"]
-    closed = [(job, res) for job, res in survivors if res.get("rerun", {}).get("killed")]
-    survivors = [pair for pair in survivors if pair not in closed]
-    outcome["killed"] += len(closed)
-    outcome["survived"] -= len(closed)
-    rows, equivalent, by_design = [], 0, 0
-    closed_rows = []
-    for job, res in closed:
-        mutation, line, text = mutated_line(job)
-        closed_rows.append([f"`{mutation['module_path']}:{line}`", mutation["operator_name"],
-                            f"`{text.strip()}`", f"`{res['rerun']['first_failure'][:100]}`"])
-    for job, res in survivors:
-        mutation, line, text = mutated_line(job)
-        entry = reason_for(job, reasons)
-        if entry and entry["kind"] == "equivalent":
-            equivalent += 1
-        if entry and entry["kind"] == "not reachable by parity inputs":
-            by_design += 1
+    count = {"killed": 0, "survived": 0, "incompetent": 0, "equivalent": 0, "closed": 0,
+             "stale": 0, "unreachable": 0}
+    closed_rows, survivor_rows = [], []
+    for job, res in ran:
+        outcome = res.get("test_outcome") or "incompetent"
+        module, line, original, mutated = mutation_lines(job, res)
+        where = f"`{module}:{line}`"
+        if outcome == "survived" and res.get("rerun", {}).get("killed"):
+            count["killed"] += 1
+            count["closed"] += 1
+            closed_rows.append([where, f"`{original}` -> `{mutated}`",
+                                f"`{res['rerun']['first_failure'][:100]}`"])
+            continue
+        count[outcome] += 1
+        if outcome != "survived":
+            continue
+        entry = reason_for(job, res, reasons)
+        stale = last_fingerprint(result, res) != now
+        count["stale"] += stale
+        if entry and not stale:
+            count["equivalent"] += entry["kind"] == "equivalent"
+            count["unreachable"] += entry["kind"] == "not reachable by the judge"
         reason = f"{entry['kind']}: {entry['reason']}" if entry else "no reason recorded yet"
-        change = next((d[1:].strip() for d in (res.get("diff") or "").splitlines()
-                       if d.startswith("+") and not d.startswith("+++")), "?")
-        rows.append([f"`{mutation['module_path']}:{line}`", mutation["operator_name"],
-                     f"`{text.strip()}` -> `{change}`", reason])
-    competent = outcome["killed"] + outcome["survived"] - equivalent
-    rate = outcome["killed"] / competent if competent else float("nan")
-    out = [f"## Port `{result['port']}`", "",
-           f"- catalogue: {result['generated']} mutants of "
-           f"{', '.join(port_modules(result['port']))}",
-           f"- after the operator filter: {result['after_filter']}; drawn at random: "
-           f"{result['drawn']}; run: {result['run']}"
-           + (" (stopped at the time budget: the rest pending)"
-              if result["run"] < result["drawn"] else ""),
-           f"- killed {outcome['killed']} ({len(closed)} of them only after new parity "
-           f"inputs, on a re-run), survived {outcome['survived']} (of which "
-           f"{equivalent} equivalent), incompetent {outcome['incompetent']}",
-           f"- killed / non-equivalent: {rate:.1%} (Wilson 95 % lower bound "
-           f"{wilson_lower(outcome['killed'], competent):.1%})",
-           f"- the same without the {by_design} survivors in argument checks that no valid "
-           f"input reaches (kind \"not reachable by parity inputs\"): "
-           f"{outcome['killed'] / max(1, competent - by_design):.1%} (lower bound "
-           f"{wilson_lower(outcome['killed'], competent - by_design):.1%})",
+        if stale:
+            reason = ("**last run against other judge inputs: not counted as equivalent "
+                      "until --rerun-survivors** " + reason)
+        survivor_rows.append([where, f"`{original}` -> `{mutated}`", reason])
+    count["competent"] = count["killed"] + count["survived"] - count["equivalent"]
+    return count, closed_rows, survivor_rows
+
+
+def rate(killed, competent):
+    value = killed / competent if competent else float("nan")
+    return f"{value:.1%}", f"{wilson_lower(killed, competent):.1%}"
+
+
+def judge_text(target):
+    judges = target_judges(target)
+    if target in PORT_DIRS:
+        return "`pytest -x parity_tests` (every parity file)"
+    if target == "converter":
+        return "`pytest -x " + " ".join(CONVERTER_JUDGE) + "` (the parity files in full)"
+    return "per module: " + "; ".join(f"`{Path(m).name}`: " + ", ".join(
+        f"`{Path(t).name}`" for t in tests) for m, tests in judges.items())
+
+
+def group_table(results, reasons, fingerprints):
+    rows = []
+    for group in dict.fromkeys(r["group"] for r in results):
+        members = [r for r in results if r["group"] == group]
+        totals = {}
+        for r in members:
+            for key, value in tally(r, reasons, fingerprints)[0].items():
+                totals[key] = totals.get(key, 0) + value
+        drawn = sum(r["drawn"] for r in members)
+        run = sum(r["run"] for r in members)
+        shown, lower = rate(totals["killed"], totals["competent"])
+        rows.append([group, ", ".join(r["target"] for r in members), str(drawn), str(run),
+                     str(totals["killed"]), str(totals["survived"]),
+                     str(totals["equivalent"]), str(totals["incompetent"]), shown, lower])
+    return markdown_table(["group", "targets", "drawn", "run", "killed", "survived",
+                           "of which equivalent", "incompetent", "killed / non-equivalent",
+                           "Wilson 95 % lower bound"], rows)
+
+
+def target_section(result, reasons, fingerprints):
+    count, closed_rows, survivor_rows = tally(result, reasons, fingerprints)
+    shown, lower = rate(count["killed"], count["competent"])
+    out = [f"## Target `{result['target']}` (group {result['group']})", "",
+           f"- modules: {', '.join(f'`{m}`' for m in target_modules(result['target']))}",
+           f"- judge: {judge_text(result['target'])}",
+           f"- catalogue: {result['generated']} mutants; after the operator filter: "
+           f"{result['after_filter']}; drawn at random: {result['drawn']}; run: "
+           f"{result['run']}" + (" (stopped at the time budget: the rest pending)"
+                                 if result["run"] < result["drawn"] else ""),
+           f"- killed {count['killed']} ({count['closed']} of them only after new inputs, on "
+           f"a re-run), survived {count['survived']} (of which {count['equivalent']} "
+           f"equivalent, {count['stale']} last run against other judge inputs), incompetent "
+           f"{count['incompetent']}",
+           f"- killed / non-equivalent: {shown} (Wilson 95 % lower bound {lower})",
            f"- time: baseline {result['baseline_s']:.0f} s, mutants {result['exec_s']:.0f} s "
-           f"({result['exec_s'] / max(1, result['run']):.1f} s per mutant)", "",
-           "Planted mutants:", "",
-           markdown_table(["change", "module", "killed", "first failure"],
-                          [[p["what"], f"`{p['module']}`", "yes" if p["killed"] else "**no**",
-                            f"`{p['first_failure'][:120]}`"] for p in result["planted"]])]
+           f"({result['exec_s'] / max(1, result['run']):.1f} s per mutant)"]
+    if result["planted"]:
+        out += ["", "Planted mutants:", "",
+                markdown_table(["change", "module", "killed", "first failure"],
+                               [[p["what"], f"`{p['module']}`",
+                                 "yes" if p["killed"] else "**no**",
+                                 f"`{p['first_failure'][:120]}`"] for p in result["planted"]])]
     if closed_rows:
-        out += ["", "Survivors of the run that new parity inputs kill (re-run):", "",
-                markdown_table(["where", "operator", "line", "first failure on the re-run"],
+        out += ["", "Survivors of the run that new inputs kill (re-run):", "",
+                markdown_table(["where", "mutation", "first failure on the re-run"],
                                closed_rows)]
     out += ["", "Survivors:", "",
-            markdown_table(["where", "operator", "mutation", "why it survives"], rows)
-            if rows else "none"]
+            markdown_table(["where", "mutation", "why it survives"], survivor_rows)
+            if survivor_rows else "none"]
     return "\n".join(out) + "\n"
 
 
 def write_report(results, path):
-    first = results[0]
-    ports = ",".join(r["port"] for r in results)
-    reruns = sorted({r["rerun_commit"] for r in results if "rerun_commit" in r})
-    head = ["# Mutation report of the parity suite", "",
-            f"Generated by `make mutants MUTANTS_ARGS='--ports {ports} --sample "
-            f"{first['sample']} --seed {first['seed']} --parallel'` on commit "
-            f"{first['commit']}, {first['date']}, "
-            f"{os.cpu_count()} CPU cores"
-            + (f"; survivors re-run on commit {', '.join(reruns)}" if reruns else "")
-            + ". The killing suite is `pytest -x parity_tests` alone: every parity file of "
-            "the checkout run, those that fail fastest on a broken target, loss or decoding "
-            f"first ({', '.join(FIRST_FILES)}).",
-            "Operators and why some are excluded: `parity_tests/mutation/cosmic-ray.toml`; "
-            "reasons for survivors: `parity_tests/mutation/survivors.toml`.", ""]
+    commands = list(dict.fromkeys(c for r in results for c in r.get("commands", [])))
+    commits = sorted({r["commit"] for r in results}
+                     | {res["rerun"]["commit"] for r in results for _, res in r["jobs"]
+                        if res and "commit" in res.get("rerun", {})})
+    fingerprints = {r["target"]: judge_fingerprint(r["target"]) for r in results}
     reasons = survivor_reasons()
-    path.write_text("\n".join(head) + "\n".join(port_section(r, reasons) for r in results))
+    head = ["# Mutation report", "",
+            "Produced by these commands, in this order (on commits "
+            f"{', '.join(commits)}; {results[0]['date']}; {os.cpu_count()} CPU cores):", ""]
+    head += [f"    {c}" for c in commands] + [
+        "",
+        "Each target's mutants are judged by the tests named in its section; a survivor "
+        "counts as equivalent only with a reason recorded for that very mutation "
+        "(`parity_tests/mutation/survivors.toml`) and a last run against the judge as it is "
+        "now. Operators and why some are excluded: `parity_tests/mutation/cosmic-ray.toml`. "
+        "Not mutated: each port's `__init__.py` (its interface and glue) and "
+        "`distributed.py` (judged by the multi-process tests of tests/, minutes a run).", "",
+        "## Per group", "", group_table(results, reasons, fingerprints), ""]
+    path.write_text("\n".join(head) + "\n" + "\n".join(
+        target_section(r, reasons, fingerprints) for r in results))
+
+
+class OneLineParser(argparse.ArgumentParser):
+    def error(self, message):
+        print(f"mutants: error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def sample_sizes(text):
+    """--sample: "N" (every target) or "TARGET=N,..." -> {target or "*": N}."""
+    sizes = {}
+    for part in filter(None, text.split(",")):
+        name, _, number = part.rpartition("=")
+        try:
+            sizes[name or "*"] = int(number)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{part!r} is not N or TARGET=N") from None
+        if sizes[name or "*"] < 0:
+            raise argparse.ArgumentTypeError(f"{part}: must be >= 0")
+    return sizes
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ports", default="torch,jittor",
+    argv = sys.argv[1:] if argv is None else argv
+    parser = OneLineParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--targets", default="torch,jittor,converter,shared",
                         type=lambda s: [p for p in s.split(",") if p])
-    parser.add_argument("--sample", type=int, default=0,
-                        help="mutants per port, drawn at random (0: all)")
+    parser.add_argument("--sample", type=sample_sizes, default={},
+                        help="mutants per target drawn at random: N for every target, or "
+                             "TARGET=N,... (0 or not named: all)")
     parser.add_argument("--seed", type=int, default=17)
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "mutation")
     parser.add_argument("--report", type=Path, default=None,
                         help="markdown report (default OUT/REPORT.md)")
     parser.add_argument("--parallel", action="store_true",
-                        help="both ports at once (one thread each)")
+                        help="the targets at once (one thread each)")
     parser.add_argument("--resume", action="store_true",
                         help="go on with the pending mutants of the run in OUT")
     parser.add_argument("--budget-minutes", type=float, default=None,
-                        help="stop running mutants after this long per port (then report)")
+                        help="stop running mutants after this long per target (then report)")
     parser.add_argument("--rerun-survivors", action="store_true",
-                        help="re-run the survivors of OUT/results.json on this checkout, "
-                             "then rewrite the report")
+                        help="re-run the survivors of OUT/results.json whose judge inputs "
+                             "changed, on this checkout, then rewrite the report")
+    parser.add_argument("--judge", default=None, help=argparse.SUPPRESS)  # cosmic-ray's call
     args = parser.parse_args(argv)
+    command = "bash scripts/mutants.sh " + " ".join(shlex.quote(a) for a in argv)
     try:
-        unknown = [p for p in args.ports if p not in PORT_DIRS]
-        if unknown or not args.ports:
-            raise MutantsError(f"--ports {','.join(args.ports)}: each must be torch or jittor")
-        if args.sample < 0:
-            raise MutantsError(f"--sample {args.sample}: must be >= 0")
+        if args.judge:
+            return judge(args.judge, args.out)
+        unknown = [t for t in args.targets if t not in GROUPS]
+        if unknown or not args.targets:
+            raise MutantsError(f"--targets {','.join(args.targets)}: each must be one of "
+                               f"{', '.join(GROUPS)}")
+        bad = [t for t in args.sample if t not in GROUPS and t != "*"]
+        if bad:
+            raise MutantsError(f"--sample: unknown target {bad[0]}")
         if args.budget_minutes is not None and args.budget_minutes < 0:
             raise MutantsError(f"--budget-minutes {args.budget_minutes:g}: must be >= 0")
         report = args.report or args.out / "REPORT.md"
@@ -436,17 +623,20 @@ def main(argv=None):
         def log(message):
             print(f"[mutants] {message}", flush=True)
 
+        earlier_results = []
+        if (args.rerun_survivors or args.resume) and (args.out / "results.json").is_file():
+            earlier_results = json.loads((args.out / "results.json").read_text())
         if args.rerun_survivors:
-            earlier = args.out / "results.json"
-            if not earlier.is_file():
-                raise MutantsError(f"--rerun-survivors: no earlier run in {earlier}")
-            earlier_results = json.loads(earlier.read_text())
-            results = [r for r in earlier_results if r["port"] in args.ports]
-            work = [lambda r=r: rerun_survivors(r, args.out, log) for r in results]
+            if not earlier_results:
+                raise MutantsError(f"--rerun-survivors: no earlier run in "
+                                   f"{args.out / 'results.json'}")
+            results = [r for r in earlier_results if r["target"] in args.targets]
+            work = [lambda r=r: rerun_survivors(r, args.out, log, command) for r in results]
         else:
             budget = None if args.budget_minutes is None else 60 * args.budget_minutes
-            work = [lambda p=p: run_port(p, args.out, args.sample, args.seed, log,
-                                         args.resume, budget) for p in args.ports]
+            sizes = {t: args.sample.get(t, args.sample.get("*", 0)) for t in args.targets}
+            work = [lambda t=t: run_target(t, args.out, sizes[t], args.seed, log, command,
+                                           args.resume, budget) for t in args.targets]
         args.out.mkdir(parents=True, exist_ok=True)
         if args.parallel and len(work) > 1:
             os.environ["OMP_NUM_THREADS"] = "1"
@@ -454,10 +644,10 @@ def main(argv=None):
                 results = list(pool.map(lambda run: run(), work))
         else:
             results = [run() for run in work]
-        if args.rerun_survivors:  # the ports not re-run too, in their earlier order
-            by_port = {r["port"]: r for r in earlier_results}
-            by_port.update((r["port"], r) for r in results)
-            results = list(by_port.values())
+        # the targets not run this time too, in their earlier order
+        by_target = {r["target"]: r for r in earlier_results}
+        by_target.update((r["target"], r) for r in results)
+        results = list(by_target.values())
         (args.out / "results.json").write_text(json.dumps(results, indent=1))
         write_report(results, report)
         log(f"report: {report}")
