@@ -27,7 +27,9 @@
 # --dry-run: every step on a tiny case (benchmarks untimed, one parity case, two training
 # iterations); with --device cpu this is what the default test suite runs on a CPU. With
 # --jittor it patches copies of Jittor's files and does not build (no GPU driver here): the
-# Jittor steps run Jittor as it is, on the CPU.
+# Jittor steps run Jittor as it is, on the CPU. The PyTorch check's wheels are installed as
+# on the GPU machine where PYTHON is a CPython 3.12 on x86-64 Linux (the copy of that
+# machine's software of scripts/gpu_image_check.sh), and only checked for it elsewhere.
 # PYTHON=... the interpreter (default python3, the one holding PyTorch there); GFOCAL_NVCC=...
 # the nvcc for Jittor (default: scripts/jittor_cuda.py's search); GFOCAL_JITTOR_CUDNN=off: Jittor
 # without cuDNN (its own convolution kernels; if cuDNN 9 fails there); GFOCAL_CHECK_STEPS=a,b runs
@@ -94,7 +96,13 @@ check_wheels() {  # check_wheels WHEEL...: would pip install them on the GPU mac
         --platform manylinux2014_x86_64 "$@" \
         || die "pip would not install the wheels of $WHEELS on Python 3.12 x86-64"
 }
-if [ "${#wheels[@]}" -gt 0 ] && [ "$dry" = 1 ]; then
+# Is $PY the GPU machine's kind of interpreter (CPython 3.12, x86-64 Linux)? Then a dry run
+# installs the wheels as the real check does (a copy of that machine's software, e.g.
+# scripts/gpu_image_check.sh's environment); elsewhere they would not import: checked only.
+like_gpu=$("$PY" -c 'import platform, sys
+print(int(sys.implementation.name == "cpython" and sys.version_info[:2] == (3, 12)
+          and sys.platform == "linux" and platform.machine() == "x86_64"))' 2>/dev/null)
+if [ "${#wheels[@]}" -gt 0 ] && [ "$dry" = 1 ] && [ "$like_gpu" != 1 ]; then
     check_wheels "${wheels[@]}"
 elif [ "${#wheels[@]}" -gt 0 ]; then
     echo "[gpu_check] installing ${#wheels[@]} wheels from $WHEELS"

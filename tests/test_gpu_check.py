@@ -234,3 +234,122 @@ def test_summary_of_the_jittor_check_tables_jittors_flags_and_the_paired_cases(t
     for fact in ("- use_tensorcore: 0", "- cuDNN: on", "- TF32: off", "- NVIDIA_TF32_OVERRIDE: 0"):
         assert fact in text
     assert "## Short training" not in text and "## PyTorch port" not in text
+
+
+# ------------------------------------------------ the GPU machine's software on this CPU
+IMAGE_CHECK = os.path.join(ROOT, "scripts", "gpu_image_check.sh")
+
+
+def run_image_check(args, tmp_path, **env):
+    """scripts/gpu_image_check.sh with its environment and cache kept under tmp_path."""
+    env = {**os.environ, "GFOCAL_GPU_IMAGE_ENV": str(tmp_path / "image-env"),
+           "XDG_CACHE_HOME": str(tmp_path / "cache"), **env}
+    return subprocess.run(["bash", IMAGE_CHECK, *args], capture_output=True, text=True,
+                          env=env, timeout=120)
+
+
+def skip_without_python_312(result):
+    if result.returncode == 2 and "CPython 3.12" in result.stderr:
+        pytest.skip("no Python 3.12 on this machine: " + result.stderr.strip())
+
+
+@pytest.mark.parametrize("args, env, words", [
+    (["--frobnicate"], {}, "unknown argument '--frobnicate'"),
+    (["--out"], {}, "--out needs a folder"),
+    (["--steps", "dry_run,nope"], {}, "--steps: unknown step 'nope' (known: dry_run,parity,"),
+    (["--out", "FULL"], {}, "is not empty: give a new or empty folder"),
+    ([], {"GFOCAL_CAP_BUILD": "1h"}, "a cap must be a whole number of seconds, got '1h'"),
+    ([], {"PYTHON312": sys.executable + "-missing"}, "is not a CPython 3.12 with venv"),
+], ids=["unknown-option", "out-without-value", "unknown-step", "out-not-empty", "bad-cap",
+        "python312-missing"])
+def test_image_check_bad_input_is_one_line_before_any_work(args, env, words, tmp_path):
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "kept.txt").write_text("x")
+    args = [str(full) if a == "FULL" else a for a in args]
+    result = run_image_check(args, tmp_path, **env)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.count("\n") == 1 and words in result.stderr, result.stderr
+    assert result.stdout == ""
+    assert not (tmp_path / "image-env").exists() and not (tmp_path / "cache").exists()
+    assert sorted(os.listdir(full)) == ["kept.txt"]
+
+
+def test_image_check_env_path_is_under_the_shared_cache_and_builds_nothing(tmp_path):
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"))
+    env.pop("GFOCAL_GPU_IMAGE_ENV", None)
+    result = subprocess.run(["bash", IMAGE_CHECK, "--env-path"], capture_output=True, text=True,
+                            env=env, timeout=120)
+    skip_without_python_312(result)
+    assert result.returncode == 0, result.stderr
+    path = result.stdout.strip()
+    assert os.path.dirname(path) == str(tmp_path / "cache" / "gfocal-parity")
+    name = os.path.basename(path)
+    assert name.startswith("gpu-image-env-") and len(name) == len("gpu-image-env-") + 12
+    assert not (tmp_path / "cache").exists()
+
+
+def test_the_shared_pipeline_and_cocoeval_give_what_numpy_2_gave():
+    """What the GPU machine's numpy 2.5 / opencv 5.1 / pycocotools computed, in the scripts/
+    gpu_image_check.sh environment (the batches' bytes, the 12 COCO statistics of fixed
+    detections): numpy 1 here gives the same bits, so a GPU run reads the very batches of a
+    run here. A change of the pipeline that moves these is a change of every run's data:
+    recompute both values in both environments."""
+    import contextlib
+    import hashlib
+    import io
+
+    import numpy as np
+    from pycocotools.coco import COCO
+
+    from gfocal.config import from_dict
+    from gfocal.data.loader import build_dataloader
+    from gfocal.data.synthetic import ensure_mini_coco
+    from gfocal.evaluation import coco_eval
+
+    cfg = from_dict({"model": dict(num_classes=6),
+                     "data": dict(img_scale=[160, 120], batch_size=2, val_batch_size=2)},
+                    source="numpy-2 probe")
+    digest = hashlib.sha256()
+    for split in ("train", "val"):  # train: seeded flips (the first batch is flipped)
+        for _, batch in zip(range(2), build_dataloader(cfg, split)):
+            digest.update(batch["imgs"].tobytes())
+            for key in ("gt_bboxes", "gt_labels", "gt_bboxes_ignore"):
+                for array in batch[key]:
+                    digest.update(np.ascontiguousarray(array).tobytes())
+            for meta in batch["img_metas"]:
+                digest.update(repr((meta["img_id"], meta["img_shape"], meta["pad_shape"],
+                                    meta["flip"])).encode())
+                digest.update(meta["scale_factor"].tobytes())
+    assert digest.hexdigest() == "76bba0c864e354044eb576d8316a55a2da5d6f8f595756ea3ae9e2640a54cac4"
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(os.path.join(ensure_mini_coco(), "annotations", "instances_val2017.json"))
+    rng = np.random.default_rng(7)
+    img_ids = sorted(gt.getImgIds())[:16]
+    results = []
+    for img_id in img_ids:  # every box moved by up to 15 % of its size, random scores
+        for ann in gt.loadAnns(gt.getAnnIds(imgIds=img_id, iscrowd=False)):
+            x, y, w, h = ann["bbox"]
+            dx, dy, dw, dh = rng.uniform(-0.15, 0.15, 4) * [w, h, w, h]
+            results.append({"image_id": img_id, "category_id": ann["category_id"],
+                            "bbox": [float(x + dx), float(y + dy), float(w + dw), float(h + dh)],
+                            "score": float(rng.uniform(0.05, 1.0))})
+    stats = coco_eval.evaluate(gt, results, img_ids=img_ids)
+    assert [v.hex() for v in stats.values()] == [
+        "0x1.a05ba16b70f7dp-2", "0x1.fa20c81192d74p-1", "0x1.8de64bc35b94dp-3",
+        "0x1.b585ffa97bdc3p-2", "0x1.9ecb56fec5eebp-2", "0x1.7fb67614c017cp-2",
+        "0x1.260b401f0fe7bp-2", "0x1.e70003650f874p-2", "0x1.e70003650f874p-2",
+        "0x1.c9c413b8b302bp-2", "0x1.01b32c43d54e6p-1", "0x1.ce81b4e81b4e9p-2"], stats
+
+
+def test_image_check_never_deletes_a_folder_it_did_not_build(tmp_path):
+    foreign = tmp_path / "somebodys-env"
+    foreign.mkdir()
+    (foreign / "data.txt").write_text("keep")
+    result = run_image_check(["--out", str(tmp_path / "out"), "--rebuild"], tmp_path,
+                             GFOCAL_GPU_IMAGE_ENV=str(foreign))
+    skip_without_python_312(result)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "is not this script's environment" in result.stderr
+    assert os.listdir(foreign) == ["data.txt"] and not (tmp_path / "out").exists()
