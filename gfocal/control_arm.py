@@ -5,9 +5,12 @@ apart as two unrelated runs of the same recipe. A same-framework control (the Py
 again, from initial weights moved by one ulp) shows how far rounding alone takes two runs;
 the Jittor run is read against that band. Framework-neutral: numpy arrays and logs only.
 """
+import json
+import os
+
 import numpy as np
 
-from gfocal.report.rundata import paired, relative_difference
+from gfocal.runlog import paired, relative_difference
 
 FIRST_N = 20           # the verdict compares loss differences after this many iterations
 RATIO_LIMIT = 2.0      # within the band: median Jittor-vs-PyTorch difference <= 2x control's
@@ -34,6 +37,37 @@ PARAM_GROUPS = (
 GROUP_NAMES = ("total", *[name for name, _ in PARAM_GROUPS])
 # Not weights that training moves: frozen BN statistics and the fixed 0..reg_max projection.
 NOT_WEIGHTS = ("running_mean", "running_var", "num_batches_tracked", "integral.project")
+
+
+# What the verdict detects: bugs of graded size planted in the Jittor arm, measured by
+# scripts/verdict_power.py (which writes this file).
+VERDICT_POWER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "verdict_power.json")
+PLANT_WORDS = {"lr": "a learning rate off by", "dfl": "a DFL loss weight off by",
+               "qfl": "a QFL loss weight off by", "giou": "a GIoU loss weight off by",
+               "bn_eps": "a frozen-BatchNorm eps of"}
+
+
+def plant_words(plant):
+    kind, _, value = plant.replace("=", "*").partition("*")
+    return f"{PLANT_WORDS.get(kind, kind)} {'' if kind == 'bn_eps' else 'x'}{value}"
+
+
+def detection_limit_text(path=VERDICT_POWER):
+    """One paragraph: the smallest planted bug of each kind the verdict called outside (from
+    scripts/verdict_power.py's measurement), and what it missed."""
+    try:
+        with open(path) as f:
+            measured = json.load(f)
+    except (OSError, ValueError):
+        return ("What this verdict can detect has not been measured (scripts/verdict_power.py); "
+                "rely on the parity suite for bugs smaller than a large one.")
+    caught = [plant_words(p) for p in measured["limits"].values() if p]
+    missed = [plant_words(r["plant"]) for r in measured["rows"][1:] if r["within"] is not False]
+    return (f"What this verdict detects (bugs planted in the Jittor arm, "
+            f"{measured['config']}, {measured['epochs']} epochs, {measured['date']}): "
+            + (", ".join(caught) + " or larger" if caught else "none of the planted bugs")
+            + ("; it read " + ", ".join(missed) + " as within the band: below that, rely on "
+               "the parity suite" if missed else "") + ".")
 
 
 def is_weight(name):

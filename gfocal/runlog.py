@@ -3,7 +3,10 @@ import json
 import math
 import os
 
+import numpy as np
+
 LOSS_KEYS = ("loss", "loss_cls", "loss_bbox", "loss_dfl")
+REL_EPS = 1e-12  # the floor of |reference| in a relative difference
 
 
 class NonFiniteLoss(RuntimeError):
@@ -37,3 +40,17 @@ def console_line(record):
     losses = " ".join(f"{k}={record[k]:.4f}" for k in LOSS_KEYS if k in record)
     return (f"ep {record['epoch']} it {record['iter']} lr {record['lr']:.2e} {losses} "
             f"{record['time']:.2f}s/it")
+
+
+# ---------------------------------------------------------------- two logs side by side
+def paired(torch_log, jittor_log, key="loss"):
+    """(iters, torch values, jittor values) on the iterations both logs have."""
+    t = {r["iter"]: r[key] for r in torch_log if key in r}
+    j = {r["iter"]: r[key] for r in jittor_log if key in r}
+    iters = sorted(t.keys() & j.keys())
+    return (np.array(iters, dtype=np.int64), np.array([t[i] for i in iters], np.float64),
+            np.array([j[i] for i in iters], np.float64))
+
+
+def relative_difference(reference, other):
+    return np.abs(other - reference) / np.maximum(np.abs(reference), REL_EPS)

@@ -46,8 +46,10 @@ def import_graph():
             for target in targets:
                 while target and target not in modules:  # a.b.c -> the module a.b
                     target = target.rpartition(".")[0]
-                if target and target != name and target not in ancestors:
-                    edges.add(target)
+                # importing a.b.c runs a/__init__ and a/b/__init__ first
+                parents = [target.rsplit(".", k)[0] for k in range(target.count(".") + 1)]
+                edges.update(t for t in parents
+                             if t in modules and t != name and t not in ancestors)
         graph[name] = sorted(edges)
     return graph
 

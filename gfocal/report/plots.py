@@ -9,9 +9,8 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from gfocal.atomic import atomic_path
-from gfocal.report.rundata import (COCO_STAT_NAMES, FRAMEWORKS, paired, per_epoch,
-                                   relative_difference, values)
-from gfocal.runlog import LOSS_KEYS
+from gfocal.report.rundata import COCO_STAT_NAMES, FRAMEWORKS, per_epoch, values
+from gfocal.runlog import LOSS_KEYS, paired, relative_difference
 
 COLORS = {"torch": "#ee4c2c", "jittor": "#1f6fb4"}
 LABELS = {"torch": "PyTorch", "jittor": "Jittor"}

@@ -7,13 +7,12 @@ from typing import Optional
 import numpy as np
 
 from gfocal.ports import FRAMEWORKS  # noqa: F401  (re-exported to the report modules)
-from gfocal.runlog import LOSS_KEYS
+from gfocal.runlog import LOSS_KEYS, paired, relative_difference
 
 COCO_STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl",
                    "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 LOG_REQUIRED_KEYS = ("iter", "epoch", "loss")
 LOG_NUMBER_KEYS = ("iter", "epoch", "lr", *LOSS_KEYS, "time", "data_time")
-REL_EPS = 1e-12
 
 
 class LogFormatError(ValueError):
@@ -126,19 +125,6 @@ def latency_stats(latencies):
     mean = float(lat.mean())
     return {"images": int(lat.size), "mean": mean, "median": float(np.median(lat)),
             "p95": float(np.percentile(lat, 95)), "fps": 1.0 / mean if mean > 0 else math.inf}
-
-
-def paired(torch_log, jittor_log, key="loss"):
-    """(iters, torch values, jittor values) on the iterations both logs have."""
-    t = {r["iter"]: r[key] for r in torch_log if key in r}
-    j = {r["iter"]: r[key] for r in jittor_log if key in r}
-    iters = sorted(t.keys() & j.keys())
-    return (np.array(iters, dtype=np.int64), np.array([t[i] for i in iters], np.float64),
-            np.array([j[i] for i in iters], np.float64))
-
-
-def relative_difference(reference, other):
-    return np.abs(other - reference) / np.maximum(np.abs(reference), REL_EPS)
 
 
 def agreement_summary(torch_log, jittor_log, first_n=20, key="loss"):

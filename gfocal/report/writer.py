@@ -14,7 +14,7 @@ import numpy as np
 
 from gfocal.atomic import write_text
 from gfocal.report import plots
-from gfocal.control_arm import BAND_FACTOR
+from gfocal.control_arm import BAND_FACTOR, detection_limit_text
 from gfocal.report.rundata import (COCO_STAT_NAMES, FRAMEWORKS, RunData, agreement_summary,
                                    latency_stats, loss_stats, per_epoch, speed_stats)
 from gfocal.runlog import LOSS_KEYS
@@ -223,6 +223,7 @@ def noise_section(runs, noise_result, plot_results):
     if verdict:
         blocks.append(Para(verdict["line"], warn=verdict["within"] is False))
         blocks.append(Para(verdict["rule"]))
+        blocks.append(Para(detection_limit_text()))
     else:
         blocks.append(Para("No verdict: an arm failed or did not run (see below).", warn=True))
     if noise_result.get("check"):
