@@ -48,19 +48,26 @@ def pytest_configure(config):
         meta = config.stash[metadata_key]
         for key, value in env.items():
             meta[key] = str(value)
-        if not env.get("jittor_onednn"):
+        if jittor_without_onednn(env):
             meta["WARNING"] = "Jittor runs WITHOUT oneDNN: CPU convolutions ~60x slower"
+
+
+def jittor_without_onednn(env):
+    """Jittor installed but on its slow fallback convolution (no warning where it is absent,
+    as on the GPU machine's PyTorch-only check)."""
+    return env.get("jittor", "not installed") != "not installed" and not env.get("jittor_onednn")
 
 
 def pytest_report_header(config):
     env = config.stash[ENVIRONMENT]
-    onednn = "on" if env.get("jittor_onednn") else "OFF (slow fallback!)"
-    return (f"gfocal: torch {env.get('torch')}, jittor {env.get('jittor')} (oneDNN {onednn}), "
+    onednn = (" (oneDNN OFF (slow fallback!))" if jittor_without_onednn(env)
+              else " (oneDNN on)" if env.get("jittor_onednn") else "")
+    return (f"gfocal: torch {env.get('torch')}, jittor {env.get('jittor')}{onednn}, "
             f"numpy {env['numpy']}, threads {env['omp_threads']}, gpu {env.get('gpu', 'none')}")
 
 
 def pytest_html_results_summary(prefix, summary, postfix, session):
-    if not session.config.stash[ENVIRONMENT].get("jittor_onednn"):
+    if jittor_without_onednn(session.config.stash[ENVIRONMENT]):
         prefix.append("<p style='color:#b00;font-weight:bold'>WARNING: Jittor ran without "
                       "oneDNN; its CPU timings use the ~60x slower fallback convolution.</p>")
 

@@ -44,6 +44,7 @@ def test_compare_on_a_subset_writes_the_report(tiny_config, tiny_coco, tmp_path)
     assert 0 < noise["traces"]["control"][0]["total"] < 1e-6
 
 
+@pytest.mark.ci  # six training arms
 def test_two_seeds_tabulate_the_spread_of_final_ap(tiny_config, tiny_coco, tmp_path):
     runs, noise = run_comparison(args(config=tiny_config, data_root=tiny_coco,
                                       out_dir=str(tmp_path), max_iters=2, seeds=2))

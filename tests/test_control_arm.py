@@ -110,6 +110,7 @@ def test_control_runs_the_whole_epochs_that_fit(tiny_config):
     assert iters == 0 and "did not run" in note
 
 
+@pytest.mark.ci  # three training arms
 def test_a_planted_learning_rate_bug_is_outside_the_band(tiny_coco, tiny_model, tmp_path,
                                                          monkeypatch):
     """Real training: the Jittor port with its learning rate tripled, 8 short epochs (24

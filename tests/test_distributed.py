@@ -17,13 +17,20 @@ from gfocal.cli import main
 from parity_tests import judge
 from gfocal.ports import FRAMEWORKS
 
+# multi-process jobs (torchrun, mpirun), minutes in all: CI runs them (pyproject.toml)
+pytestmark = pytest.mark.ci
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 3
 LOSS_KEYS = ("loss", "loss_cls", "loss_bbox", "loss_dfl")
 TIMEOUT = 300  # a run is ~10 s: a hang fails the test instead of the suite
 
-pytestmark = pytest.mark.skipif(shutil.which("mpirun") is None,
-                                reason="OpenMPI's mpirun is not installed (scripts/setup.sh)")
+
+
+def needs_launcher(framework):
+    """Skip a Jittor case where OpenMPI's mpirun is missing; torchrun ships with torch."""
+    if framework.startswith("jittor") and shutil.which("mpirun") is None:
+        pytest.skip("OpenMPI's mpirun is not installed (scripts/setup.sh)")
 
 
 def launch_command(framework, nproc=2):
@@ -127,13 +134,27 @@ def parallel_run(job, framework):
     return out
 
 
+class Runs(dict):
+    """The four training runs, each made on first use (a test that needs only torch's runs
+    does not wait for Jittor's, and skips no torch case where mpirun is missing)."""
+
+    def __init__(self, job):
+        super().__init__()
+        self.job = job
+
+    def __missing__(self, name):
+        framework, parallel = name.split()[0], name.endswith(("DDP", "MPI"))
+        needs_launcher(framework if parallel else "torch")
+        self[name] = (parallel_run if parallel else single_run)(self.job, framework)
+        return self[name]
+
+
 @pytest.fixture(scope="module")
 def runs(job):
-    return {"torch": single_run(job, "torch"), "jittor": single_run(job, "jittor"),
-            "torch DDP": parallel_run(job, "torch"), "jittor MPI": parallel_run(job, "jittor")}
+    return Runs(job)
 
 
-def rows_after(got, ref, init, steps):
+def rows_after(got, ref, init, steps, kind):
     """The parity suite's rows for one snapshot: parameter updates beyond float32 rounding
     and momentum buffers (after step 1: the all-reduced gradient plus weight decay)."""
     rows = []
@@ -144,15 +165,15 @@ def rows_after(got, ref, init, steps):
     for name in ref["momentum"]:
         rows.append(judge.error_stats(f"momentum.{name}", got["momentum"][name],
                                         ref["momentum"][name]))
-    kind = "optim" if steps == 1 else "trajectory"
     for row in rows:
         row.tolerance = judge.tolerance(row.name, None, kind=kind)
     return rows
 
 
-def assert_same_training(got, ref, init, context, snapshots=(1, STEPS)):
+def assert_same_training(got, ref, init, context, snapshots=(1, STEPS), trajectory=True):
     """Losses of every step, gradients (momentum after step 1) and parameters after the
-    `snapshots` steps, under the parity suite's policy (several steps: the trajectory rule)."""
+    `snapshots` steps, under the parity suite's policy: one step's tolerances after step 1,
+    and after several steps the trajectory rule, or (trajectory=False) one step's again."""
     assert len(got["losses"]) == len(ref["losses"]) == STEPS
     for step, (a, b) in enumerate(zip(got["losses"], ref["losses"]), 1):
         for key in LOSS_KEYS:
@@ -161,7 +182,8 @@ def assert_same_training(got, ref, init, context, snapshots=(1, STEPS)):
     for steps in snapshots:
         assert got[steps]["iter"] == ref[steps]["iter"] == steps
         assert set(got[steps]["params"]) == set(ref[steps]["params"])
-        rows = rows_after(got[steps], ref[steps], init, steps)
+        kind = "trajectory" if trajectory and steps > 1 else "optim"
+        rows = rows_after(got[steps], ref[steps], init, steps, kind)
         assert judge.first_failure(rows) is None, \
             judge.divergence_message(rows, f"{context}, after {steps} SGD steps")
         strict = [r for r in rows if r.rel <= judge.TARGET["optim"]]
@@ -177,7 +199,12 @@ def init_state(job):
 @pytest.mark.parametrize("parallel, single", [("torch DDP", "torch"),
                                               ("jittor MPI", "jittor")])
 def test_two_processes_of_batch_1_train_as_one_of_batch_2(runs, init_state, parallel, single):
-    assert_same_training(runs[parallel], runs[single], init_state, f"{parallel} vs {single}")
+    """PyTorch is held to one step's tolerances after every step: one framework on both
+    sides meets no kink a sign apart. Jittor's pair keeps the trajectory rule after 3 steps:
+    its 2 x batch 1 and 1 x batch 2 sum the same gradients in another order, and from seed
+    0's initialisation that moved a ReLU input across 0 (the job's config says by how much)."""
+    assert_same_training(runs[parallel], runs[single], init_state, f"{parallel} vs {single}",
+                         trajectory=parallel != "torch DDP")
 
 
 def test_torch_ddp_and_jittor_mpi_train_alike(runs, init_state):
@@ -207,13 +234,14 @@ def test_each_process_trains_on_its_own_share_of_the_global_batch(job, runs, par
         assert sorted(mine + theirs) == sorted(whole), (step, shares, single)
 
 
-def test_only_process_0_reports(runs):
-    for name in ("torch DDP", "jittor MPI"):
-        assert runs[name]["stdout"].count("checkpoint: ") == 2, runs[name]["stdout"]
+@pytest.mark.parametrize("name", ["torch DDP", "jittor MPI"])
+def test_only_process_0_reports(runs, name):
+    assert runs[name]["stdout"].count("checkpoint: ") == 2, runs[name]["stdout"]
 
 
 @pytest.mark.parametrize("framework", FRAMEWORKS)
 def test_a_failing_process_stops_the_job_and_keeps_the_last_checkpoint(job, framework):
+    needs_launcher(framework)
     """Process 1 fails at the 2nd step of a resumed run (iteration 3), process 0 waiting for
     it in the gradient all-reduce: the job ends non-zero within the timeout, the message
     names rank 1, `latest` is still the one of iteration 1."""

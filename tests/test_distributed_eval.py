@@ -13,7 +13,10 @@ from gfocal.data.subset import make_subset
 from gfocal.data.synthetic import ensure_mini_coco
 from gfocal.evaluation.coco_eval import STAT_NAMES, evaluate
 from gfocal.ports import FRAMEWORKS
-from test_distributed import FAULT, ROOT, TIMEOUT, pytestmark, run_job  # noqa: F401
+from test_distributed import FAULT, ROOT, TIMEOUT, needs_launcher, run_job
+
+# multi-process jobs (torchrun, mpirun): CI runs them (pyproject.toml)
+pytestmark = pytest.mark.ci
 
 VAL_IMAGES = 5  # odd: the 2 processes cannot take equal shares
 # one thread in every process, the reference included: the CPU kernels' sums then run in
@@ -54,6 +57,7 @@ def train_command(eval_job, framework, work):
 def test_two_processes_evaluate_as_one(eval_job, framework):
     """The detections process 0 gathers (in the val split's order) and the 12 statistics
     the job prints are exactly those of one process evaluating the job's checkpoint."""
+    needs_launcher(framework)
     folder = eval_job["folder"]
     work, gathered = folder / f"job_{framework}", folder / f"gathered_{framework}.json"
     job = run_job(framework, train_command(eval_job, framework, work),
@@ -83,6 +87,7 @@ def test_two_processes_evaluate_as_one(eval_job, framework):
 def test_a_process_failing_in_evaluation_stops_the_job(eval_job, framework):
     """Process 1 fails at its first evaluation batch while process 0 waits for its
     detections: the job ends non-zero, the message names rank 1."""
+    needs_launcher(framework)
     work = eval_job["folder"] / f"fault_{framework}"
     failed = run_job(framework, train_command(eval_job, framework, work),
                      script=(FAULT, "1", "1"), GFOCAL_TEST_FAIL_EVAL="1", **THREADS)

@@ -56,6 +56,7 @@ def dry_run(tmp_path_factory, no_jittor):
     return out, result
 
 
+@pytest.mark.ci  # the whole GPU check on a CPU
 def test_dry_run_passes_every_step_and_prints_the_summary(dry_run):
     out, result = dry_run
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -67,6 +68,7 @@ def test_dry_run_passes_every_step_and_prints_the_summary(dry_run):
     assert (out / "check.log").read_text().count("=== train: passed") == 1
 
 
+@pytest.mark.ci  # the whole GPU check on a CPU
 def test_dry_run_compares_the_pytorch_port_on_the_device_with_its_cpu_run(dry_run):
     """The GPU machine's parity step: subject torch@<device>, no Jittor; on the CPU both
     runs do the same arithmetic, so every tensor agrees exactly."""
@@ -80,6 +82,7 @@ def test_dry_run_compares_the_pytorch_port_on_the_device_with_its_cpu_run(dry_ru
     assert "torch@cpu against the PyTorch port on the CPU" in (out / "summary.md").read_text()
 
 
+@pytest.mark.ci  # the whole GPU check on a CPU
 def test_dry_run_trains_evaluates_and_keeps_its_files(dry_run):
     out, _ = dry_run
     for name in ("latest.pth", "log_torch.jsonl", "results.json", "test.txt"):
@@ -89,6 +92,7 @@ def test_dry_run_trains_evaluates_and_keeps_its_files(dry_run):
     assert (out / "parity.html").is_file() and (out / "perf.html").is_file()
 
 
+@pytest.mark.ci  # the whole GPU check on a CPU
 def test_a_second_check_into_the_same_folder_is_refused(dry_run, tmp_path, no_jittor):
     out, _ = dry_run
     before = (out / "summary.md").read_text()
@@ -119,6 +123,7 @@ def test_cuda_on_a_machine_without_a_gpu_stops_before_any_step(tmp_path, no_jitt
 
 
 @pytest.mark.skipif(cuda_stack_here() is not None, reason=str(cuda_stack_here()))
+@pytest.mark.ci  # the whole GPU check on a CPU
 def test_jittor_check_dry_run_sets_up_jittor_on_copies_and_prints_its_environment(tmp_path):
     """The Jittor check's first step, as the dry run does it: the CUDA home links built, the
     patch applied to copies of this environment's Jittor (the real 1.3.11 files), Jittor's

@@ -137,3 +137,16 @@ def test_a_live_worker_is_awaited_up_to_the_timeout(root, delay, done, new_child
 def test_timeout_must_be_positive():
     with pytest.raises(ValueError, match="timeout must be > 0 seconds, got 0"):
         DataLoader([], batch_size=1, img_scale=SCALE, timeout=0)
+
+
+@pytest.mark.parametrize("ahead, words", [
+    (0, ""), (1, " (or one of the 1 batch prefetched after it)"),
+    (2, " (or one of the 2 batches prefetched after it)")])
+def test_a_death_message_names_the_batches_prefetched_after_the_awaited_one(ahead, words):
+    """The pool fails every pending batch at once, so the message counts the batches
+    prefetched after the awaited one, in the singular for one."""
+    import types
+    stub = types.SimpleNamespace(workers=2, dataset=None, _delivered=True)
+    message = DataLoader._death_message(stub, [(1, 4242, 3)], [(5, False)], ahead)
+    assert message == ("data worker 1 of 2 (pid 4242) exited with code 3 while the batch "
+                       f"with files sample 5{words} was awaited")

@@ -111,6 +111,7 @@ def verdict_table(page):
     return {row[0]: dict(zip(header, row)) for row in rows}
 
 
+@pytest.mark.ci  # a parity run in a subprocess
 def test_html_report_opens_with_the_verdict_of_the_run(small_run):
     page = small_run["html"]
     # in the summary, above the list of tests
@@ -139,6 +140,7 @@ def test_html_report_opens_with_the_verdict_of_the_run(small_run):
     assert int(table["gradients"]["tensors"]) > 50
 
 
+@pytest.mark.ci  # a parity run in a subprocess
 def test_terminal_output_ends_with_the_same_table(small_run):
     stdout = small_run["stdout"]
     assert "parity verdict" in stdout
@@ -147,6 +149,7 @@ def test_terminal_output_ends_with_the_same_table(small_run):
         assert line in section
 
 
+@pytest.mark.ci  # a parity run in a subprocess
 def test_report_renders_in_a_browser(small_run):
     dom, check = render(small_run["path"], small_run["out"] / "profile")
     assert check["broken"] == [] and check["missing"] == [], check
@@ -162,6 +165,7 @@ def test_report_renders_in_a_browser(small_run):
     assert forward and f"{max(forward):.2e}" == table["forward probes"]["max err"]
 
 
+@pytest.mark.ci  # a parity run in a subprocess
 def test_verdict_json_matches_the_assertion_counts(small_run):
     """Sanity of the raw rows: none failed, each with a finite error or an exact count."""
     for r in small_run["records"]:
@@ -185,6 +189,7 @@ def run_regimes(tmp_path, cases):
     return run, tables
 
 
+@pytest.mark.ci  # a parity run in a subprocess
 def test_removing_the_case_of_a_regime_fails_the_suite_and_the_report_says_so(tmp_path):
     """Without random_b2_empty no image of a batch lacks boxes: the regime check fails,
     and the coverage table (terminal and HTML summary) marks that regime BELOW."""

@@ -39,6 +39,7 @@ def gfocal_train(config, port, work, *extra):
     return losses(work, port), state(work, port)
 
 
+@pytest.mark.ci  # trains both ports several times
 def test_one_seed_gives_one_run_another_seed_another(port, tiny_config, tmp_path):
     """--seed 3 twice (whatever the process drew in between), and train.seed = 3 in the
     config: the same first losses and checkpoint, bit for bit; --seed 4: different ones."""
@@ -67,6 +68,7 @@ def test_the_seed_decides_the_initialisation(port, tiny_config):
     assert same_arrays(initial(3), three) and not same_arrays(initial(4), three)
 
 
+@pytest.mark.ci  # trains both ports several times
 def test_training_draws_nothing_random_so_a_resume_needs_no_rng_state(port, tiny_config,
                                                                       tmp_path):
     """Every random source re-seeded after each iteration changes no loss and no weight;
