@@ -1,5 +1,9 @@
 """The control arm's arithmetic (gfocal/control_arm.py) on hand-made numbers, and a short
 real run with a bug planted in one port that the verdict must call outside the band."""
+import json
+import os
+import sys
+
 import numpy as np
 import pytest
 
@@ -136,3 +140,57 @@ def test_a_planted_learning_rate_bug_is_outside_the_band(tiny_coco, tiny_model, 
     assert result["verdict"]["within"] is False, result["verdict"]["line"]
     assert result["verdict"]["ratio"] > 10 * control_arm.RATIO_LIMIT  # decided with margin
     assert result["exit"] is not None  # the weights leave the band too
+
+
+# ---------------------------------------------------------------- what the verdict detects
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "scripts"))
+import verdict_power  # noqa: E402
+
+
+def power_rows(*rows):
+    return {"config": "configs/gfl_r18_mini.py", "epochs": 2, "iterations": 120,
+            "date": "2026-12-03", "check": "ok",
+            "rows": [{"plant": p, "ratio": r, "within": w, "line": ""} for p, r, w in rows]}
+
+
+def test_the_detection_limit_is_the_smallest_bug_of_each_kind_called_outside():
+    measured = power_rows(("none", 0.5, True), ("lr*1.02", 1.1, True), ("lr*1.1", 9.0, False),
+                          ("lr*1.3", 80.0, False), ("lr*1.05", 3.0, False),
+                          ("dfl*0.9", 1.2, True), ("bn_eps=0.001", 5.0, False))
+    assert verdict_power.limits(measured) == {"lr": "lr*1.05", "dfl": None,
+                                              "bn_eps": "bn_eps=0.001"}
+
+
+def test_the_report_quotes_what_the_verdict_detects_and_what_it_missed(tmp_path):
+    measured = power_rows(("none", 0.5, True), ("lr*1.02", 1.1, True), ("lr*1.05", 3.0, False))
+    measured["limits"] = verdict_power.limits(measured)
+    path = tmp_path / "power.json"
+    path.write_text(json.dumps(measured))
+    text = control_arm.detection_limit_text(str(path))
+    assert "a learning rate off by x1.05 or larger" in text
+    assert "it read a learning rate off by x1.02 as within the band" in text
+    assert "rely on the parity suite" in text and "2 epochs" in text
+    assert "has not been measured" in control_arm.detection_limit_text(str(tmp_path / "no"))
+
+
+@pytest.mark.parametrize("plant", ["lr", "lr*x", "speed*2", "bn_eps"])
+def test_a_bad_plant_is_one_line(plant, capsys):
+    assert verdict_power.main(["--plants", plant, "--out", "/nonexistent/never"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("verdict_power: error: --plants: ") and err.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_graded_planted_bugs_on_a_short_run(tiny_coco, tiny_model, tmp_path):
+    """The smallest graded learning-rate bug, x1.02, planted in the Jittor arm of 36
+    iterations: outside the band (R = 236 measured), while the unplanted port reads within
+    (R = 0.04): on a short run the band is far below any real bug."""
+    from gfocal.config import from_dict
+    cfg = from_dict({"model": tiny_model,
+                     "data": dict(root=tiny_coco, img_scale=[96, 96], batch_size=2),
+                     "optim": dict(warmup_iters=5, epochs=12),
+                     "train": dict(eval_interval=0)}, source="tiny noise config")
+    measured = verdict_power.measure(cfg, str(tmp_path), ["lr*1.02"], log=lambda _: None)
+    assert [r["within"] for r in measured["rows"]] == [True, False], measured["rows"]
+    assert measured["rows"][1]["ratio"] > 10 * control_arm.RATIO_LIMIT
