@@ -104,3 +104,18 @@ def test_ks_statistic_on_known_samples():
     uniform = rng.uniform(-0.01 * math.sqrt(3), 0.01 * math.sqrt(3), n)  # equal variance
     assert ks_statistic(normal, uniform) > ks_critical(n, n, level)
     assert ks_statistic(normal, rng.normal(0, 0.01, n)) < ks_critical(n, n, level)
+
+
+@pytest.mark.parametrize("depth", [18, 34, 50, 101])
+def test_every_resnet_depth_has_torchvisions_layout_in_both_ports(torch_port, jittor_port,
+                                                                  depth):
+    """Each depth the config accepts, not only the small model's 18: the backbone's tensors
+    (names and shapes) are torchvision's ResNet's without its classifier, in both ports."""
+    import torchvision
+    reference = torchvision.models.get_model(f"resnet{depth}", weights=None).state_dict()
+    want = {k: tuple(v.shape) for k, v in reference.items()
+            if not k.startswith("fc.") and not k.endswith("num_batches_tracked")}
+    for port in (torch_port, jittor_port):
+        got = {k: tuple(v.shape) for k, v in port.backbone.ResNet(depth).state_dict().items()
+               if not k.endswith("num_batches_tracked")}
+        assert got == want, (port.FRAMEWORK, sorted(set(got) ^ set(want))[:5])

@@ -44,14 +44,16 @@ def small(tmp_path):
         ann(1, 1, 7, [2, 3, 10, 5]),                    # kept -> label 2 (cat ids 3, 5, 7)
         ann(2, 1, 3, [0, 0, 40, 30], iscrowd=1),        # crowd -> ignore
         ann(3, 1, 5, [5, 5, 0.5, 10]),                  # w < 1 -> dropped
-        ann(4, 1, 5, [5, 5, 10, 0]),                    # h < 1 -> dropped
+        ann(4, 1, 5, [5, 5, 10, 0.5]),                  # h < 1 (area 5) -> dropped
         ann(5, 1, 5, [50, 5, 10, 10]),                  # outside the image -> dropped
         ann(6, 1, 99, [1, 1, 5, 5]),                    # unknown category -> dropped
         ann(7, 1, 3, [1, 1, 5, 5], ignore=1),           # ignore flag -> dropped
         ann(8, 1, 3, [20.5, 10.25, 4, 3]),              # kept -> label 0, float box
         ann(9, 2, 5, [1, 1, 10, 10], iscrowd=1),        # image 2: crowd only
         ann(10, 2, 5, [1, 1, 0.9, 10]),                 # and a degenerate box
-        ann(11, 4, 5, [3, 4, 1, 1]),                    # image 4: one 1x1 box (kept)
+        # image 4: one 1x1 box, kept; without "iscrowd" and "area" (optional in COCO
+        # files written by hand): not a crowd, area w * h
+        {"id": 11, "image_id": 4, "category_id": 5, "bbox": [3, 4, 1, 1]},
     ]                                                   # image 3: no annotations
     return write_coco(str(tmp_path), images, annotations)
 
