@@ -24,13 +24,14 @@ that mutation in parity_tests/mutation/survivors.toml (or "no reason recorded ye
 
   python scripts/mutants.py [--targets torch,jittor,converter,shared] [--sample N] [--seed S]
                             [--out DIR] [--report FILE] [--parallel] [--budget-minutes M]
-                            [--resume] [--rerun-survivors]
+                            [--resume] [--rerun-survivors] [--report-only]
 
 --budget-minutes stops each target's mutants after M minutes and reports those that ran (in
 cosmic-ray's random order, so still a random sample); --resume goes on with the rest;
 --rerun-survivors runs again, on this checkout, every survivor whose judge's inputs (its test
 files, conftests, fixtures) changed since it last ran, labelled equivalent or not: a survivor
-counts as equivalent only when its last run saw the judge as it is now.
+counts as equivalent only when its last run saw the judge as it is now; --report-only writes
+the report of what ran so far (after an interrupted run), running nothing.
 """
 import argparse
 import concurrent.futures
@@ -333,14 +334,21 @@ def exec_session(tree, config, session, budget_s):
         raise MutantsError(f"cosmic-ray exec {config} exited {rc}")
 
 
-def run_target(target, work, sample, seed, log, command, resume=False, budget_s=None):
+def run_target(target, work, sample, seed, log, command, resume=False, budget_s=None,
+               report_only=False):
     state_file = work / f"state-{target}.json"
     config, session = work / f"cosmic-ray-{target}.toml", work / f"session-{target}.sqlite"
     tree = work / f"tree-{target}"
-    if resume and state_file.is_file() and session.is_file() and tree.is_dir():
+    if (resume or report_only) and state_file.is_file() and session.is_file():
         state = json.loads(state_file.read_text())
+    elif report_only:
+        raise MutantsError(f"--report-only: no run of {target} in {work}")
     else:
         state = start_session(target, work, sample, seed, log)
+    if report_only:  # what ran so far; planted mutants not run
+        jobs = catalogue(session)
+        ran = sum(1 for _, res in jobs if res and res.get("worker_outcome") != "skipped")
+        return {**state, "run": ran, "jobs": jobs, "planted": [], "planted_run": False}
     state["commands"].append(command)
     state_file.write_text(json.dumps(state))
     timeout = mutant_timeout(state["baseline_s"])
@@ -523,6 +531,9 @@ def target_section(result, reasons, fingerprints):
            f"- killed / non-equivalent: {shown} (Wilson 95 % lower bound {lower})",
            f"- time: baseline {result['baseline_s']:.0f} s, mutants {result['exec_s']:.0f} s "
            f"({result['exec_s'] / max(1, result['run']):.1f} s per mutant)"]
+    if result.get("planted_run") is False:
+        out += ["", "Planted mutants: not run yet (the run was stopped before them; "
+                "`--resume` runs them)."]
     if result["planted"]:
         out += ["", "Planted mutants:", "",
                 markdown_table(["change", "module", "killed", "first failure"],
@@ -603,6 +614,8 @@ def main(argv=None):
     parser.add_argument("--rerun-survivors", action="store_true",
                         help="re-run the survivors of OUT/results.json whose judge inputs "
                              "changed, on this checkout, then rewrite the report")
+    parser.add_argument("--report-only", action="store_true",
+                        help="write the report of what ran in OUT so far, running nothing")
     parser.add_argument("--judge", default=None, help=argparse.SUPPRESS)  # cosmic-ray's call
     args = parser.parse_args(argv)
     command = "bash scripts/mutants.sh " + " ".join(shlex.quote(a) for a in argv)
@@ -636,7 +649,8 @@ def main(argv=None):
             budget = None if args.budget_minutes is None else 60 * args.budget_minutes
             sizes = {t: args.sample.get(t, args.sample.get("*", 0)) for t in args.targets}
             work = [lambda t=t: run_target(t, args.out, sizes[t], args.seed, log, command,
-                                           args.resume, budget) for t in args.targets]
+                                           args.resume, budget, args.report_only)
+                    for t in args.targets]
         args.out.mkdir(parents=True, exist_ok=True)
         if args.parallel and len(work) > 1:
             os.environ["OMP_NUM_THREADS"] = "1"

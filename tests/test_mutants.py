@@ -164,6 +164,7 @@ def test_report_counts(tmp_path, monkeypatch):
     (["--sample", "-1"], "argument --sample: -1: must be >= 0"),
     (["--sample", "torch=x"], "argument --sample: 'torch=x' is not N or TARGET=N"),
     (["--sample", "pandas=3"], "--sample: unknown target pandas"),
+    (["--report-only", "--targets", "torch"], "--report-only: no run of torch in"),
     (["--rerun-survivors"], "--rerun-survivors: no earlier run in"),
     (["--budget-minutes", "-2"], "--budget-minutes -2: must be >= 0"),
 ])
