@@ -281,6 +281,20 @@ def test_quality_focal_loss_on_tiny_shapes(ports):
     regimes.check(["loss input of exactly one element (one class, one anchor)"])
 
 
+@pytest.mark.parametrize("rows", [0, 1, 3])
+def test_unmap_puts_each_row_back_in_place(ports, rows):
+    """Rows of the masked entries back in their places (a level with one positive anchor
+    has one row), `fill` elsewhere."""
+    mask = np.zeros(7, bool)
+    mask[[1, 4, 6][:rows]] = True
+    values = np.arange(1, 2 * rows + 1, dtype=np.float32).reshape(rows, 2)
+    want = np.full((7, 2), -5.0, np.float32)
+    want[mask] = values
+    for name, port in ports.items():
+        got = port.numpy(port.box_ops.unmap(port.tensor(values), port.tensor(mask), -5.0))
+        np.testing.assert_array_equal(got, want, err_msg=name)
+
+
 # ---------------------------------------------------------------- Distribution Focal Loss
 def reference_dfl(logits, y):
     z = logits.astype(np.float64)
