@@ -1,15 +1,17 @@
 """Loader workers that die at start-up or hang: one line within a bound, never a wait for
 ever, no worker left behind."""
+import multiprocessing
 import os
 import re
 import subprocess
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 
 import pytest
 
 from gfocal.data.coco import CocoDataset, DatasetError
-from gfocal.data.loader import SPAWN_HINT, DataLoader
+from gfocal.data.loader import SPAWN_HINT, DataLoader, _stop_pool
 from tests.test_loader import SCALE, batches, new_children, root, train_files  # noqa: F401
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -150,3 +152,30 @@ def test_a_death_message_names_the_batches_prefetched_after_the_awaited_one(ahea
     message = DataLoader._death_message(stub, [(1, 4242, 3)], [(5, False)], ahead)
     assert message == ("data worker 1 of 2 (pid 4242) exited with code 3 while the batch "
                        f"with files sample 5{words} was awaited")
+
+
+class FreedMemory:
+    """Stands for the loader's shared copy: records that _stop_pool freed it."""
+    closed = unlinked = False
+
+    def close(self):
+        self.closed = True
+
+    def unlink(self):
+        self.unlinked = True
+
+
+def test_stopping_the_pool_cancels_the_batches_no_worker_has_started(new_children):
+    """A closed loader must not leave its queued batches to run: the pool cancels every
+    future that no worker has taken yet, the worker ends on its own once its queued tasks
+    are done (1.5 s at most, within JOIN_TIMEOUT_S) and the shared copy is freed."""
+    pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+    futures = [pool.submit(time.sleep, 0.5) for _ in range(8)]
+    futures[0].result(timeout=BOUND_S)  # the worker is up and has taken the first tasks
+    memory = FreedMemory()
+    _stop_pool(pool, memory)
+    # a 1-worker pool hands a worker its running task and queues two more (max_workers +
+    # EXTRA_QUEUED_CALLS): after the first is done, the fifth onwards have not been taken
+    assert all(f.cancelled() for f in futures[4:])
+    assert memory.closed and memory.unlinked
+    assert new_children() == []
