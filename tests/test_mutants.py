@@ -97,6 +97,18 @@ def test_a_port_is_judged_by_the_whole_parity_suite_fast_files_first():
     assert not any(f.startswith("parity_tests/") for f in mutants.judge_union("shared"))
 
 
+@pytest.mark.parametrize("module, first", [
+    ("gfocal/jittor/backbone.py", ["test_forward.py", "test_targets_losses.py"]),
+    ("gfocal/pytorch/postprocess.py", ["test_postprocess_regimes.py", "test_inference_coco.py",
+                                       "test_targets_losses.py"]),
+    ("gfocal/pytorch/atss.py", ["test_targets_losses.py"])])
+def test_a_changed_port_module_runs_its_own_parity_files_first(module, first):
+    """Only the order moves: every parity file still runs, each once."""
+    files = mutants.parity_files(changed=[module])
+    assert files[:len(first)] == first
+    assert sorted(files) == sorted(mutants.parity_files())
+
+
 def test_the_judge_runs_the_tests_of_the_changed_module(tmp_path, monkeypatch):
     """cosmic-ray runs `mutants.py --judge TARGET` in the mutated tree: the judge compares
     the target's modules with their pristine copies and runs that module's tests."""
