@@ -37,6 +37,7 @@
 # _JT_SETUP, _JT_BUILD, _JT_PERF, _JT_PARITY: the caps in seconds.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+source scripts/capped.sh  # capped: one step under a time cap
 PY=${PYTHON:-python3}
 WHEELS=${GFOCAL_WHEELS:-.whl}
 CAP_PERF=${GFOCAL_CAP_PERF:-210} CAP_PARITY=${GFOCAL_CAP_PARITY:-150} CAP_TRAIN=${GFOCAL_CAP_TRAIN:-150}
@@ -135,7 +136,7 @@ fi
 
 declare -A status seconds
 step() {  # step NAME CAP COMMAND...: run under its cap; record exit status and wall time
-    local name=$1 cap=$2 start rc
+    local name=$1 cap=$2
     shift 2
     if [ -n "${GFOCAL_CHECK_STEPS:-}" ] && [[ ",$GFOCAL_CHECK_STEPS," != *",$name,"* ]]; then
         status[$name]="skipped (not in GFOCAL_CHECK_STEPS)" seconds[$name]=0
@@ -143,15 +144,7 @@ step() {  # step NAME CAP COMMAND...: run under its cap; record exit status and 
         return
     fi
     echo "[gpu_check] === $name (cap ${cap} s): $*"
-    start=$(date +%s)
-    timeout --signal=INT --kill-after=20 "$cap" "$@"
-    rc=$?
-    seconds[$name]=$(( $(date +%s) - start ))
-    case $rc in
-        0) status[$name]=passed ;;
-        124|137) status[$name]="stopped at its ${cap} s cap" ;;
-        *) status[$name]="failed (exit $rc)" ;;
-    esac
+    capped "$name" "$cap" 20 "$@"
     echo "[gpu_check] === $name: ${status[$name]} after ${seconds[$name]} s"
 }
 

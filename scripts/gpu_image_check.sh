@@ -35,6 +35,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
 root=$(pwd -P)
+source scripts/capped.sh  # capped: one step under a time cap
 RECIPE=1  # bump when the way the environment is built changes
 # What the GPU machine holds (docs of the device tool, 2026-11: Python 3.12.3, torch 2.11.0,
 # torchvision 0.26.0, numpy 2.5.2; the others' versions there unread: the ones tested here).
@@ -192,22 +193,14 @@ counts() {  # counts NAME: pytest's count line of the step's log ("12 passed, 3 
 }
 declare -A status seconds tests
 step() {  # step NAME CAP COMMAND...: run under its cap, output to OUT/NAME.log
-    local name=$1 cap=$2 start rc
+    local name=$1 cap=$2
     shift 2
     if [ -n "$only" ] && [[ ",$only," != *",$name,"* ]]; then
         status[$name]="skipped (not in --steps)" seconds[$name]=0 tests[$name]=-
         return
     fi
     log "=== $name (cap ${cap} s)"
-    start=$(date +%s)
-    timeout --signal=INT --kill-after=30 "$cap" nice "$@" > "$out/$name.log" 2>&1
-    rc=$?
-    seconds[$name]=$(( $(date +%s) - start ))
-    case $rc in
-        0) status[$name]=passed ;;
-        124|137) status[$name]="stopped at its ${cap} s cap" ;;
-        *) status[$name]="failed (exit $rc)" ;;
-    esac
+    capped "$name" "$cap" 30 nice "$@" > "$out/$name.log" 2>&1
     tests[$name]=$(counts "$name")
     log "=== $name: ${status[$name]} after ${seconds[$name]} s (${tests[$name]})"
 }
