@@ -539,7 +539,8 @@ def target_section(result, reasons, fingerprints):
                                  if result["run"] < result["drawn"] else ""),
            f"- killed {count['killed']} ({count['closed']} of them only after new inputs, on "
            f"a re-run), survived {count['survived']} (of which {count['equivalent']} "
-           f"equivalent, {count['stale']} last run against other judge inputs), incompetent "
+           f"equivalent, {count['unreachable']} not reachable by the judge, {count['stale']} "
+           f"last run against other judge inputs), incompetent "
            f"{count['incompetent']}",
            f"- killed / non-equivalent: {shown} (Wilson 95 % lower bound {lower})",
            f"- time: baseline {result['baseline_s']:.0f} s, mutants {result['exec_s']:.0f} s "

@@ -69,7 +69,8 @@ def test_a_survivor_run_against_other_judge_inputs_is_not_equivalent(tmp_path, m
     report = tmp_path / "REPORT.md"
     mutants.write_report([result], report)
     text = report.read_text()
-    assert "survived 1 (of which 0 equivalent, 1 last run against other judge inputs)" in text
+    assert ("survived 1 (of which 0 equivalent, 0 not reachable by the judge, 1 last run "
+            "against other judge inputs)") in text
     assert "not counted as equivalent until --rerun-survivors" in text
 
 
@@ -162,8 +163,9 @@ def test_report_counts(tmp_path, monkeypatch):
     mutants.write_report([result], report)
     text = report.read_text()
     # 7 killed + 1 killed on the re-run; 2 survive, one of them equivalent: 8 / 9
-    assert "killed 8 (1 of them only after new inputs, on a re-run), survived 2 " \
-           "(of which 1 equivalent, 0 last run against other judge inputs)" in text
+    assert ("killed 8 (1 of them only after new inputs, on a re-run), survived 2 (of which 1 "
+            "equivalent, 0 not reachable by the judge, 0 last run against other judge "
+            "inputs)") in text
     assert "killed / non-equivalent: 88.9%" in text
     assert "equivalent: stated for the test" in text and "no reason recorded yet" in text
     assert "drawn at random: 12; run: 10 (stopped at the time budget" in text
