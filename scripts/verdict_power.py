@@ -29,8 +29,10 @@ from gfocal import control_arm  # noqa: E402
 from gfocal.errors import USER_ERRORS  # noqa: E402
 from gfocal.tables import markdown_table  # noqa: E402
 
-DEFAULT_PLANTS = ("lr*1.02", "lr*1.05", "lr*1.1", "lr*1.3", "dfl*0.9", "qfl*0.9",
-                  "bn_eps=0.001")
+# the graded ladder, up to sizes that must come out outside (a 3x learning rate: the
+# planted-bug test of tests/test_control_arm.py), so that the limit lies inside it
+DEFAULT_PLANTS = ("lr*1.02", "lr*1.05", "lr*1.1", "lr*1.3", "lr*2", "lr*3", "dfl*0.9",
+                  "dfl*0.5", "qfl*0.9", "qfl*0.5", "bn_eps=0.001")
 LOSS_WEIGHTS = {"dfl": "loss_dfl_weight", "qfl": "loss_cls_weight",
                 "giou": "loss_bbox_weight"}
 
