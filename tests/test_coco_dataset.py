@@ -146,6 +146,9 @@ def test_missing_image_folder(small, tmp_path):
     ('{"images": [{"id": 1}], "annotations": [], "categories": []}', "without 'id'/'file_name'"),
     ('{"images": [], "annotations": [{"image_id": 1, "bbox": [1, 2], "category_id": 1}],'
      ' "categories": []}', "4-number 'bbox'"),
+    ('{"images": [], "annotations": [{"image_id": 1, "category_id": 1}], "categories": []}',
+     "4-number 'bbox'"),  # a dict without its bbox
+    ('{"images": [], "annotations": [[1, 2, 3, 4]], "categories": []}', "4-number 'bbox'"),
 ])
 def test_malformed_annotation_file(tmp_path, text, problem):
     path = tmp_path / "bad.json"

@@ -198,6 +198,24 @@ def test_bad_arguments():
         DataLoader([], batch_size=1, img_scale=SCALE).batches(1)
 
 
+def test_a_sub_second_timeout_is_accepted_and_two_batches_per_worker_are_in_flight():
+    assert DataLoader([], batch_size=1, img_scale=SCALE, timeout=0.5).timeout == 0.5
+    assert DataLoader([], batch_size=1, img_scale=SCALE, workers=3).prefetch == 6
+    assert DataLoader([], batch_size=1, img_scale=SCALE, workers=3, prefetch=1).prefetch == 1
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_the_shards_of_an_evaluation_are_its_batches_dealt_in_turn(dataset, world):
+    """shard(rank, world): process `rank` predicts batches rank, rank + world, ...; together
+    the shards are exactly the one-process loader's batches, none twice."""
+    loader = DataLoader(dataset, batch_size=3, img_scale=SCALE, shuffle=False)
+    whole = [samples_of(b) for b in batches(loader)]
+    shards = [[samples_of(b) for b in loader.shard(rank, world)] for rank in range(world)]
+    assert [len(s) for s in shards] == [len(whole[rank::world]) for rank in range(world)]
+    for rank, shard in enumerate(shards):
+        assert shard == whole[rank::world]
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_workers_give_the_same_bytes_and_keep_their_pool(dataset, workers, new_children):
     in_process = DataLoader(dataset, batch_size=3, img_scale=SCALE, seed=7)

@@ -3,9 +3,11 @@ ever, no worker left behind."""
 import multiprocessing
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
+import types
 from concurrent.futures import ProcessPoolExecutor
 
 import pytest
@@ -147,7 +149,6 @@ def test_timeout_must_be_positive():
 def test_a_death_message_names_the_batches_prefetched_after_the_awaited_one(ahead, words):
     """The pool fails every pending batch at once, so the message counts the batches
     prefetched after the awaited one, in the singular for one."""
-    import types
     stub = types.SimpleNamespace(workers=2, dataset=None, _delivered=True)
     message = DataLoader._death_message(stub, [(1, 4242, 3)], [(5, False)], ahead)
     assert message == ("data worker 1 of 2 (pid 4242) exited with code 3 while the batch "
@@ -179,3 +180,29 @@ def test_stopping_the_pool_cancels_the_batches_no_worker_has_started(new_childre
     assert all(f.cancelled() for f in futures[4:])
     assert memory.closed and memory.unlinked
     assert new_children() == []
+
+
+class EndedWorker:
+    """A pool process that has ended with `exitcode`: its sentinel is a readable pipe."""
+
+    def __init__(self, pid, exitcode):
+        self.sentinel, write_end = os.pipe()
+        os.write(write_end, b"x")
+        os.close(write_end)
+        self.pid, self.exitcode = pid, exitcode
+
+
+@pytest.mark.parametrize("codes, named", [
+    ((-signal.SIGTERM, 3, -signal.SIGTERM), [(2, 12, 3)]),  # the others: the pool's SIGTERM
+    ((-signal.SIGTERM, -signal.SIGKILL), [(2, 12, -signal.SIGKILL)]),
+    ((-signal.SIGTERM,), [(1, 11, -signal.SIGTERM)])])  # only terminated ones: all named
+def test_a_broken_pool_names_the_worker_that_began_it(codes, named):
+    """A worker that dies breaks the pool, which then terminates the others (SIGTERM): the
+    death message must name the first, not one of those."""
+    workers = {11 + i: EndedWorker(11 + i, code) for i, code in enumerate(codes)}
+    stub = types.SimpleNamespace(_pool=types.SimpleNamespace(_processes=workers))
+    try:
+        assert DataLoader._ended_workers(stub) == named
+    finally:
+        for worker in workers.values():
+            os.close(worker.sentinel)

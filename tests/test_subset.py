@@ -114,3 +114,12 @@ def test_refuses_non_empty_output(src, tmp_path):
     (tmp_path / "o" / "val2017" / "old.png").write_bytes(b"x")
     with pytest.raises(DatasetError, match="not empty"):
         make_subset(ann_file, img_dir, 1, tmp_path / "o")
+
+
+def test_an_existing_empty_output_folder_is_used(src, tmp_path):
+    """Only a non-empty folder is refused: an empty one (made beforehand, or left by a
+    run that failed before copying) takes the subset."""
+    _, ann_file, img_dir, _ = src
+    (tmp_path / "o" / "val2017").mkdir(parents=True)
+    make_subset(ann_file, img_dir, 2, tmp_path / "o")
+    assert len(os.listdir(tmp_path / "o" / "val2017")) == 2

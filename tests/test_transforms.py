@@ -29,6 +29,8 @@ def test_rescale_size_hand_cases(w, h, img_scale, expected):
 def test_rescale_size_rejects_bad_input():
     with pytest.raises(ValueError, match="w=0"):
         transforms.rescale_size(0, 10, (320, 320))
+    with pytest.raises(ValueError, match="h=0"):
+        transforms.rescale_size(10, 0, (320, 320))
     with pytest.raises(ValueError, match="img_scale"):
         transforms.rescale_size(10, 10, (320, 0))
 
@@ -90,6 +92,12 @@ def test_pad_to_multiple_of_32(h, w, expected):
     assert (out[:h, :w] == 7).all()
     assert out[h:].sum() == 0 and out[:, w:].sum() == 0
     assert transforms.padded_size(h, w, 32) == expected
+
+
+def test_a_size_divisor_of_one_pads_nothing_and_below_one_is_refused():
+    assert transforms.padded_size(33, 65, 1) == (33, 65)
+    with pytest.raises(ValueError, match="size_divisor must be >= 1, got 0"):
+        transforms.padded_size(33, 65, 0)
 
 
 # ---- properties -----------------------------------------------------------------------
