@@ -632,6 +632,7 @@ def main(argv=None):
                         help="write the report of what ran in OUT so far, running nothing")
     parser.add_argument("--judge", default=None, help=argparse.SUPPRESS)  # cosmic-ray's call
     args = parser.parse_args(argv)
+    args.out = args.out.resolve()  # cosmic-ray runs in the tree copies: a relative --out breaks
     command = "bash scripts/mutants.sh " + " ".join(shlex.quote(a) for a in argv)
     try:
         if args.judge:

@@ -188,3 +188,14 @@ def test_bad_arguments_give_one_line(args, message, tmp_path):
     assert done.returncode == 2
     assert done.stderr.startswith("mutants: error: " + message)
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_a_relative_out_folder_is_made_absolute(tmp_path):
+    """cosmic-ray runs each mutant in a copy of the checkout: --out must not depend on the
+    working directory (a relative one once ended a resumed run with exit 78)."""
+    done = subprocess.run([sys.executable, str(ROOT / "scripts/mutants.py"), "--report-only",
+                           "--targets", "shared", "--out", "work"], capture_output=True,
+                          text=True, cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip() == ("mutants: error: --report-only: no run of shared in "
+                                   f"{tmp_path / 'work'}")
