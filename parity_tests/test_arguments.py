@@ -1,5 +1,7 @@
 """The ports refuse the same arguments: at each bound of an argument check both accept the
 value just inside and refuse the one just outside (a port whose check moved disagrees)."""
+import inspect
+
 import numpy as np
 import pytest
 
@@ -17,6 +19,9 @@ CASES = [  # (what is built, arguments, accepted)
     ("fpn", {"start_level": -1}, False),
     # the integral's input: the last dimension must hold 4 x (reg_max + 1) logits
     ("integral", {"last": 68}, True), ("integral", {"last": 67}, False),
+    # frozen_stages: -1 (nothing frozen) .. 4 (every stage)
+    ("backbone", {"frozen_stages": -1}, True), ("backbone", {"frozen_stages": -2}, False),
+    ("backbone", {"frozen_stages": 4}, True), ("backbone", {"frozen_stages": 5}, False),
 ]
 
 
@@ -27,6 +32,8 @@ def refusal(port, what, kwargs):
             port.anchors.AnchorGenerator(**kwargs)
         elif what == "fpn":
             port.fpn.FPN(**dict(in_channels=[8, 16, 32], out_channels=8, **kwargs))
+        elif what == "backbone":
+            port.backbone.ResNet(18, **kwargs)
         elif what == "integral":
             port.gfl_head.Integral(16)(port.tensor(np.zeros((2, kwargs["last"]), np.float32)))
         else:
@@ -42,3 +49,65 @@ def test_both_ports_draw_the_same_bounds(torch_port, jittor_port, what, kwargs, 
     message = refusal(torch_port, what, kwargs)
     assert refusal(jittor_port, what, kwargs) == message
     assert (message is None) == accepted, message
+
+
+# Each port's computing modules; `execute` is Jittor's name for `forward`.
+MODULES = ("probes", "backbone", "fpn", "gfl_head", "box_ops", "anchors", "atss", "losses",
+           "postprocess", "detector", "checkpoint", "train")
+LITERALS = (int, float, str, bool, type(None), tuple)
+
+
+def signatures(port):
+    """{module.Class.method or module.function: [(parameter, literal default or None)]} of
+    what each module defines."""
+    found = {}
+    for module_name in MODULES:
+        module = getattr(port, module_name)
+        for name, obj in vars(module).items():
+            if getattr(obj, "__module__", None) != module.__name__:
+                continue
+            members = ({m: f for m, f in vars(obj).items() if inspect.isfunction(f)}
+                       if inspect.isclass(obj) else {"": obj} if inspect.isfunction(obj) else {})
+            for member, function in members.items():
+                member = "forward" if member == "execute" else member
+                key = ".".join(filter(None, (module_name, name, member)))
+                found[key] = [(p.name, p.default if isinstance(p.default, LITERALS) else None)
+                              for p in inspect.signature(function).parameters.values()]
+    return found
+
+
+def test_both_ports_give_their_classes_and_functions_the_same_parameters_and_defaults(
+        torch_port, jittor_port):
+    """The same call must mean the same in both ports: every class and function the two
+    define under one name takes the same parameters (constructors) with the same literal
+    defaults (a default that differs, say frozen_stages or the head's strides, changes what
+    a model built without it computes in one port only)."""
+    ours, theirs = signatures(torch_port), signatures(jittor_port)
+    shared = sorted(set(ours) & set(theirs))
+    assert len(shared) > 50, shared  # the comparison covers the modules, not a few names
+    for key in shared:
+        if key.endswith(".__init__"):
+            assert ours[key] == theirs[key], key
+        defaults = dict(theirs[key])
+        for name, default in ours[key]:
+            if name in defaults:
+                assert default == defaults[name], (key, name, default, defaults[name])
+
+
+def test_a_head_whose_input_width_differs_from_its_own_computes_the_same(torch_port,
+                                                                         jittor_port):
+    """in_channels (the FPN's width) need not equal feat_channels: the first convolution of
+    each tower takes in_channels, the others feat_channels."""
+    kwargs = dict(SMALL_HEAD, in_channels=4, feat_channels=8, stacked_convs=2)
+    rng = np.random.default_rng(0)
+    feats = [rng.standard_normal((1, 4, 2, 2)).astype(np.float32) for _ in range(5)]
+    heads = [port.gfl_head.GFLHead(**kwargs) for port in (torch_port, jittor_port)]
+    state = torch_port.checkpoint.state_dict_numpy(heads[0])
+    jittor_port.checkpoint.load_state_dict_numpy(heads[1], state, strict=True)
+    outs = []
+    for port, head in zip((torch_port, jittor_port), heads):
+        with port.no_grad():
+            cls_scores, bbox_preds = head([port.tensor(f) for f in feats])
+        outs.append([port.numpy(t) for t in (*cls_scores, *bbox_preds)])
+    for ours, theirs in zip(*outs):
+        np.testing.assert_allclose(theirs, ours, rtol=1e-5, atol=1e-5 * np.abs(ours).max())

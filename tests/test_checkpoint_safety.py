@@ -2,6 +2,8 @@
 containers only, and refuses anything else in one line before it runs; checkpoints saved as
 mmcv 1.x, mmengine, torchvision and Jittor save them still load."""
 import collections
+import copyreg
+import io
 import os
 import pickle
 import shlex
@@ -10,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from gfocal.checkpoint_io import _write_jittor, load_payload, read_any
+from gfocal.checkpoint_io import CheckpointError, _write_jittor, load_payload, read_any
 from gfocal.cli import main as gfocal_main
 from tests.official_layout import HistoryBuffer, official_model, save_official_checkpoint
 from weights_converter.cli import main as convert_main
@@ -162,3 +164,21 @@ def test_checkpoints_of_plain_data_still_load(kind, tiny_model, tmp_path):
     saved = write(path, official_model(tiny_model))
     assert same(load_payload(path), saved)
     assert read_any(path)[0] == fmt
+
+
+def test_a_pickle_the_safe_loader_cannot_read_fails_with_its_cause_in_one_line(tmp_path):
+    """torch.load(weights_only=True) buries the cause under paragraphs of advice: the error
+    keeps only the cause (here an extension-registry opcode, EXT1 = 130, that the safe
+    unpickler does not read)."""
+    copyreg.add_extension("collections", "OrderedDict", 240)
+    try:
+        buffer = io.BytesIO()
+        torch.save({"x": collections.OrderedDict(a=1)}, buffer)
+    finally:
+        copyreg.remove_extension("collections", "OrderedDict", 240)
+    path = tmp_path / "ext.pth"
+    path.write_bytes(buffer.getvalue())
+    with pytest.raises(CheckpointError) as info:
+        load_payload(str(path), "torch")
+    assert str(info.value) == (f"{path}: not a readable PyTorch file (UnpicklingError: "
+                               "Unsupported operand 130)")

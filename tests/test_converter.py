@@ -8,7 +8,7 @@ from gfocal.config import DEFAULTS
 from gfocal.state_dict import CheckpointError
 from weights_converter.cli import main
 from gfocal.checkpoint_io import mmdet_to_canonical, read, write
-from weights_converter.convert import convert
+from weights_converter.convert import convert, infer_model_cfg
 from gfocal.ports import FRAMEWORKS
 from gfocal.checkpoint_io import load_checkpoint
 
@@ -195,3 +195,17 @@ def test_cli_round_trip_and_messages(torch_state, tmp_path, capsys):
     assert "refusing to overwrite" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main([src, mid, "--from", "caffe", "--to", "jittor"])
+
+
+@pytest.mark.parametrize("depth", [18, 34, 50, 101])
+def test_the_model_is_inferred_from_a_state_dict_of_every_depth(depth):
+    """infer_model_cfg reads depth (block counts, Bottleneck or not), widths and levels back
+    from the names and shapes of a full detector's state dict: the config it was made with."""
+    from gfocal.pytorch import build_detector
+    from gfocal.pytorch.checkpoint import state_dict_numpy
+    made = dict(TINY, depth=depth, num_classes=3, reg_max=7, reg_topk=3, reg_channels=16)
+    inferred = infer_model_cfg(state_dict_numpy(build_detector(made)))
+    keys = ("depth", "num_classes", "feat_channels", "fpn_channels", "stacked_convs",
+            "reg_max", "reg_channels", "reg_topk", "num_outs", "strides")
+    assert {k: inferred[k] for k in keys} == {k: made[k] for k in keys}
+    assert inferred["strides"] == [8, 16, 32, 64, 128]
