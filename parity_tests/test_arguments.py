@@ -94,6 +94,60 @@ def test_both_ports_give_their_classes_and_functions_the_same_parameters_and_def
                 assert default == defaults[name], (key, name, default, defaults[name])
 
 
+def plain(value):
+    """A constant with each class replaced by its name (each port has its own classes)."""
+    if inspect.isclass(value):
+        return value.__name__
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return type(value)(plain(v) for v in value)
+    return value
+
+
+def constants(port):
+    """{module.NAME: value} of each module's upper-case literal constants."""
+    return {f"{m}.{name}": plain(value) for m in MODULES
+            for name, value in vars(getattr(port, m)).items()
+            if name.isupper() and isinstance(value, (*LITERALS, dict, list))}
+
+
+def test_both_ports_hold_the_same_constants(torch_port, jittor_port):
+    """Markers, thresholds and switches a module defines once (ATSS's NOT_POSITIVE, the NMS
+    offset trick's size limits, ...) have the same value in both ports: many are too close
+    to their neighbours (-1e8 vs -99999999) or too far from the parity inputs (the CUDA
+    limit on a CPU run) for any computed tensor to show a change."""
+    ours, theirs = constants(torch_port), constants(jittor_port)
+    shared = sorted(set(ours) & set(theirs) - {"checkpoint.EXTENSION"})  # .pth / .pkl
+    assert {"atss.NOT_POSITIVE", "atss.MIN_INSIDE", "backbone.ARCH_SETTINGS"} <= set(shared)
+    for key in shared:
+        assert ours[key] == theirs[key], (key, ours[key], theirs[key])
+
+
+def test_the_nms_offset_switch_follows_torchvision(jittor_port):
+    """The PyTorch port calls torchvision's batched_nms, which offsets boxes per class up to
+    a size limit per device and loops over classes above it; the Jittor port switches at
+    the same limits (read from torchvision's source: they are not exported)."""
+    import re
+
+    import torchvision
+    source = inspect.getsource(torchvision.ops.boxes.batched_nms)
+    found = re.search(r"numel\(\) > \((\d[\d_]*) if boxes\.device\.type == .cpu. else "
+                      r"(\d[\d_]*)\)", source)
+    assert found, "torchvision's batched_nms no longer has the switch this test reads"
+    limits = {"cpu": int(found[1]), "cuda": int(found[2])}
+    assert jittor_port.postprocess.OFFSET_TRICK_MAX_NUMEL == limits
+
+
+def test_a_group_norm_given_the_wrong_width_refuses_in_both_ports(torch_port, jittor_port):
+    """One channel against GroupNorm(4, 8) would broadcast through the affine weights in
+    silence; both ports refuse it."""
+    for port in (torch_port, jittor_port):
+        norm = port.fpn.ConvModule(8, 8, 3, padding=1, norm="gn", gn_groups=4).gn
+        with pytest.raises((ValueError, RuntimeError)):
+            norm(port.tensor(np.ones((1, 1, 2, 2), np.float32)))
+
+
 def test_a_head_whose_input_width_differs_from_its_own_computes_the_same(torch_port,
                                                                          jittor_port):
     """in_channels (the FPN's width) need not equal feat_channels: the first convolution of

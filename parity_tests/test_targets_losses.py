@@ -267,6 +267,26 @@ def test_atss_dense_assignment_near_the_threshold(torch_port, jittor_port, monke
     regimes.check(hits)
 
 
+def test_a_level_of_one_anchor_gives_it_as_a_candidate(torch_port, jittor_port):
+    """A 128 x 128 input leaves P7 a single anchor: k = min(topk, 1) = 1 candidate there,
+    whose IoU enters each gt's candidate mean and std; both ports assign alike (a port that
+    skipped a level of fewer than two anchors would move those thresholds)."""
+    sizes = [(16, 16), (8, 8), (4, 4), (2, 2), (1, 1)]
+    anchors = np.concatenate(reference_anchors(sizes, STRIDES))
+    nums = [h * w for h, w in sizes]
+    rng = np.random.default_rng(0)  # 40 gts of 30 to 128 px: one anchor depends on P7's
+    xy = rng.uniform(0, 60, (40, 2))
+    gts = np.concatenate([xy, np.minimum(xy + rng.uniform(30, 128, (40, 2)), 128)],
+                         axis=1).astype(np.float32)
+    labels = rng.integers(0, 3, 40)
+    t = assign(torch_port, anchors, nums, gts, labels)
+    j = assign(jittor_port, anchors, nums, gts, labels)
+    without_p7 = assign(torch_port, anchors[:-1], nums[:-1], gts, labels)
+    assert not np.array_equal(t[0][:-1], without_p7[0]), \
+        "these inputs must depend on the P7 candidate to test it"
+    assert np.array_equal(t[0], j[0]) and np.array_equal(t[2], j[2])
+
+
 REG_MAX = 16
 
 
