@@ -61,10 +61,11 @@ PORT_DIRS = {"torch": "gfocal/pytorch", "jittor": "gfocal/jittor"}
 # tests/, minutes a run: not mutated, said in the report).
 PORT_MODULES = ("anchors", "atss", "backbone", "box_ops", "detector", "fpn", "gfl_head",
                 "gfl_loss", "losses", "postprocess", "probes", "train", "kernels")
-# Parity files that fail fastest on a broken target, loss or decoding come first: with -x a
-# killed mutant stops at its first failure. Files not named here follow in name order.
-FIRST_FILES = ("test_targets_losses.py", "test_postprocess_regimes.py", "test_forward.py",
-               "test_inference_coco.py", "test_backward_optim.py")
+# Parity files that fail fastest on a broken target come first (the seconds-long argument,
+# signature and constant checks, then loss and decoding): with -x a killed mutant stops at
+# its first failure. Files not named here follow in name order.
+FIRST_FILES = ("test_arguments.py", "test_targets_losses.py", "test_postprocess_regimes.py",
+               "test_forward.py", "test_inference_coco.py", "test_backward_optim.py")
 # A changed port module's own parity files go first: a backbone mutant fails test_forward.py
 # in seconds, after minutes of test_targets_losses.py. Only the order changes, never the set.
 MODULE_FIRST_FILES = {
