@@ -588,6 +588,28 @@ def write_report(results, path):
         target_section(r, reasons, fingerprints) for r in results))
 
 
+def merge_results(out, others, report, command, log):
+    """OUT/results.json with the targets of each other folder's results.json (replacing
+    OUT's), written back with the report; the merged targets record the command."""
+    by_target = {}
+    for folder in [out, *others]:
+        path = folder / "results.json"
+        if not path.is_file():
+            if folder == out:
+                continue
+            raise MutantsError(f"--merge: no earlier run in {path}")
+        for result in json.loads(path.read_text()):
+            if folder != out:
+                result.setdefault("commands", []).append(command)
+            by_target[result["target"]] = result
+    results = [by_target[t] for t in GROUPS if t in by_target]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    write_report(results, report)
+    log(f"report: {report}")
+    return 0
+
+
 class OneLineParser(argparse.ArgumentParser):
     def error(self, message):
         print(f"mutants: error: {message}", file=sys.stderr)
@@ -631,6 +653,9 @@ def main(argv=None):
                              "changed, on this checkout, then rewrite the report")
     parser.add_argument("--report-only", action="store_true",
                         help="write the report of what ran in OUT so far, running nothing")
+    parser.add_argument("--merge", type=Path, action="append", default=[],
+                        help="run nothing: add the results of another OUT folder (its "
+                             "targets replace OUT's) to OUT/results.json and the report")
     parser.add_argument("--judge", default=None, help=argparse.SUPPRESS)  # cosmic-ray's call
     args = parser.parse_args(argv)
     args.out = args.out.resolve()  # cosmic-ray runs in the tree copies: a relative --out breaks
@@ -652,6 +677,9 @@ def main(argv=None):
         def log(message):
             print(f"[mutants] {message}", flush=True)
 
+        if args.merge:
+            return merge_results(args.out, [m.resolve() for m in args.merge], report, command,
+                                 log)
         earlier_results = []
         if (args.rerun_survivors or args.resume) and (args.out / "results.json").is_file():
             earlier_results = json.loads((args.out / "results.json").read_text())

@@ -1,5 +1,6 @@
 """The mutation-testing run (scripts/mutants.py): its inputs stay in step with the ports, and
 its report counts what it says. The run itself is `make mutants` (hours), never here."""
+import json
 import re
 import subprocess
 import sys
@@ -181,6 +182,7 @@ def test_report_counts(tmp_path, monkeypatch):
     (["--report-only", "--targets", "torch"], "--report-only: no run of torch in"),
     (["--rerun-survivors"], "--rerun-survivors: no earlier run in"),
     (["--budget-minutes", "-2"], "--budget-minutes -2: must be >= 0"),
+    (["--merge", "/nonexistent"], "--merge: no earlier run in /nonexistent/results.json"),
 ])
 def test_bad_arguments_give_one_line(args, message, tmp_path):
     done = subprocess.run([sys.executable, str(ROOT / "scripts/mutants.py"), *args,
@@ -199,3 +201,23 @@ def test_a_relative_out_folder_is_made_absolute(tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip() == ("mutants: error: --report-only: no run of shared in "
                                    f"{tmp_path / 'work'}")
+
+
+def test_merge_adds_another_runs_targets_and_rewrites_the_report(tmp_path, monkeypatch):
+    """Two folders run apart (say the shared target on its own): --merge puts them in one
+    results.json and one report, the merged target recording the command."""
+    out, other = tmp_path / "out", tmp_path / "other"
+    for folder, target in ((out, "torch"), (other, "shared")):
+        folder.mkdir()
+        result = dict(RESULT, target=target, group=mutants.GROUPS[target],
+                      jobs=[job("core/NumberReplacer", 3, "killed")])
+        (folder / "results.json").write_text(json.dumps([result]))
+    monkeypatch.setattr(mutants, "judge_fingerprint", lambda target, tree=None: "now")
+    report = tmp_path / "REPORT.md"
+    assert mutants.main(["--out", str(out), "--merge", str(other), "--report", str(report)]) == 0
+    merged = json.loads((out / "results.json").read_text())
+    assert [r["target"] for r in merged] == ["torch", "shared"]
+    assert merged[1]["commands"][-1].startswith("bash scripts/mutants.sh --out ")
+    assert merged[0]["commands"] == RESULT["commands"]
+    text = report.read_text()
+    assert "## Target `torch`" in text and "## Target `shared`" in text
