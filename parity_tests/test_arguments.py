@@ -22,6 +22,8 @@ CASES = [  # (what is built, arguments, accepted)
     # frozen_stages: -1 (nothing frozen) .. 4 (every stage)
     ("backbone", {"frozen_stages": -1}, True), ("backbone", {"frozen_stages": -2}, False),
     ("backbone", {"frozen_stages": 4}, True), ("backbone", {"frozen_stages": 5}, False),
+    # ATSS targets: one valid flag per anchor (two anchors here)
+    ("targets", {"flags": 2}, True), ("targets", {"flags": 3}, False),
 ]
 
 
@@ -32,6 +34,12 @@ def refusal(port, what, kwargs):
             port.anchors.AnchorGenerator(**kwargs)
         elif what == "fpn":
             port.fpn.FPN(**dict(in_channels=[8, 16, 32], out_channels=8, **kwargs))
+        elif what == "targets":
+            anchors = [port.tensor(np.array([[0, 0, 8, 8], [8, 0, 16, 8]], np.float32))]
+            flags = [[port.tensor(np.ones(kwargs["flags"], bool))]]
+            port.atss.ATSSAssigner(topk=1).get_targets(
+                anchors, flags, [port.tensor(np.array([[1, 1, 7, 7]], np.float32))],
+                [port.tensor(np.array([0]))], 2)
         elif what == "backbone":
             port.backbone.ResNet(18, **kwargs)
         elif what == "integral":
