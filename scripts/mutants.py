@@ -602,12 +602,16 @@ def merge_results(out, others, report, command, log):
             if folder != out:
                 result.setdefault("commands", []).append(command)
             by_target[result["target"]] = result
-    results = [by_target[t] for t in GROUPS if t in by_target]
     out.mkdir(parents=True, exist_ok=True)
+    save_results([by_target[t] for t in GROUPS if t in by_target], out, report, log)
+    return 0
+
+
+def save_results(results, out, report, log):
+    """OUT/results.json (what --resume, --rerun-survivors and --merge read) and the report."""
     (out / "results.json").write_text(json.dumps(results, indent=1))
     write_report(results, report)
     log(f"report: {report}")
-    return 0
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -706,9 +710,7 @@ def main(argv=None):
         by_target = {r["target"]: r for r in earlier_results}
         by_target.update((r["target"], r) for r in results)
         results = list(by_target.values())
-        (args.out / "results.json").write_text(json.dumps(results, indent=1))
-        write_report(results, report)
-        log(f"report: {report}")
+        save_results(results, args.out, report, log)
     except MutantsError as exc:
         print(f"mutants: error: {exc}", file=sys.stderr)
         return 2
