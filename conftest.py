@@ -29,6 +29,10 @@ def pytest_addoption(parser):
                           "both, the GPU ones where a GPU is present). auto | cpu | cuda | cuda:N")
 
 
+    parser.addoption("--amp", default=None,
+                     help="parity_tests: the half precisions of the mixed-precision cases "
+                          "(comma-separated, of bf16, fp16; default both). perf_tests: the "
+                          "precisions timed (of off, bf16, fp16; default off)")
     parser.addoption("--parity-cases", default=None,
                      help="parity_tests: run only these input cases (comma-separated names of "
                           "parity_tests/conftest.py's CASES)")
@@ -91,6 +95,16 @@ def _seed_everything():
     if "jittor" in sys.modules:
         sys.modules["jittor"].set_global_seed(DEFAULT_SEED)
     yield
+
+
+@pytest.fixture(autouse=True)
+def _float32_after_each_test():
+    """A test that sets a port's precision (gfocal/precision.py) leaves it at off."""
+    yield
+    for module in PORT_MODULES.values():
+        precision = sys.modules.get(f"{module}.precision")
+        if precision is not None and precision.current_precision() != "off":
+            precision.use_precision("off")
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,7 @@ from gfocal.launch import LAUNCHERS, process_label
 from gfocal.runtime import configure_frameworks
 from gfocal.ports import FRAMEWORKS
 from gfocal.config import MAX_SEED
+from gfocal.precision import check_amp
 
 STAT_FORMAT = "{:<6} {:.3f}"
 DEFAULT_BUDGET_MINUTES = 20
@@ -46,6 +47,21 @@ def _add_device(p):
                                     "train.device, itself 'auto': CUDA when a GPU is present)")
 
 
+def _add_amp(p):
+    p.add_argument("--amp", help="mixed precision: off | bf16 | fp16 (default: the config's "
+                                 "train.amp, itself 'off'; gfocal/precision.py)")
+
+
+def _train_overrides(args):
+    """The config sections the command line overrides (--seed, --amp)."""
+    train = {}
+    if getattr(args, "seed", None) is not None:
+        train["seed"] = args.seed
+    if getattr(args, "amp", None) is not None:
+        train["amp"] = check_amp(args.amp)
+    return {"train": train} if train else {}
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="gfocal", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -60,6 +76,7 @@ def build_parser():
     p.add_argument("--max-iters", type=int, help="stop after this many iterations")
     _add_device(p)
     _add_seed(p)
+    _add_amp(p)
     p.add_argument("--launcher", choices=list(LAUNCHERS), default="none",
                    help="data-parallel training: pytorch (started by torchrun, "
                         "--framework torch) or mpi (started by mpirun, --framework jittor)")
@@ -72,6 +89,7 @@ def build_parser():
     p.add_argument("--eval", choices=["bbox"], default="bbox")
     p.add_argument("--out", help="write the COCO results JSON here")
     _add_device(p)
+    _add_amp(p)
 
     p = sub.add_parser("compare", help="train both ports from identical weights and write "
                                        "the comparison report")
@@ -89,6 +107,7 @@ def build_parser():
                         f"the first seed (default {DEFAULT_BUDGET_MINUTES}; 0: no limit)")
     _add_device(p)
     _add_seed(p)
+    _add_amp(p)
     return parser
 
 
@@ -102,8 +121,7 @@ def run(args):
     from gfocal import engine
     from gfocal.config import load_config
     if args.command == "train":
-        seed = {} if args.seed is None else {"train": {"seed": args.seed}}
-        cfg = load_config(args.config, seed)
+        cfg = load_config(args.config, _train_overrides(args))
         out = engine.train(engine.TrainRun(
             cfg, args.framework, args.work_dir, resume=args.resume,
             init_weights=args.init_weights, max_iters=args.max_iters, device=args.device,
@@ -118,7 +136,7 @@ def run(args):
         for ev in out.evals:
             print(f"epoch {ev['epoch']}: " + json.dumps(ev["stats"]))
     elif args.command == "test":
-        cfg = load_config(args.config)
+        cfg = load_config(args.config, _train_overrides(args))
         port, model = engine.build_model(cfg, args.framework, device=args.device)
         engine.load_weights(port, model, args.checkpoint, cfg)
         _print_stats(engine.evaluate(cfg, port, model, progress=True, out_json=args.out))

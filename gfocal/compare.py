@@ -15,6 +15,7 @@ import traceback
 from gfocal import engine
 from gfocal.config import load_config
 from gfocal.device import resolve_device
+from gfocal.precision import check_amp
 from gfocal.runtime import describe_environment
 from gfocal.ports import FRAMEWORKS
 
@@ -23,8 +24,11 @@ DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__
 TRACE_EVERY = 20            # mini preset: 480 iterations, 25 snapshots of ~50 MB
 
 
-def comparison_config(config_path=None, data_root=None, epochs=None, device=None, seed=None):
+def comparison_config(config_path=None, data_root=None, epochs=None, device=None, seed=None,
+                      amp=None):
     overrides = {"train": {}}
+    if amp is not None:
+        overrides["train"]["amp"] = check_amp(amp)
     if data_root:
         overrides["data"] = {"root": os.path.abspath(data_root)}
     if epochs:
@@ -210,7 +214,8 @@ def run_comparison(args):
     from gfocal.report import write_report
     started = time.perf_counter()
     cfg = comparison_config(args.config, args.data_root, args.epochs,
-                            getattr(args, "device", None), getattr(args, "seed", None))
+                            getattr(args, "device", None), getattr(args, "seed", None),
+                            getattr(args, "amp", None))
     iters_per_epoch = check_inputs(cfg)
     out_dir = os.path.abspath(args.out_dir)
     os.makedirs(out_dir, exist_ok=True)
@@ -236,7 +241,7 @@ def run_comparison(args):
     summary = {"config": cfg["source"], "data_root": cfg["data"]["root"] or "bundled mini COCO",
                "model": cfg["model"], "optim": cfg["optim"],
                "batch_size": cfg["data"]["batch_size"], "img_scale": cfg["data"]["img_scale"],
-               "seeds": sorted(spread)}
+               "amp": cfg["train"]["amp"], "seeds": sorted(spread)}
     env = describe_environment(resolve_device(cfg["train"]["device"]), base_seed)
     md, html = write_report(out_dir, runs, env, summary, noise=noise_result)
     if "verdict" in noise_result:

@@ -69,6 +69,7 @@ DEFAULTS = {
         "init_weights": "",          # a checkpoint (any --from format the converter reads)
         "device": "auto",            # auto | cpu | cuda | cuda:N (auto: CUDA when present)
         "tf32": False,               # PyTorch on CUDA: TF32 convolutions/matmuls (off = fp32)
+        "amp": "off",                # mixed precision: off | bf16 | fp16 (gfocal/precision.py)
         "dist_timeout_s": 3600,      # torchrun jobs: seconds a process waits in one collective
                                      # (the lead's COCOeval, a slow peer) before it gives up
     },
@@ -141,6 +142,11 @@ def _validate_values(cfg, source):
     if not (isinstance(seed, int) and 0 <= seed <= MAX_SEED):
         raise ConfigError(f"{source}: 'train.seed' = {seed!r} (must be an integer in "
                           f"0 .. {MAX_SEED})")
+    from gfocal.precision import PrecisionError, check_amp
+    try:
+        check_amp(cfg["train"]["amp"], "'train.amp'")
+    except PrecisionError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
     from gfocal.device import DeviceError, parse_device
     try:
         parse_device(cfg["train"]["device"])

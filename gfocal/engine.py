@@ -18,6 +18,7 @@ from gfocal.ports import load_port
 from gfocal.data.loader import build_dataloader, per_process_batch
 from gfocal.device import DeviceError, is_cuda, resolve_device
 from gfocal.launch import check_launcher, job_device, job_size, local_rank, show_only_gpu
+from gfocal.precision import checked_scale_state
 from gfocal.evaluation.coco_eval import evaluate as coco_evaluate
 from gfocal.evaluation.coco_eval import results_to_coco
 from gfocal.runlog import RunLog, check_finite, console_line
@@ -59,9 +60,10 @@ class TrainResult:
 
 def use_port(cfg, framework, device):
     """The port of `framework`, with `device` (already resolved) made its device and cfg's
-    numerics switches applied."""
+    numerics switches (TF32, the precision train.amp) applied."""
     port = load_port(framework)
     port.use_device(device, tf32=cfg["train"]["tf32"])
+    port.precision.use_precision(cfg["train"]["amp"], device)
     return port
 
 
@@ -175,10 +177,14 @@ def _train(run, port, device, rank, world):
     optimizer = port.train.build_optimizer(model, optim_cfg)
     loader = build_dataloader(cfg, "train", device=device, rank=rank, world_size=world)
     iters_per_epoch = len(loader)
-    start_epoch, skip, it = 0, 0, 0
+    start_epoch, skip, it, resumed = 0, 0, 0, {}
     if resume:
-        it = resume_training(port, model, optimizer, resume, cfg).get("iter", 0)
+        resumed = resume_training(port, model, optimizer, resume, cfg)
+        it = resumed.get("iter", 0)
         start_epoch, skip = divmod(it, iters_per_epoch)
+    # fp16: the loss scale, carried on from the checkpoint (gfocal/precision.py)
+    scaler = port.precision.loss_scaler(
+        cfg["train"]["amp"], device, checked_scale_state(resumed.get("loss_scale"), resume))
     total = optim_cfg["epochs"] * iters_per_epoch
     if max_iters is not None:
         total = min(total, max_iters)
@@ -210,7 +216,7 @@ def _train(run, port, device, rank, world):
                 t0 = time.perf_counter()
                 with memory_guard(port, f"training iteration {it + 1} (batch size "
                                         f"{len(batch['img_metas'])})"):
-                    losses = port.train.train_step(stepper, optimizer, batch)
+                    losses = port.train.train_step(stepper, optimizer, batch, scaler)
                 if world > 1:  # the log shows the losses averaged over the processes
                     port.distributed.finish_step()
                     losses = dict(zip(losses, port.distributed.reduce_mean(list(losses.values()))))
@@ -218,6 +224,9 @@ def _train(run, port, device, rank, world):
                 check_finite(losses, it, framework)
                 record = dict(losses, iter=it, epoch=epoch + 1, lr=lr,
                               time=time.perf_counter() - t0, data_time=data_time)
+                if scaler is not None:
+                    record.update(loss_scale=scaler.state()["scale"],
+                                  skipped_steps=scaler.skipped)
                 if lead:
                     log.write(record)
                     if run.on_iter_end:
@@ -226,7 +235,10 @@ def _train(run, port, device, rank, world):
                 bar.set_postfix_str(console_line(record), refresh=False)
                 t_data = time.perf_counter()
             epoch_done = it % iters_per_epoch == 0 and it > 0
-            meta = {"iter": it, "epoch": epoch + 1 if epoch_done else epoch, "classes": classes}
+            meta = {"iter": it, "epoch": epoch + 1 if epoch_done else epoch, "classes": classes,
+                    "amp": cfg["train"]["amp"]}
+            if scaler is not None:
+                meta["loss_scale"] = scaler.state()
             if lead:
                 save_checkpoint(checkpoint_path(work_dir, port, "latest"), port, model,
                                 optimizer, meta)

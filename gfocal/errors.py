@@ -2,6 +2,7 @@
 from gfocal.config import ConfigError
 from gfocal.device import DeviceError
 from gfocal.launch import LaunchError
+from gfocal.precision import PrecisionError
 from gfocal.runlog import NonFiniteLoss
 from gfocal.state_dict import CheckpointError
 
@@ -11,5 +12,5 @@ def _dataset_error():
     return DatasetError
 
 
-USER_ERRORS = (ConfigError, DeviceError, LaunchError, CheckpointError, NonFiniteLoss,
-               _dataset_error(), FileNotFoundError)
+USER_ERRORS = (ConfigError, DeviceError, LaunchError, PrecisionError, CheckpointError,
+               NonFiniteLoss, _dataset_error(), FileNotFoundError)

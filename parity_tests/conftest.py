@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from gfocal.config import from_dict
+from gfocal.precision import INIT_SCALE, uses_loss_scale
 from parity_tests import judge, kinks, ledger, regimes
 from parity_tests.judge import FORWARD_PROBES, LOSS_PROBES, TARGET_PROBES
 
@@ -151,18 +152,21 @@ def build_pair(model_cfg, seed=0):
     return tmodel, jmodel, state
 
 
-def run_loss(port, model, batch, mode, grads, device="cpu", relu_masks=None):
+def run_loss(port, model, batch, mode, grads, device="cpu", relu_masks=None, amp="off"):
     """Captured probes (+ loss totals, + gradients by name and the input of every ReLU call)
-    of one loss evaluation on `device` (the model is already there); `relu_masks`: see
-    parity_tests/kinks.py."""
+    of one loss evaluation on `device` (the model is already there) in precision `amp`
+    (gfocal/precision.py; fp16's gradients through the loss scale, as training takes
+    them); `relu_masks`: see parity_tests/kinks.py."""
     model.train() if mode == "train" else model.eval()
-    with port.on_device(device):
+    scale = INIT_SCALE if uses_loss_scale(amp) else 1.0
+    with port.on_device(device), port.precision.mixed_precision(amp, device):
         with port.probes.capture() as probes, \
                 port.probes.relu_calls(model, relu_masks) as relus:
             losses = model.loss(batch)
         out = {"probes": dict(probes), "losses": {k: port.numpy(v) for k, v in losses.items()}}
         if grads:
-            out["grads"] = port.train.gradients_numpy(model, losses["loss"])
+            scaled = port.train.gradients_numpy(model, losses["loss"] * scale)
+            out["grads"] = {n: g / np.float32(scale) for n, g in scaled.items()}
             out["relu_inputs"] = [(name, port.numpy(x)) for name, x in relus]
     return out
 
@@ -201,11 +205,12 @@ def subjects(config):
 
 class ParityRuns:
     """Runs every (case, mode) once per subject and once for the reference, the PyTorch port
-    in float32 on the CPU, plus its float64 run (the live noise). Subjects: "jittor" (on
-    `device` when its CUDA build works, else the CPU) and, given a `device`,
-    "torch@<device>"."""
+    in float32 (or in the mixed precision `amp`) on the CPU, plus its float64 run (the live
+    noise). Subjects: "jittor" (on `device` when its CUDA build works, else the CPU) and,
+    given a `device`, "torch@<device>"."""
 
-    def __init__(self, model_cfg, weights_from_converter=None, device=None):
+    def __init__(self, model_cfg, weights_from_converter=None, device=None, amp="off"):
+        self.amp = amp
         from gfocal.ports import load_port
         self.torch = load_port("torch")
         self.cfg = model_cfg
@@ -237,9 +242,9 @@ class ParityRuns:
             # train first: its float64 reference serves both modes (they compute the same
             # numbers: BN frozen, GN per sample)
             train = None if grads else self.get(case, "train")
-            run = {"torch": run_loss(self.torch, self.tmodel, batch, mode, grads)}
+            run = {"torch": run_loss(self.torch, self.tmodel, batch, mode, grads, amp=self.amp)}
             for name, (port, model, device) in self.subjects.items():
-                run[name] = run_loss(port, model, batch, mode, grads, device)
+                run[name] = run_loss(port, model, batch, mode, grads, device, amp=self.amp)
             if grads:
                 run["float64"], run["noise"] = self.float64_reference(batch, run["torch"])
                 run["kinks"] = {name: self.kink_resolved(batch, run, name)
@@ -263,7 +268,8 @@ class ParityRuns:
         rows = kinks.rows(found, run["torch"]["relu_inputs"], run[subject]["relu_inputs"],
                           run["float64"].get("relu_inputs") or run["torch"]["relu_inputs"])
         masks = kinks.masks(run[subject]["relu_inputs"], found)
-        resolved = run_loss(self.torch, self.tmodel, batch, "train", True, relu_masks=masks)
+        resolved = run_loss(self.torch, self.tmodel, batch, "train", True, relu_masks=masks,
+                            amp=self.amp)
         _, noise = self.float64_reference(batch, resolved, masks)
         return {"rows": rows, "torch": resolved, "noise": noise}
 

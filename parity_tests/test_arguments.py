@@ -61,7 +61,7 @@ def test_both_ports_draw_the_same_bounds(torch_port, jittor_port, what, kwargs, 
 
 # Each port's computing modules; `execute` is Jittor's name for `forward`.
 MODULES = ("probes", "backbone", "fpn", "gfl_head", "box_ops", "anchors", "atss", "losses",
-           "postprocess", "detector", "checkpoint", "train")
+           "postprocess", "detector", "checkpoint", "train", "precision")
 LITERALS = (int, float, str, bool, type(None), tuple)
 
 
@@ -103,9 +103,11 @@ def test_both_ports_give_their_classes_and_functions_the_same_parameters_and_def
 
 
 def plain(value):
-    """A constant with each class replaced by its name (each port has its own classes)."""
-    if inspect.isclass(value):
+    """A constant with each class and dtype replaced by its name (each port has its own)."""
+    if inspect.isclass(value) or inspect.isbuiltin(value):
         return value.__name__
+    if type(value).__name__ == "dtype":  # torch.bfloat16 -> bfloat16
+        return str(value).rpartition(".")[2]
     if isinstance(value, dict):
         return {k: plain(v) for k, v in value.items()}
     if isinstance(value, (tuple, list)):

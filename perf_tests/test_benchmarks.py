@@ -5,7 +5,9 @@ backward, SGD) with its peak memory, inference (forward + decoding + NMS), and t
 two again with both ports interleaved call by call (`paired`). Batch 1 and 2 (and 8 for
 the GPU training step); a small input on the CPU, the paper's 800x1333 on a GPU (marked
 `gpu`, device `cuda`), there in full fp32 and, for PyTorch, again with TF32 (id `gpu-tf32`);
-the paired cases in fp32 on both. Warm-up rounds keep Jittor's compilation and both ports'
+the paired cases in fp32 on both. `--amp off,bf16,fp16` times every case again in each
+mixed precision given (gfocal/precision.py; group label and extra_info `precision`; default
+off). Warm-up rounds keep Jittor's compilation and both ports'
 caches out of the timings. With --benchmark-disable every case runs once as a smoke test.
 Workflow and baselines: perf_tests/README.md.
 """
@@ -18,6 +20,7 @@ import pytest
 
 from perf_tests import measure
 from perf_tests.measure import CPU_SIZE, GPU_SIZE, SMOKE_SIZE, make_batch, model_config
+from gfocal.precision import AMP_CHOICES
 from gfocal.runtime import num_threads
 
 # (device kind, TF32): the GPU cases (device "cuda"; the ids say gpu) in full fp32 and with
@@ -31,6 +34,33 @@ TRAIN_BATCHES = [1, 2, 8]  # 8: a GPU case only (the paper trains 2 per GPU; 8 p
 WARMUP_ROUNDS = 2        # Jittor compiles on the first call and settles its caches on the next
 ROUNDS = {"backbone_forward": 8, "forward": 8, "forward_backward": 5, "train_step": 5,
           "inference": 8, "paired": 6}
+
+
+# PyTorch's CPU float16 convolution backward has no oneDNN kernel here: 2805 ms against
+# 19.8 ms in float32 for one 2x128x64x64 3x3 convolution (measured 2026-12-04), hours for
+# the R50 cases, so they are not run (the forward-only cases are).
+TORCH_CPU_FP16_BACKWARD = ("forward_backward", "train_step")
+
+
+def precisions(config):
+    """The precisions --amp names for the perf suite (default off)."""
+    given = config.getoption("--amp")
+    chosen = ["off"] if not given else [a.strip() for a in given.split(",") if a.strip()]
+    unknown = [a for a in chosen if a not in AMP_CHOICES]
+    if unknown:
+        raise pytest.UsageError(f"--amp: {', '.join(unknown)} is not a precision "
+                                f"(choose from {', '.join(AMP_CHOICES)})")
+    return chosen
+
+
+def pytest_generate_tests(metafunc):
+    if "precision" in metafunc.fixturenames:
+        metafunc.parametrize("precision", precisions(metafunc.config))
+
+
+def label_of(device, tf32=False, precision="off"):
+    """The device part of a group name: cpu, gpu-tf32, cpu-bf16, ..."""
+    return device + ("-tf32" if tf32 else "") + ("" if precision == "off" else f"-{precision}")
 
 
 def rounds_for(case):
@@ -47,16 +77,18 @@ def input_size(device, timed=True):
 class Case:
     """One benchmark: model, batch and bookkeeping for a (port, device, batch) triple."""
 
-    def __init__(self, name, port, placement, batch_size, model_cache, benchmark):
+    def __init__(self, name, port, placement, batch_size, model_cache, benchmark,
+                 precision="off"):
         self.name, self.port, (self.device, tf32) = name, port, placement
+        self.precision = precision
         h, w = input_size(self.device, benchmark.enabled)
         self.batch = make_batch(batch_size, (h, w), model_config()["num_classes"])
         self.model = model_cache.get(port, str(port.current_device()))
         self.benchmark = benchmark
-        label = self.device + ("-tf32" if tf32 else "")
-        benchmark.group = f"{name} {label} {h}x{w} b{batch_size}"
+        benchmark.group = f"{name} {label_of(self.device, tf32, precision)} {h}x{w} b{batch_size}"
         benchmark.extra_info.update(measure.framework_info(port, self.device),
-                                    case=name, input_size=f"{h}x{w}", batch=batch_size)
+                                    case=name, input_size=f"{h}x{w}", batch=batch_size,
+                                    precision=precision)
 
     def imgs(self):
         return self.port.tensor(self.batch["imgs"])  # on the port's device
@@ -79,25 +111,43 @@ def placement(request):
     return request.param
 
 
+def skip_reason(framework, kind, tf32, precision, name):
+    """Why a (framework, device kind, TF32, precision) case of `name` does not run, or None."""
+    if tf32 and framework == "jittor":
+        return ("TF32 is PyTorch's switch: Jittor's use_tensorcore also lets cuDNN convert "
+                "fp32 to fp16 (CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION), not TF32 alone")
+    if tf32 and precision != "off":
+        return "TF32 applies to float32 convolutions only"
+    if (framework, kind, precision) == ("torch", "cpu", "fp16") and \
+            name in TORCH_CPU_FP16_BACKWARD:
+        return ("PyTorch's CPU fp16 convolution backward runs ~140x slower than fp32 "
+                "(no oneDNN kernel): not timed")
+    return None
+
+
 @pytest.fixture
-def case_factory(port, placement, model_cache, benchmark, device_option):
-    """Case(name, batch) with the port on the case's device for the whole test (--device
-    picks which cases run and which GPU); a port that cannot use it skips, saying why."""
+def case_factory(port, placement, precision, model_cache, benchmark, device_option):
+    """Case(name, batch) with the port on the case's device and in the case's precision for
+    the whole test (--device picks which cases run and which GPU); a port that cannot use
+    them skips, saying why."""
     from gfocal.device import DeviceError
     kind, tf32 = placement
     if device_option is not None and (device_option == "cpu") != (kind == "cpu"):
         pytest.skip(f"a {kind} case; --device {device_option}")
-    if tf32 and port.FRAMEWORK == "jittor":
-        pytest.skip("TF32 is PyTorch's switch: Jittor's use_tensorcore also lets cuDNN convert "
-                    "fp32 to fp16 (CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION), not TF32 alone")
     target = "cpu" if kind == "cpu" else device_option or "cuda"
     with contextlib.ExitStack() as scope:
         try:
             scope.enter_context(port.on_device(target, tf32=tf32, deterministic=False))
+            scope.enter_context(port.precision.mixed_precision(precision, target))
         except DeviceError as exc:
             pytest.skip(str(exc))
-        yield lambda name, batch_size: Case(name, port, placement, batch_size, model_cache,
-                                            benchmark)
+
+        def make(name, batch_size):
+            reason = skip_reason(port.FRAMEWORK, kind, tf32, precision, name)
+            if reason:
+                pytest.skip(reason)
+            return Case(name, port, placement, batch_size, model_cache, benchmark, precision)
+        yield make
 
 
 def _total(outputs):
@@ -154,12 +204,15 @@ def test_forward_backward(case_factory, batch_size):
 
 
 def train_step_fn(port, model, batch):
+    """One training step in the port's current precision (fp16: with its loss scaler)."""
     model.train()
     train = port.train
     optimizer = train.build_optimizer(model, {"lr": 1e-4, "momentum": 0.9,
                                               "weight_decay": 1e-4})
     train.set_lr(optimizer, 1e-4)
-    return lambda: train.train_step(model, optimizer, batch)
+    scaler = port.precision.loss_scaler(port.precision.current_precision(),
+                                        port.current_device())
+    return lambda: train.train_step(model, optimizer, batch, scaler)
 
 
 def inference_fn(port, model, batch):
@@ -204,8 +257,8 @@ def test_inference(case_factory, batch_size):
 
 @pytest.mark.parametrize("batch_size", BATCHES)
 @pytest.mark.parametrize("name", ["train_step", "inference"])
-def test_paired(name, batch_size, placement, torch_port, jittor_port, model_cache, benchmark,
-                device_option):
+def test_paired(name, batch_size, placement, precision, torch_port, jittor_port, model_cache,
+                benchmark, device_option):
     """One PyTorch and one Jittor call per round, alternating which goes first, so that load
     drifting over minutes on a shared machine hits both alike. The benchmark times a pair;
     extra_info splits it, holds the median of the per-pair Jittor/PyTorch ratios and each
@@ -217,13 +270,17 @@ def test_paired(name, batch_size, placement, torch_port, jittor_port, model_cach
     if device_option is not None and (device_option == "cpu") != (kind == "cpu"):
         pytest.skip(f"a {kind} case; --device {device_option}")
     target = "cpu" if kind == "cpu" else device_option or "cuda"
+    reason = skip_reason("torch", kind, tf32, precision, name)
+    if reason:
+        pytest.skip(reason)
     h, w = input_size(kind, benchmark.enabled)
     batch = make_batch(batch_size, (h, w), model_config()["num_classes"])
     ports = (torch_port, jittor_port)
     with contextlib.ExitStack() as scope:
-        for port in ports:  # both ports on the case's device for the whole test
+        for port in ports:  # both ports on the case's device and precision for the whole test
             try:
                 scope.enter_context(port.on_device(target, deterministic=False))
+                scope.enter_context(port.precision.mixed_precision(precision, target))
             except DeviceError as exc:
                 pytest.skip(str(exc))
         steps = [STEPS[name](port, model_cache.get(port, str(port.current_device())), batch)
@@ -240,9 +297,11 @@ def test_paired(name, batch_size, placement, torch_port, jittor_port, model_cach
                 times[framework].append(time.perf_counter() - start)
 
         rounds = rounds_for("paired")
-        benchmark.group = f"paired {name} {kind} {h}x{w} b{batch_size}"
+        benchmark.group = f"paired {name} {label_of(kind, precision=precision)} {h}x{w} " \
+                          f"b{batch_size}"
         benchmark.extra_info.update(framework="paired", device=kind, threads=num_threads(),
                                     case=name, input_size=f"{h}x{w}", batch=batch_size,
+                                    precision=precision,
                                     **{f"{port.FRAMEWORK}_info": measure.framework_info(
                                         port, kind) for port in ports})
         benchmark.pedantic(pair, rounds=rounds, warmup_rounds=WARMUP_ROUNDS, iterations=1)

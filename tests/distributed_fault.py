@@ -21,7 +21,7 @@ def plant(framework, fail_rank, fail_at):
     shares = os.environ.get("GFOCAL_TEST_SHARES")
     in_evaluation = bool(os.environ.get("GFOCAL_TEST_FAIL_EVAL"))
 
-    def step(model, optimizer, batch):
+    def step(model, optimizer, batch, scaler=None):
         calls.append(1)
         if shares:
             rank = process_label().split()[1] if process_label() else "0"
@@ -30,7 +30,7 @@ def plant(framework, fail_rank, fail_at):
         if (process_label().startswith(f"rank {fail_rank} ") and len(calls) == fail_at
                 and not in_evaluation):
             raise DatasetError(f"planted failure at step {fail_at}")
-        return real_step(model, optimizer, batch)
+        return real_step(model, optimizer, batch, scaler)
 
     train.train_step = step
     if os.environ.get("GFOCAL_TEST_FAIL_EVAL"):

@@ -186,11 +186,11 @@ def test_out_of_memory_is_one_line_and_keeps_the_log(tiny_config, tmp_path, caps
     from gfocal.pytorch import train as torch_train
     real_step, calls = torch_train.train_step, []
 
-    def step(model, optimizer, batch):
+    def step(model, optimizer, batch, scaler=None):
         calls.append(1)
         if len(calls) == 2:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real_step(model, optimizer, batch)
+        return real_step(model, optimizer, batch, scaler)
 
     monkeypatch.setattr(torch_train, "train_step", step)
     work = tmp_path / "work"

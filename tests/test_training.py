@@ -89,8 +89,8 @@ def test_nan_loss_stops_with_the_iteration(port, cfg, init_weights, tmp_path, mo
     real_step = port.train.train_step
     calls = []
 
-    def step(model, optimizer, batch):
-        losses = real_step(model, optimizer, batch)
+    def step(model, optimizer, batch, scaler=None):
+        losses = real_step(model, optimizer, batch, scaler)
         calls.append(1)
         return dict(losses, loss=float("nan")) if len(calls) == 2 else losses
 

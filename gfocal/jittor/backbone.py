@@ -12,9 +12,9 @@ class BasicBlock(nn.Module):
 
     def __init__(self, inplanes, planes, stride=1, downsample=None):
         super().__init__()
-        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride=stride, padding=1, bias=False)
+        self.conv1 = Conv2d(inplanes, planes, 3, stride=stride, padding=1, bias=False)
         self.bn1 = BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
+        self.conv2 = Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
         self.bn2 = BatchNorm2d(planes)
         self.relu = nn.ReLU()
         self.downsample = downsample
@@ -34,7 +34,7 @@ class Bottleneck(nn.Module):
         super().__init__()
         self.conv1 = Conv2d(inplanes, planes, 1, bias=False)
         self.bn1 = BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.conv2 = Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
         self.bn2 = BatchNorm2d(planes)
         self.conv3 = Conv2d(planes, planes * self.expansion, 1, bias=False)
         self.bn3 = BatchNorm2d(planes * self.expansion)
@@ -102,7 +102,7 @@ class ResNet(nn.Module):
         self.norm_eval = norm_eval
         self.out_indices = out_indices
 
-        self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
+        self.conv1 = Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
         self.bn1 = BatchNorm2d(64)
         self.relu = nn.ReLU()
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)

@@ -3,6 +3,7 @@ import jittor as jt
 from jittor import nn
 
 from .kernels import GroupNormFunction
+from .precision import Conv2d
 from .probes import record
 
 
@@ -41,7 +42,7 @@ class ConvModule(nn.Module):
         if norm == "gn" and out_channels % gn_groups:
             raise ValueError(f"ConvModule: {out_channels} channels are not divisible into "
                              f"gn_groups = {gn_groups}")
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride,
+        self.conv = Conv2d(in_channels, out_channels, kernel_size, stride=stride,
                               padding=padding, bias=bias)
         self.gn = GroupNorm(gn_groups, out_channels) if norm == "gn" else None
         self.act = nn.ReLU() if act == "relu" else None

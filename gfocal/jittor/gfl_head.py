@@ -6,6 +6,7 @@ import numpy as np
 from jittor import nn
 
 from .fpn import ConvModule, GroupNorm
+from .precision import Conv2d
 from .probes import record
 
 
@@ -65,12 +66,12 @@ class GFLHead(nn.Module):
         self.cls_convs = self._tower(in_channels, feat_channels, stacked_convs, gn_groups)
         self.reg_convs = self._tower(in_channels, feat_channels, stacked_convs, gn_groups)
         tower_out = feat_channels if stacked_convs else in_channels
-        self.gfl_cls = nn.Conv2d(tower_out, num_classes, 3, padding=1)
-        self.gfl_reg = nn.Conv2d(tower_out, 4 * (reg_max + 1), 3, padding=1)
+        self.gfl_cls = Conv2d(tower_out, num_classes, 3, padding=1)
+        self.gfl_reg = Conv2d(tower_out, 4 * (reg_max + 1), 3, padding=1)
         self.reg_conf = nn.Sequential(
-            nn.Conv2d(4 * (reg_topk + 1), reg_channels, 1),
+            Conv2d(4 * (reg_topk + 1), reg_channels, 1),
             nn.ReLU(),
-            nn.Conv2d(reg_channels, 1, 1),
+            Conv2d(reg_channels, 1, 1),
             nn.Sigmoid())
         self.scales = nn.ModuleList([Scale(1.0) for _ in self.strides])
         self.integral = Integral(reg_max)

@@ -10,6 +10,8 @@ skips the activation and weight reorders that Jittor's oneDNN convolution pays p
 import jittor as jt
 from jittor import nn
 
+from . import precision
+
 
 def row_sum(rows):
     """(R, L) -> (R,): sum along L as rows @ ones (sgemm)."""
@@ -71,13 +73,14 @@ def pointwise_conv(x, weight):
     return outs[0] if n == 1 else jt.concat(outs, 0)
 
 
-class Conv2d(nn.Conv2d):
-    """nn.Conv2d that runs bias-free 1x1 stride-1 convolutions as sgemm."""
+class Conv2d(precision.Conv2d):
+    """precision.Conv2d that runs bias-free 1x1 stride-1 convolutions as sgemm (under the
+    same precision policy)."""
 
     def execute(self, x):
         if (self.kernel_size == (1, 1) and self.stride == (1, 1) and self.padding == (0, 0)
                 and self.dilation == (1, 1) and self.groups == 1 and self.bias is None):
-            return pointwise_conv(x, self.weight)
+            return precision.half_op(pointwise_conv, x, self.weight)
         return super().execute(x)
 
 

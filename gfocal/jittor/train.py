@@ -16,10 +16,14 @@ def set_lr(optimizer, lr):
         group["lr"] = lr
 
 
-def train_step(model, optimizer, batch):
-    """Loss, backward, SGD update; returns the losses as floats."""
+def train_step(model, optimizer, batch, scaler=None):
+    """Loss, backward, SGD update; returns the losses as floats. With a loss scaler (fp16,
+    precision.loss_scaler) the backward pass is scaled and an overflowing step skipped."""
     losses = model.loss(batch)
-    optimizer.step(losses["loss"])
+    if scaler is None:
+        optimizer.step(losses["loss"])
+    else:
+        scaler.step(losses["loss"], optimizer)
     return {k: float(v.item()) for k, v in losses.items()}
 
 

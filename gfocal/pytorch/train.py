@@ -15,12 +15,16 @@ def set_lr(optimizer, lr):
         group["lr"] = lr
 
 
-def train_step(model, optimizer, batch):
-    """Loss, backward, SGD update; returns the losses as floats."""
+def train_step(model, optimizer, batch, scaler=None):
+    """Loss, backward, SGD update; returns the losses as floats. With a loss scaler (fp16,
+    precision.loss_scaler) the backward pass is scaled and an overflowing step skipped."""
     losses = model.loss(batch)
     optimizer.zero_grad()
-    losses["loss"].backward()
-    optimizer.step()
+    if scaler is None:
+        losses["loss"].backward()
+        optimizer.step()
+    else:
+        scaler.step(losses["loss"], optimizer)
     return {k: float(v.detach()) for k, v in losses.items()}
 
 

@@ -1,0 +1,160 @@
+"""Mixed precision in the Jittor port: the policy of gfocal/precision.py.
+
+Jittor's CPU convolutions and matmuls in float16 / bfloat16 accumulate in the half type
+and its CPU bfloat16 conversion truncates (measured: docs/MODEL.md section 13), which the
+policy does not allow, so on the CPU the port emulates the policy's roundings around a
+float32 convolution: the inputs are rounded to the half type (to nearest, ties to even),
+the convolution sums in float32, the result is rounded to the half type; gradients are
+rounded at the same places. The numbers are those of a float32-accumulating half convolution; the
+speed is float32's plus the roundings. On CUDA (cuDNN accumulates in float32) the
+convolution runs in the half type.
+"""
+import contextlib
+
+import jittor as jt
+from jittor import nn
+
+from gfocal.device import DeviceError
+from gfocal.precision import INIT_SCALE, LossScale, check_amp, uses_loss_scale
+
+HALF_TYPES = {"bf16": jt.bfloat16, "fp16": jt.float16}
+_amp = "off"  # the precision half_op computes in
+
+
+def current_precision():
+    return _amp
+
+
+def _probe_convolution(amp, device):
+    probe = jt.ones((1, 1, 3, 3)).cast(HALF_TYPES[amp])
+    nn.conv2d(probe, probe).sync()
+
+
+def use_precision(amp, device="cpu"):
+    """Make `amp` (off, bf16, fp16) the port's precision; DeviceError where `device` cannot
+    run a convolution in it."""
+    global _amp
+    check_amp(amp)
+    if amp != "off":
+        try:
+            _probe_convolution(amp, device)
+        except RuntimeError as exc:
+            raise DeviceError(f"--amp {amp}: Jittor {jt.__version__} cannot run a "
+                              f"{amp} convolution on {device} ({str(exc).splitlines()[0]})"
+                              ) from None
+    _amp = amp
+
+
+@contextlib.contextmanager
+def mixed_precision(amp, device="cpu"):
+    """use_precision for a block, the previous precision restored after it."""
+    previous = _amp
+    use_precision(amp, device)
+    try:
+        yield amp
+    finally:
+        use_precision(previous)
+
+
+# float32 -> bfloat16 -> float32 rounded to nearest, ties to even (as PyTorch and CUDA do);
+# Jittor's CPU bfloat16 conversion truncates (src/type/fp16_compute.h: `x >> 16`), a bias
+# of half a unit in the last place that the CPU emulation must not take on.
+_ROUND_BF16 = """
+    for (index_t i = 0; i < in0_shape0; i++) {
+        uint32_t bits;
+        std::memcpy(&bits, &in0_p[i], 4);
+        if ((bits & 0x7f800000u) != 0x7f800000u)  // inf and NaN stay as they are
+            bits = (bits + 0x7fffu + ((bits >> 16) & 1u)) & 0xffff0000u;
+        std::memcpy(&out0_p[i], &bits, 4);
+    }"""
+
+
+def round_to_half(t, amp):
+    """float32 `t` rounded to the nearest value of the half type of `amp`, as float32."""
+    if amp == "fp16":  # Jittor's float16 conversion rounds to nearest even
+        return t.cast(jt.float16).cast(jt.float32)
+    flat = t.reshape(-1)
+    out = jt.code(flat.shape, jt.float32, [flat], cpu_header="#include <cstring>",
+                  cpu_src=_ROUND_BF16)
+    return out.reshape(t.shape)
+
+
+class HalfRounding(jt.Function):
+    """round_to_half forward and backward: where the policy rounds a tensor to the half
+    type, its gradient is rounded too, as PyTorch's cast backward does."""
+
+    def __init__(self, amp):
+        self.amp = amp
+
+    def execute(self, t):
+        return round_to_half(t, self.amp)
+
+    def grad(self, grad):
+        return round_to_half(grad, self.amp)
+
+
+def _rounded(t, amp):
+    return HalfRounding(amp)(t)
+
+
+def half_op(op, *tensors):
+    """op(*tensors) under the policy: float32 tensors are rounded to the half type, op sums
+    in float32 and rounds its result to the half type, which is carried on in float32.
+    Outside a half precision (and for float64 tensors) op(*tensors) as it is."""
+    if _amp == "off" or tensors[0].dtype != jt.float32:
+        return op(*tensors)
+    if jt.flags.use_cuda:
+        half = HALF_TYPES[_amp]
+        return op(*(None if t is None else t.cast(half) for t in tensors)).cast(jt.float32)
+    return _rounded(op(*(None if t is None else _rounded(t, _amp) for t in tensors)), _amp)
+
+
+def _conv(conv, x, weight, bias):
+    return nn.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+
+class Conv2d(nn.Conv2d):
+    """nn.Conv2d (same parameters) whose convolution follows the port's precision."""
+
+    def execute(self, x):
+        return half_op(lambda x, weight, bias: _conv(self, x, weight, bias),
+                       x, self.weight, self.bias)
+
+
+class LossScaler:
+    """fp16's dynamic loss scale (gfocal/precision.py): the shared LossScale around
+    Jittor's optimizer (backward, unscale, update or skip); `skipped` counts the steps it
+    skipped."""
+
+    def __init__(self, device="cpu", state=None):
+        self.scale = LossScale(**(state or {"scale": INIT_SCALE}))
+
+    @property
+    def skipped(self):
+        return self.scale.skipped
+
+    def step(self, loss, optimizer):
+        """Backward of the scaled loss, then the update unless a gradient overflowed;
+        returns whether the step was skipped."""
+        optimizer.backward(loss * self.scale.scale)
+        grads = [g for pg in optimizer.param_groups
+                 for p, g in zip(pg["params"], pg["grads"]) if not p.is_stop_grad()]
+        inverse = 1.0 / self.scale.scale
+        finite = jt.stack([jt.isfinite(g).all() for g in grads]).all()
+        found_inf = not bool(finite.item())
+        if found_inf:
+            optimizer.zero_grad()
+        else:
+            for g in grads:
+                g.update(g * inverse)
+            optimizer.step()
+        self.scale.update(found_inf)
+        return found_inf
+
+    def state(self):
+        return self.scale.state()
+
+
+def loss_scaler(amp, device="cpu", state=None):
+    """A LossScaler where `amp` trains with a loss scale (fp16), else None."""
+    return LossScaler(str(device), state) if uses_loss_scale(amp) else None

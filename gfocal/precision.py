@@ -1,0 +1,89 @@
+"""The mixed-precision policy (`train.amp`, `--amp`), written once for both ports.
+
+Precisions: `off` (float32 everywhere, the default), `bf16`, `fp16`.
+
+What runs in the half type (docs/MODEL.md section 13 gives the reasons and the numbers):
+- every convolution (the backbone, the FPN, the head towers, `gfl_cls`, `gfl_reg` and the
+  DGQP 1x1 convolutions): its input, weight and bias are rounded to the half type, the sum
+  accumulates in float32 and the result is rounded to the half type, then carried on in
+  float32. The model has no other matmul.
+- everything else stays float32: BatchNorm, GroupNorm, ReLU, Scale, the softmax / integral,
+  the DGQP top-k, the sigmoid, target assignment, the losses and post-processing.
+- weights, gradients and the SGD momentum are float32 ("master weights"): the rounding is
+  applied to a copy in each forward, and the gradient flows back through it.
+
+fp16 trains with a dynamic loss scale (`LossScale`): the loss is multiplied by the scale
+before the backward pass and the gradients divided by it before the update; a step whose
+gradients hold an inf or NaN is skipped (counted and logged) and halves the scale; 2000
+good steps in a row double it. That is PyTorch's `GradScaler` state machine (the PyTorch
+port uses GradScaler itself), started at mmcv's static fp16 scale of 512 instead of 2**16.
+bf16 has float32's exponent range and trains without a scale.
+"""
+AMP_CHOICES = ("off", "bf16", "fp16")
+SCALED = ("fp16",)  # the precisions that train with a loss scale
+
+INIT_SCALE = 512.0
+GROWTH_FACTOR = 2.0
+BACKOFF_FACTOR = 0.5
+GROWTH_INTERVAL = 2000
+
+
+class PrecisionError(ValueError):
+    """A precision name that is not one of AMP_CHOICES."""
+
+
+def check_amp(value, where="--amp"):
+    """`value` if it is a precision name, else PrecisionError naming `where`."""
+    if value not in AMP_CHOICES:
+        raise PrecisionError(f"{where} = {value!r} is not a precision (choose "
+                             f"{', '.join(AMP_CHOICES)})")
+    return value
+
+
+def is_half(amp):
+    return check_amp(amp) != "off"
+
+
+def uses_loss_scale(amp):
+    return check_amp(amp) in SCALED
+
+
+class LossScale:
+    """The dynamic loss scale of fp16 training, as plain Python numbers (the Jittor port's;
+    tests/test_precision.py holds it to torch.amp.GradScaler step for step)."""
+
+    def __init__(self, scale=INIT_SCALE, good_steps=0, skipped=0):
+        self.scale = float(scale)
+        self.good_steps = int(good_steps)  # finite steps since the last change of scale
+        self.skipped = int(skipped)        # steps skipped over the whole run
+
+    def update(self, found_inf):
+        """After a step: back off (and count the skip) or count towards growth."""
+        if found_inf:
+            self.scale *= BACKOFF_FACTOR
+            self.good_steps = 0
+            self.skipped += 1
+        else:
+            self.good_steps += 1
+            if self.good_steps == GROWTH_INTERVAL:
+                self.scale *= GROWTH_FACTOR
+                self.good_steps = 0
+
+    def state(self):
+        return {"scale": self.scale, "good_steps": self.good_steps, "skipped": self.skipped}
+
+
+def checked_scale_state(state, source):
+    """A checkpoint's saved LossScale.state() (None where it has none), checked: a
+    PrecisionError naming `source` where it is not one."""
+    if state is None:
+        return None
+    keys = ("scale", "good_steps", "skipped")
+    ok = (isinstance(state, dict) and set(state) == set(keys)
+          and all(isinstance(state[k], (int, float)) and not isinstance(state[k], bool)
+                  for k in keys)
+          and state["scale"] > 0 and state["good_steps"] >= 0 and state["skipped"] >= 0)
+    if not ok:
+        raise PrecisionError(f"{source}: meta 'loss_scale' = {state!r} is not a loss-scale "
+                             f"state ({', '.join(keys)}: numbers, the scale > 0)")
+    return {k: state[k] for k in keys}

@@ -1,0 +1,107 @@
+"""Mixed precision in the PyTorch port: the policy of gfocal/precision.py.
+
+PyTorch's half convolutions accumulate in float32 on the CPU (oneDNN) and on CUDA (cuDNN)
+and round the result once, as the policy says, so the port runs them natively.
+"""
+import contextlib
+
+import torch
+from torch import nn
+
+from gfocal.device import DeviceError
+from gfocal.precision import BACKOFF_FACTOR, GROWTH_FACTOR, GROWTH_INTERVAL, INIT_SCALE, \
+    check_amp, uses_loss_scale
+
+HALF_TYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+_amp = "off"  # the precision half_op computes in
+
+
+def current_precision():
+    return _amp
+
+
+def _probe_convolution(amp, device):
+    probe = torch.ones((1, 1, 3, 3), dtype=HALF_TYPES[amp], device=device)
+    nn.functional.conv2d(probe, probe)
+
+
+def use_precision(amp, device="cpu"):
+    """Make `amp` (off, bf16, fp16) the port's precision; DeviceError where `device` cannot
+    run a convolution in it."""
+    global _amp
+    check_amp(amp)
+    if amp != "off":
+        try:
+            _probe_convolution(amp, device)
+        except RuntimeError as exc:
+            raise DeviceError(f"--amp {amp}: PyTorch {torch.__version__} cannot run a "
+                              f"{amp} convolution on {device} ({str(exc).splitlines()[0]})"
+                              ) from None
+    _amp = amp
+
+
+@contextlib.contextmanager
+def mixed_precision(amp, device="cpu"):
+    """use_precision for a block, the previous precision restored after it."""
+    previous = _amp
+    use_precision(amp, device)
+    try:
+        yield amp
+    finally:
+        use_precision(previous)
+
+
+def half_op(op, *tensors):
+    """op(*tensors) under the policy: float32 tensors are rounded to the half type, op sums
+    in float32 and rounds its result to the half type, which is carried on in float32.
+    Outside a half precision (and for float64 tensors) op(*tensors) as it is."""
+    if _amp == "off" or tensors[0].dtype != torch.float32:
+        return op(*tensors)
+    half = HALF_TYPES[_amp]
+    return op(*(None if t is None else t.to(half) for t in tensors)).float()
+
+
+class Conv2d(nn.Conv2d):
+    """nn.Conv2d (same parameters) whose convolution follows the port's precision."""
+
+    def forward(self, x):
+        return half_op(self._conv_forward, x, self.weight, self.bias)
+
+
+class LossScaler:
+    """fp16's dynamic loss scale (gfocal/precision.py): torch.amp.GradScaler with the
+    shared constants; `skipped` counts the steps it skipped."""
+
+    def __init__(self, device="cpu", state=None):
+        self.scaler = torch.amp.GradScaler(
+            device.split(":")[0], init_scale=INIT_SCALE, growth_factor=GROWTH_FACTOR,
+            backoff_factor=BACKOFF_FACTOR, growth_interval=GROWTH_INTERVAL)
+        self.skipped = 0
+        if state:
+            self.scaler.load_state_dict({"scale": state["scale"],
+                                         "_growth_tracker": state["good_steps"],
+                                         "growth_factor": GROWTH_FACTOR,
+                                         "backoff_factor": BACKOFF_FACTOR,
+                                         "growth_interval": GROWTH_INTERVAL})
+            self.skipped = state["skipped"]
+
+    def step(self, loss, optimizer):
+        """Backward of the scaled loss, then the update unless a gradient overflowed;
+        returns whether the step was skipped."""
+        scale = self.scaler.get_scale()
+        self.scaler.scale(loss).backward()
+        self.scaler.step(optimizer)
+        self.scaler.update()
+        skipped = self.scaler.get_scale() < scale
+        self.skipped += int(skipped)
+        return skipped
+
+    def state(self):
+        return {"scale": float(self.scaler.get_scale()),
+                "good_steps": int(self.scaler._get_growth_tracker()),
+                "skipped": self.skipped}
+
+
+def loss_scaler(amp, device="cpu", state=None):
+    """A LossScaler where `amp` trains with a loss scale (fp16), else None."""
+    return LossScaler(str(device), state) if uses_loss_scale(amp) else None

@@ -1,0 +1,167 @@
+"""The mixed-precision option (gfocal/precision.py) and each port's side of it: the loss
+scale against torch.amp.GradScaler, skipped steps, the option's bad values, training in fp16
+with its loss scale logged, checkpointed and resumed."""
+import json
+
+import numpy as np
+import pytest
+
+from gfocal import engine
+from gfocal.cli import main
+from gfocal.config import ConfigError, from_dict
+from gfocal.device import DeviceError
+from gfocal.engine import TrainRun
+from gfocal.precision import (BACKOFF_FACTOR, GROWTH_INTERVAL, INIT_SCALE, LossScale,
+                              PrecisionError, check_amp, checked_scale_state)
+
+# overflow at steps 1999 and 4004-4005: a backoff, a growth after 2000 good steps, two
+# backoffs in a row
+OVERFLOWS = {1999, 4004, 4005}
+STEPS = 4010
+
+
+def test_shared_loss_scale_follows_torch_grad_scaler_step_for_step(torch_port):
+    """The Jittor port's scale (the shared LossScale) against PyTorch's GradScaler, driven
+    by the same overflow pattern through a one-parameter model."""
+    import torch
+    w = torch.ones(1, requires_grad=True)
+    optimizer = torch.optim.SGD([w], lr=0.0)
+    scaler = torch_port.precision.loss_scaler("fp16")
+    shared = LossScale()
+    for step in range(STEPS):
+        factor = torch.tensor(np.inf if step in OVERFLOWS else 1.0)
+        optimizer.zero_grad()
+        skipped = scaler.step((w * factor).sum(), optimizer)
+        shared.update(step in OVERFLOWS)
+        assert skipped == (step in OVERFLOWS), step
+        assert scaler.state() == shared.state(), step
+    assert shared.skipped == len(OVERFLOWS)
+    # 512 -> 256 at 1999, doubled 2000 good steps later (3999), halved twice at 4004-4005
+    assert shared.scale == INIT_SCALE * BACKOFF_FACTOR ** 3 * 2
+    assert shared.good_steps == STEPS - 1 - max(OVERFLOWS)
+
+
+def test_loss_scaler_unscales_and_skips_an_overflowing_step(port):
+    """Both ports: a finite step updates by the unscaled gradient; an inf gradient leaves
+    the weight as it was, counts a skip and halves the scale."""
+    w = port.tensor(np.ones(2, np.float32), requires_grad=True)
+    optimizer = port.train.build_optimizer(_Holder(w), dict(lr=0.5, momentum=0.0,
+                                                            weight_decay=0.0))
+    scaler = port.precision.loss_scaler("fp16")
+    factor = port.tensor(np.array([3.0, -1.0], np.float32))
+    assert not scaler.step((w * factor).sum(), optimizer)
+    np.testing.assert_array_equal(port.numpy(w), [1 - 0.5 * 3, 1 + 0.5])
+    overflow = port.tensor(np.array([np.inf, 1.0], np.float32))
+    assert scaler.step((w * overflow).sum(), optimizer)
+    np.testing.assert_array_equal(port.numpy(w), [1 - 0.5 * 3, 1 + 0.5])
+    assert scaler.state() == {"scale": INIT_SCALE * BACKOFF_FACTOR, "good_steps": 0,
+                              "skipped": 1}
+    assert port.precision.loss_scaler("bf16") is None
+    assert port.precision.loss_scaler("off") is None
+
+
+class _Holder:
+    """The smallest thing build_optimizer takes: one trainable parameter."""
+
+    def __init__(self, w):
+        self.w = w
+
+    def named_parameters(self):
+        return [("w", self.w)]
+
+    def parameters(self):
+        return [self.w]
+
+
+def test_half_op_leaves_float32_off_and_float64_alone(port):
+    x = np.array([1.0 + 2.0 ** -10, 3.0], np.float32)  # not a bf16 value
+    double = lambda t: t * 2  # noqa: E731
+    assert port.numpy(port.precision.half_op(double, port.tensor(x)))[0] == 2 * x[0]
+    with port.precision.mixed_precision("bf16"):
+        rounded = port.numpy(port.precision.half_op(double, port.tensor(x)))
+        kept = port.numpy(port.precision.half_op(double, port.tensor(x.astype(np.float64))))
+    assert rounded.dtype == np.float32 and rounded[0] == 2.0
+    assert kept.dtype == np.float64 and kept[0] == 2 * np.float64(x[0])
+    assert port.precision.current_precision() == "off"
+
+
+def test_a_precision_the_device_cannot_run_is_one_line(port, monkeypatch):
+    def broken(*args):
+        raise RuntimeError("no kernel for this dtype\nsecond line of the framework's message")
+    monkeypatch.setattr(port.precision, "_probe_convolution", broken)
+    with pytest.raises(DeviceError) as err:
+        port.precision.use_precision("fp16")
+    message = str(err.value)
+    assert "\n" not in message and message.startswith("--amp fp16:")
+    assert "no kernel for this dtype" in message
+    assert port.precision.current_precision() == "off"
+
+
+def test_check_amp_and_the_config_key():
+    assert [check_amp(a) for a in ("off", "bf16", "fp16")] == ["off", "bf16", "fp16"]
+    with pytest.raises(PrecisionError, match="--amp = 'fp32' is not a precision"):
+        check_amp("fp32")
+    assert from_dict({"train": {"amp": "bf16"}})["train"]["amp"] == "bf16"
+    with pytest.raises(ConfigError, match="my.py: 'train.amp' = 'half' is not a precision"):
+        from_dict({"train": {"amp": "half"}}, source="my.py")
+
+
+@pytest.mark.parametrize("command", ["train", "test", "compare"])
+def test_a_bad_amp_on_the_command_line_is_one_line_and_exit_2(command, tiny_config,
+                                                              tmp_path, capsys):
+    argv = {"train": ["train", tiny_config, "--framework", "torch", "--work-dir",
+                      str(tmp_path / "w")],
+            "test": ["test", tiny_config, str(tmp_path / "none.pth"), "--framework", "torch"],
+            "compare": ["compare", tiny_config, "--out-dir", str(tmp_path / "c")]}[command]
+    assert main(argv + ["--amp", "fp8"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"gfocal {command}: error: --amp = 'fp8' is not a precision (choose off, " \
+                  "bf16, fp16)"
+    assert not (tmp_path / "w").exists() and not (tmp_path / "c").exists()
+
+
+def test_checked_scale_state():
+    good = {"scale": 256.0, "good_steps": 3, "skipped": 1}
+    assert checked_scale_state(good, "a.pth") == good
+    assert checked_scale_state(None, "a.pth") is None
+    for bad in ({"scale": -1.0, "good_steps": 0, "skipped": 0}, {"scale": 1.0},
+                {"scale": "1", "good_steps": 0, "skipped": 0}, [1, 2, 3],
+                {"scale": 1.0, "good_steps": True, "skipped": 0}):
+        with pytest.raises(PrecisionError, match="a.pth: meta 'loss_scale'"):
+            checked_scale_state(bad, "a.pth")
+
+
+@pytest.fixture(scope="module")
+def fp16_cfg(tiny_coco, tiny_model):
+    return from_dict({"model": tiny_model,
+                      "data": dict(root=tiny_coco, img_scale=[64, 64], batch_size=2),
+                      "optim": dict(warmup_iters=5, epochs=1),
+                      "train": dict(eval_interval=0, amp="fp16")}, source="tiny fp16 config")
+
+
+def test_fp16_training_logs_checkpoints_and_resumes_its_loss_scale(port, fp16_cfg, tmp_path):
+    from gfocal.checkpoint_io import read_training_state
+    first = engine.train(TrainRun(fp16_cfg, port.FRAMEWORK, str(tmp_path), max_iters=2,
+                                  progress=False))
+    with open(first.log) as f:
+        records = [json.loads(line) for line in f]
+    assert [(r["loss_scale"], r["skipped_steps"]) for r in records] == [(INIT_SCALE, 0)] * 2
+    meta = read_training_state(first.checkpoint, num_classes=6)["meta"]
+    assert meta["amp"] == "fp16"
+    assert meta["loss_scale"] == {"scale": INIT_SCALE, "good_steps": 2, "skipped": 0}
+    again = engine.train(TrainRun(fp16_cfg, port.FRAMEWORK, str(tmp_path), max_iters=3,
+                                  resume=first.checkpoint, progress=False))
+    meta = read_training_state(again.checkpoint, num_classes=6)["meta"]
+    assert meta["loss_scale"] == {"scale": INIT_SCALE, "good_steps": 3, "skipped": 0}
+    assert port.precision.current_precision() == "fp16"  # the run's; the fixture resets it
+
+
+def test_growth_interval_is_gradscalers_default():
+    """The constants are PyTorch's GradScaler defaults but for the start (mmcv's 512)."""
+    import inspect
+
+    import torch
+    defaults = inspect.signature(torch.amp.GradScaler).parameters
+    assert GROWTH_INTERVAL == defaults["growth_interval"].default
+    assert BACKOFF_FACTOR == defaults["backoff_factor"].default
+    assert INIT_SCALE == 512.0 and defaults["init_scale"].default == 2.0 ** 16
