@@ -196,9 +196,11 @@ def run_arms(cfg, out_dir, iters_per_epoch, budget_s=None, max_iters=None, progr
     result = {"control": control, "note": note,
               "traces": {arm: t.records for arm, t in traces.items()}}
     if not control.failure and not runs["torch"].failure:
-        result["check"] = control_arm.control_check(runs["torch"].log, control.log)
+        result["check"] = control_arm.control_check(runs["torch"].log, control.log,
+                                                    cfg["train"]["amp"])
     if all(not r.failure for r in (*runs.values(), control)):
-        result["verdict"] = control_arm.verdict(runs["torch"], runs["jittor"], control)
+        result["verdict"] = control_arm.verdict(runs["torch"], runs["jittor"], control,
+                                                amp=cfg["train"]["amp"])
         result["exit"] = control_arm.band_exit(result["traces"]["jittor"], result["traces"]["control"])
     return runs, result
 

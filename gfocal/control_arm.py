@@ -10,15 +10,19 @@ import os
 
 import numpy as np
 
+from gfocal.precision import EPS, EPS_NAME
 from gfocal.runlog import paired, relative_difference
 
 FIRST_N = 20           # the verdict compares loss differences after this many iterations
 RATIO_LIMIT = 2.0      # within the band: median Jittor-vs-PyTorch difference <= 2x control's
 BAND_FACTOR = 2.0      # a weight-distance trace leaves the band above 2x the control's
-FLOAT32_EPS = float(np.finfo(np.float32).eps)
 # The control's first loss must differ from the reference's, by rounding-sized amounts:
-# more than 0 (the perturbation is not a no-op) and at most CONTROL_MAX_FIRST_REL.
-CONTROL_MAX_FIRST_REL = 100 * FLOAT32_EPS
+# more than 0 (the perturbation is not a no-op) and at most CONTROL_MAX_EPS machine epsilons
+# of the run's compute type. float32: 100 (the loss sums ~1e5 rounded terms). Mixed
+# precision: one bf16 / fp16 epsilon (the one-ulp move of the float32 weights reaches the
+# loss through the few half-type roundings it flips: measured 6.9e-5, 0.009 bf16 eps, on the
+# mini preset in bf16, 2026-12-04).
+CONTROL_MAX_EPS = {"off": 100, "bf16": 1, "fp16": 1}
 VERDICT_RULE = (f"Rule: within the band when R <= {RATIO_LIMIT:g}, where R is the median "
                 f"relative loss difference |jittor - torch| / |torch| after iteration "
                 f"{FIRST_N} divided by the same median for control vs torch (the PyTorch port "
@@ -122,17 +126,19 @@ def perturb_one_ulp(state, seed=0):
     return out
 
 
-def control_check(reference_log, control_log):
-    """Is the control a real, rounding-sized perturbation? From the first logged loss."""
+def control_check(reference_log, control_log, amp="off"):
+    """Is the control a real, rounding-sized perturbation (in the precision `amp` of the
+    runs)? From the first logged loss."""
     iters, ref, ctl = paired(reference_log, control_log)
     if not iters.size:
         return {"first_rel": None, "ok": False, "text": "the control shares no iteration "
                                                         "with the reference"}
     rel = float(relative_difference(ref[:1], ctl[:1])[0])
-    ok = 0 < rel <= CONTROL_MAX_FIRST_REL
+    eps = EPS[amp]
+    ok = 0 < rel <= CONTROL_MAX_EPS[amp] * eps
     text = (f"control vs torch, first loss: relative difference {rel:.3g} "
-            f"({rel / FLOAT32_EPS:.3g} float32 eps; expected > 0 and <= "
-            f"{CONTROL_MAX_FIRST_REL / FLOAT32_EPS:g} eps)")
+            f"({rel / eps:.3g} {EPS_NAME[amp]} eps; expected > 0 and <= "
+            f"{CONTROL_MAX_EPS[amp]:g} eps)")
     return {"first_rel": rel, "ok": ok, "text": text if ok else "WARNING: " + text}
 
 
@@ -142,7 +148,7 @@ def median_after(reference_log, other_log, first_n=FIRST_N):
     return float(np.median(tail)) if tail.size else None
 
 
-def verdict(torch_run, jittor_run, control_run, first_n=FIRST_N):
+def verdict(torch_run, jittor_run, control_run, first_n=FIRST_N, amp="off"):
     """The one-line answer: is Jittor-vs-PyTorch within the same-framework noise band?"""
     j = median_after(torch_run.log, jittor_run.log, first_n)
     c = median_after(torch_run.log, control_run.log, first_n)
@@ -154,7 +160,7 @@ def verdict(torch_run, jittor_run, control_run, first_n=FIRST_N):
         return {"within": None, "ratio": None, "d_ap": d_ap, "c_ap": c_ap,
                 "line": f"No verdict: fewer than {first_n + 1} iterations compared.",
                 "rule": VERDICT_RULE}
-    check = control_check(torch_run.log, control_run.log)
+    check = control_check(torch_run.log, control_run.log, amp)
     if not check["ok"]:  # no rounding-sized control, no band to read Jittor against
         return {"within": None, "ratio": None, "d_ap": d_ap, "c_ap": c_ap,
                 "line": "Undecided: the control arm is not a rounding-sized perturbation of "

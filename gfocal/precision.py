@@ -28,6 +28,12 @@ BACKOFF_FACTOR = 0.5
 GROWTH_INTERVAL = 2000
 
 
+# Machine epsilon of the type the convolutions compute in: what "a rounding-sized move" of a
+# run means in each precision (gfocal/control_arm.py's control check).
+EPS = {"off": 2.0 ** -23, "bf16": 2.0 ** -7, "fp16": 2.0 ** -10}
+EPS_NAME = {"off": "float32", "bf16": "bf16", "fp16": "fp16"}
+
+
 class PrecisionError(ValueError):
     """A precision name that is not one of AMP_CHOICES."""
 

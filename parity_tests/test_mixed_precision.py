@@ -13,7 +13,7 @@ import pytest
 from gfocal.precision import AMP_CHOICES, INIT_SCALE
 from gfocal.schedule import learning_rate
 from parity_tests import judge
-from parity_tests.conftest import ParityRuns, jittor_installed
+from parity_tests.conftest import ParityRuns
 from parity_tests.test_forward import recorded_order
 
 HALF = [amp for amp in AMP_CHOICES if amp != "off"]
@@ -39,41 +39,42 @@ def pytest_generate_tests(metafunc):
 
 
 @pytest.fixture(scope="module")
-def amp_runs(amp, small_cfg, converted_weights):
-    if not jittor_installed():
-        pytest.skip("Jittor is not installed (a PyTorch-only parity run)")
-    return ParityRuns(small_cfg["model"], weights_from_converter=converted_weights, amp=amp)
+def amp_runs(amp, small_cfg, converted_weights, device_option):
+    """The parity runs in `amp`: Jittor and, given --device, the PyTorch port there."""
+    return ParityRuns(small_cfg["model"], weights_from_converter=converted_weights,
+                      device=device_option, amp=amp)
 
 
-def subject_of(amp):
-    return f"jittor/{amp}"
+def subject_of(subject, amp):
+    """The verdict table's subject: jittor/bf16, torch@cuda/fp16, ..."""
+    return f"{subject}/{amp}"
 
 
-def test_forward_targets_losses(amp_runs, amp, amp_case, report_table):
+def test_forward_targets_losses(amp_runs, amp, subject, amp_case, report_table):
     """Every probe in forward order and the loss totals, train mode (which computes the
     same numbers as eval: BN frozen, GN per sample)."""
     run = amp_runs.get(amp_case, "train")
-    rows = judge.compare_all(recorded_order(run), run["jittor"]["probes"],
+    rows = judge.compare_all(recorded_order(run), run[subject]["probes"],
                              run["torch"]["probes"], run["noise"], amp=amp)
-    rows += judge.compare_all(judge.LOSS_TOTALS, run["jittor"]["losses"],
+    rows += judge.compare_all(judge.LOSS_TOTALS, run[subject]["losses"],
                               run["torch"]["losses"], run["noise"], amp=amp)
-    report_table(rows, f"jittor {amp} {amp_case}: every probe", judge.first_failure(rows))
-    judge.assert_rows(rows, f"{amp_case}/{amp}", subject_of(amp))
+    report_table(rows, f"{subject} {amp} {amp_case}: every probe", judge.first_failure(rows))
+    judge.assert_rows(rows, f"{amp_case}/{amp}", subject_of(subject, amp))
 
 
-def test_gradients(amp_runs, amp, amp_case, report_table):
+def test_gradients(amp_runs, amp, subject, amp_case, report_table):
     """Every trainable parameter's gradient (fp16: through the loss scale); ReLU kinks as
     in float32 (parity_tests/kinks.py)."""
     run = amp_runs.get(amp_case, "train")
-    resolved = run["kinks"]["jittor"] or {"rows": [], "torch": run["torch"],
-                                          "noise": run["noise"]}
+    resolved = run["kinks"][subject] or {"rows": [], "torch": run["torch"],
+                                         "noise": run["noise"]}
     ref = {"grad." + n: g for n, g in resolved["torch"]["grads"].items()}
-    got = {"grad." + n: g for n, g in run["jittor"]["grads"].items()}
+    got = {"grad." + n: g for n, g in run[subject]["grads"].items()}
     for row in resolved["rows"]:
         row.tolerance = judge.tolerance(row.name, row.noise, kind="forward", amp=amp)
     rows = resolved["rows"] + judge.compare_all(list(ref), got, ref, resolved["noise"], amp=amp)
-    report_table(rows, f"jittor {amp} {amp_case}: gradients", judge.first_failure(rows))
-    judge.assert_rows(rows, f"{amp_case}/{amp} gradients", subject_of(amp))
+    report_table(rows, f"{subject} {amp} {amp_case}: gradients", judge.first_failure(rows))
+    judge.assert_rows(rows, f"{amp_case}/{amp} gradients", subject_of(subject, amp))
 
 
 def test_one_training_step(amp, pair_builder, small_cfg, report_table):
@@ -122,7 +123,7 @@ def test_one_training_step(amp, pair_builder, small_cfg, report_table):
         row.tolerance = judge.tolerance(row.name, row.noise, kind="optim", amp=amp)
     context = f"one {amp} SGD step at lr {lr:g}"
     report_table(rows, f"jittor {context}", judge.first_failure(rows))
-    judge.assert_rows(rows, context, subject_of(amp))
+    judge.assert_rows(rows, context, subject_of("jittor", amp))
 
 
 # ------------------------------------------------ Jittor CPU facts the port works around

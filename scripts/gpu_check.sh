@@ -3,7 +3,8 @@
 # one shot, well inside its 10 minutes. Installs the wheels into a temporary folder (no
 # index), then runs, each step under its own time cap so that one slow step cannot eat the
 # others:
-#   1. perf   the PyTorch port's GPU benchmark cases, TF32 off and on (pytest-benchmark JSON)
+#   1. perf   the PyTorch port's GPU benchmark cases, TF32 off and on, and again in bf16 and
+#             fp16 (--amp; pytest-benchmark JSON)
 #   2. parity the parity suite with the PyTorch port on the GPU against its CPU run
 #   3. train  a short training of the mini preset on the GPU, then its evaluation
 # and writes into OUT_DIR: perf.json, perf.html, parity.html, parity_verdict.json,
@@ -40,7 +41,7 @@ cd "$(dirname "$0")/.."
 source scripts/capped.sh  # capped: one step under a time cap
 PY=${PYTHON:-python3}
 WHEELS=${GFOCAL_WHEELS:-.whl}
-CAP_PERF=${GFOCAL_CAP_PERF:-210} CAP_PARITY=${GFOCAL_CAP_PARITY:-150} CAP_TRAIN=${GFOCAL_CAP_TRAIN:-150}
+CAP_PERF=${GFOCAL_CAP_PERF:-240} CAP_PARITY=${GFOCAL_CAP_PARITY:-150} CAP_TRAIN=${GFOCAL_CAP_TRAIN:-120}
 CAP_JT_SETUP=${GFOCAL_CAP_JT_SETUP:-60} CAP_JT_BUILD=${GFOCAL_CAP_JT_BUILD:-150}
 CAP_JT_PERF=${GFOCAL_CAP_JT_PERF:-180} CAP_JT_PARITY=${GFOCAL_CAP_JT_PARITY:-120}
 TRAIN_ITERS=200
@@ -190,11 +191,11 @@ if [ "$jittor" = 1 ]; then
 else
     names=(perf parity train)
     if [ "$dry" = 1 ]; then
-        perf_select=(-k "torch and inference and not paired" --benchmark-disable)
+        perf_select=(-k "torch and inference and not paired" --benchmark-disable --amp off,bf16)
         parity_select=(-k "coco_b1 and not r50 and not bottleneck")
         iters=2 config=tests/gpu_check_tiny_config.py
     else
-        perf_select=(-k "torch and not paired" --benchmark-enable)
+        perf_select=(-k "torch and not paired" --benchmark-enable --amp off,bf16,fp16)
         parity_select=()
         iters=$TRAIN_ITERS config=configs/gfl_r18_mini.py
     fi

@@ -48,6 +48,8 @@ def perf_rows(bench, framework="torch"):
             continue
         batch = int(info.get("batch", 1))
         numerics = "TF32" if info.get("tf32") else "fp32"
+        if info.get("precision", "off") != "off":
+            numerics = info["precision"]  # convolutions in bf16 / fp16 (gfocal/precision.py)
         per_image = stats["median"] / batch
         fps = f"{batch / stats['median']:.1f}" if info.get("case") == "inference" else "-"
         alloc, reserved = info.get("gpu_peak_allocated_mb"), info.get("gpu_peak_reserved_mb")

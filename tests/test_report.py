@@ -256,6 +256,25 @@ def test_a_failed_port_is_reported_and_skipped(tmp_path):
     assert "Skipped" not in md and len(re.findall(r'src="data:', html)) == len(PLOTS)
 
 
+def test_fp16_runs_report_their_skipped_steps(tmp_path):
+    t, j = Synthetic("torch", 5), Synthetic("jittor", 6)
+    for i, record in enumerate(t.run.log):
+        record.update(loss_scale=512.0 if i < 3 else 256.0, skipped_steps=0 if i < 3 else 1)
+    for record in j.run.log:
+        record.update(loss_scale=512.0, skipped_steps=0)
+    md_path, _ = write_report(tmp_path, {"torch": t.run, "jittor": j.run}, ENV,
+                              dict(CONFIG, amp="fp16"))
+    md = open(md_path).read()
+    n = len(t.run.log)
+    assert (f"fp16 loss scale: torch skipped 1 of {n} steps (scale at the end 256); jittor "
+            f"skipped 0 of {len(j.run.log)} steps (scale at the end 512).") in md
+    assert "| amp | fp16 |" in md
+    plain, _ = write_report(tmp_path / "plain", {"torch": Synthetic("torch", 5).run,
+                                                 "jittor": Synthetic("jittor", 6).run}, ENV,
+                            CONFIG)
+    assert "loss scale" not in open(plain).read()
+
+
 def test_plots_needing_both_ports_are_skipped_and_stale_ones_removed(tmp_path):
     both = {"torch": Synthetic("torch", 7).run, "jittor": Synthetic("jittor", 8).run}
     write_report(tmp_path, both, ENV, CONFIG)

@@ -99,6 +99,12 @@ def status_section(runs):
         blocks.append(Para(f"NOT RUN: the {name} port has no run data.", warn=True))
     if not failed and not not_run:
         blocks.append(Para("Both ports completed."))
+    scaled = [(name, runs[name].log[-1]) for name in FRAMEWORKS
+              if name in runs and runs[name].log and "skipped_steps" in runs[name].log[-1]]
+    if scaled:  # fp16: steps skipped for an inf / NaN gradient (gfocal/precision.py)
+        blocks.append(Para("fp16 loss scale: " + "; ".join(
+            f"{name} skipped {int(last['skipped_steps'])} of {int(last['iter'])} steps "
+            f"(scale at the end {last['loss_scale']:g})" for name, last in scaled) + "."))
     return blocks
 
 
