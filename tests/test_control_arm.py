@@ -46,7 +46,7 @@ def log_of(losses):
 
 @pytest.mark.parametrize("amp, first_rel, ok", [
     ("off", 0.0, False), ("off", 3e-7, True), ("off", 1e-3, False),
-    # mixed precision: rounding-sized means up to 100 epsilons of the half type
+    # mixed precision: rounding-sized means up to one epsilon of the half type
     ("bf16", 6.9e-5, True), ("bf16", 1e-2, False), ("fp16", 6.9e-5, True),
     ("fp16", 2e-3, False)])
 def test_control_check_wants_a_rounding_sized_first_difference(amp, first_rel, ok):
