@@ -128,9 +128,10 @@ def sgd_runs(request, pair_builder, small_cfg, sgd_batches):
     return {"init": init, "start": start, "snaps": snaps, "losses": losses, "kinks": kink_rows}
 
 
-def optim_rows(snaps, init, step):
+def optim_rows(snaps, init, step, amp="off"):
     """Rows for the parameter updates (beyond float32 rounding, see judge.update_stats)
-    and the momentum buffers, Jittor vs PyTorch, with the float64 run as noise reference."""
+    and the momentum buffers, Jittor vs PyTorch, with the float64 run as noise reference
+    (tolerances of precision `amp`)."""
     t, j, f64 = snaps["torch"], snaps["jittor"], snaps["float64"]
     assert set(t["params"]) == set(j["params"])
     assert set(t["momentum"]) == set(j["momentum"])
@@ -148,7 +149,7 @@ def optim_rows(snaps, init, step):
         row.noise = judge.error_stats(name, t["momentum"][name], f64["momentum"][name]).rel
         rows.append(row)
     for row in rows:
-        row.tolerance = judge.tolerance(row.name, row.noise, kind="optim")
+        row.tolerance = judge.tolerance(row.name, row.noise, kind="optim", amp=amp)
     return rows
 
 

@@ -14,6 +14,7 @@ from gfocal.precision import AMP_CHOICES, INIT_SCALE
 from gfocal.schedule import learning_rate
 from parity_tests import judge
 from parity_tests.conftest import ParityRuns
+from parity_tests.test_backward_optim import optim_rows
 from parity_tests.test_forward import recorded_order
 
 HALF = [amp for amp in AMP_CHOICES if amp != "off"]
@@ -105,22 +106,7 @@ def test_one_training_step(amp, pair_builder, small_cfg, report_table):
     assert scales["jittor"] == scales["torch"], "the loss scalers disagree after one step"
     if scales["torch"]:
         assert scales["torch"] == {"scale": INIT_SCALE, "good_steps": 1, "skipped": 0}
-    rows = []
-    t, j, f64 = snaps["torch"], snaps["jittor"], snaps["float64"]
-    for name in t["params"]:
-        if name.endswith(("running_mean", "running_var")):
-            continue
-        row = judge.update_stats(f"delta.{name}", j["params"][name], t["params"][name],
-                                 init[name], 1)
-        row.noise = judge.update_stats(name, t["params"][name], f64["params"][name],
-                                       init[name], 1).rel
-        rows.append(row)
-    for name in t["momentum"]:
-        row = judge.error_stats(f"momentum.{name}", j["momentum"][name], t["momentum"][name])
-        row.noise = judge.error_stats(name, t["momentum"][name], f64["momentum"][name]).rel
-        rows.append(row)
-    for row in rows:
-        row.tolerance = judge.tolerance(row.name, row.noise, kind="optim", amp=amp)
+    rows = optim_rows(snaps, init, 1, amp)
     context = f"one {amp} SGD step at lr {lr:g}"
     report_table(rows, f"jittor {context}", judge.first_failure(rows))
     judge.assert_rows(rows, context, subject_of("jittor", amp))

@@ -165,3 +165,28 @@ def test_growth_interval_is_gradscalers_default():
     assert GROWTH_INTERVAL == defaults["growth_interval"].default
     assert BACKOFF_FACTOR == defaults["backoff_factor"].default
     assert INIT_SCALE == 512.0 and defaults["init_scale"].default == 2.0 ** 16
+
+
+def _bf16_representable(values):
+    bits = np.ascontiguousarray(values, np.float32).view(np.uint32)
+    return bool(np.all(bits & 0xFFFF == 0))
+
+
+@pytest.mark.parametrize("amp", ["off", "bf16"])
+def test_a_run_of_the_config_computes_its_convolutions_in_its_precision(port, tiny_config,
+                                                                        amp):
+    """engine.build_model (what gfocal test and compare use) applies train.amp: in bf16 a
+    convolution's output (the FPN lateral, before any other op) holds bf16 values only."""
+    from gfocal.compare import comparison_config
+    from gfocal.data.loader import build_dataloader
+    cfg = comparison_config(tiny_config, amp=amp)
+    assert cfg["train"]["amp"] == amp
+    with pytest.raises(PrecisionError):
+        comparison_config(tiny_config, amp="fp64")
+    port, model = engine.build_model(cfg, port.FRAMEWORK, device="cpu")
+    with build_dataloader(cfg, "val") as loader:
+        batch = next(iter(loader))
+    with port.probes.capture() as probes:
+        detections = model.predict(batch)
+    assert len(detections) == len(batch["img_metas"])
+    assert _bf16_representable(probes["neck.lateral.0"]) is (amp == "bf16")
