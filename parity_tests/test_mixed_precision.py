@@ -161,14 +161,20 @@ def test_jittor_bfloat16_conversion_truncates_and_the_port_rounds_to_nearest(jit
     """Jittor's CPU float32 -> bfloat16 conversion drops the low 16 bits (half of the values
     of N(0, 1) data land one unit lower in magnitude than PyTorch's round-to-nearest-even);
     the port's round_to_half equals PyTorch's conversion bit for bit, ties, signed zeros,
-    the largest floats (to inf), inf and NaN included; its fp16 rounding too."""
+    the largest floats (to inf), inf and NaN included; its fp16 rounding too (float16
+    subnormals and the overflow at 65520 included)."""
     import jittor as jt
     import torch
     rng = np.random.default_rng(5)
     special = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 3.4e38, -3.4e38, 65504.0,
                         65520.0, 1e-3, -6e-8], np.float32)
     ties = ((np.arange(1 << 12, dtype=np.uint32) << 16) | 0x8000 | 0x3f800000).view(np.float32)
-    x = np.concatenate([rng.standard_normal(20000).astype(np.float32), special, ties, -ties])
+    fp16_ties = ((np.arange(1 << 12, dtype=np.uint32) << 13) | 0x1000 | 0x38000000).view(
+        np.float32)  # halfway between two float16 values
+    subnormal = (np.arange(-3000, 3000) * 2.0 ** -26).astype(np.float32)  # float16 < 2**-14
+    x = np.concatenate([rng.standard_normal(20000).astype(np.float32), special, ties, -ties,
+                        fp16_ties, -fp16_ties, subnormal, 65519.996 + np.arange(5) * 4.0,
+                        rng.standard_normal(2000) * 3e4]).astype(np.float32)
     truncated = jt.array(x).cast(jt.bfloat16).cast(jt.float32).numpy()
     low = (x.view(np.uint32) & 0xFFFF0000).view(np.float32)
     assert np.array_equal(truncated, low, equal_nan=True), "Jittor's bf16 cast now rounds"
