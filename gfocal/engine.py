@@ -8,6 +8,7 @@ are trained by literally the same loop.
 import contextlib
 import dataclasses
 import os
+import sys
 import time
 from typing import Any, Callable, Optional
 
@@ -182,6 +183,10 @@ def _train(run, port, device, rank, world):
         resumed = resume_training(port, model, optimizer, resume, cfg)
         it = resumed.get("iter", 0)
         start_epoch, skip = divmod(it, iters_per_epoch)
+    if (framework, cfg["train"]["amp"]) == ("torch", "fp16") and not is_cuda(device) and lead:
+        print("gfocal: warning: PyTorch's CPU float16 convolution backward is about 140x "
+              "slower than float32 (docs/MODEL.md section 13); bf16 is the CPU's half type",
+              file=sys.stderr)
     # fp16: the loss scale, carried on from the checkpoint (gfocal/precision.py)
     scaler = port.precision.loss_scaler(
         cfg["train"]["amp"], device, checked_scale_state(resumed.get("loss_scale"), resume))
