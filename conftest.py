@@ -45,6 +45,12 @@ def pytest_configure(config):
         config.option.device = None if spec is None else resolve_device(spec)
     except DeviceError as exc:
         raise pytest.UsageError(f"--device: {exc}") from None
+    from gfocal.precision import PrecisionError, amp_list
+    amps = config.getoption("--amp")
+    try:  # a list, or None where not given (each suite has its default)
+        config.option.amp = None if amps is None else amp_list(amps)
+    except PrecisionError as exc:
+        raise pytest.UsageError(str(exc)) from None
     from gfocal.runtime import describe_environment
     env = config.stash[ENVIRONMENT] = describe_environment()  # once: it imports both frameworks
     if config.pluginmanager.hasplugin("metadata"):

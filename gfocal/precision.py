@@ -46,8 +46,9 @@ def check_amp(value, where="--amp"):
     return value
 
 
-def is_half(amp):
-    return check_amp(amp) != "off"
+def amp_list(text, where="--amp"):
+    """A comma-separated list of precision names (pytest's --amp), each checked."""
+    return [check_amp(a.strip(), where) for a in text.split(",") if a.strip()]
 
 
 def uses_loss_scale(amp):

@@ -20,7 +20,6 @@ import pytest
 
 from perf_tests import measure
 from perf_tests.measure import CPU_SIZE, GPU_SIZE, SMOKE_SIZE, make_batch, model_config
-from gfocal.precision import AMP_CHOICES
 from gfocal.runtime import num_threads
 
 # (device kind, TF32): the GPU cases (device "cuda"; the ids say gpu) in full fp32 and with
@@ -42,20 +41,9 @@ ROUNDS = {"backbone_forward": 8, "forward": 8, "forward_backward": 5, "train_ste
 TORCH_CPU_FP16_BACKWARD = ("forward_backward", "train_step")
 
 
-def precisions(config):
-    """The precisions --amp names for the perf suite (default off)."""
-    given = config.getoption("--amp")
-    chosen = ["off"] if not given else [a.strip() for a in given.split(",") if a.strip()]
-    unknown = [a for a in chosen if a not in AMP_CHOICES]
-    if unknown:
-        raise pytest.UsageError(f"--amp: {', '.join(unknown)} is not a precision "
-                                f"(choose from {', '.join(AMP_CHOICES)})")
-    return chosen
-
-
 def pytest_generate_tests(metafunc):
-    if "precision" in metafunc.fixturenames:
-        metafunc.parametrize("precision", precisions(metafunc.config))
+    if "precision" in metafunc.fixturenames:  # --amp, checked by the root conftest
+        metafunc.parametrize("precision", metafunc.config.getoption("--amp") or ["off"])
 
 
 def label_of(device, tf32=False, precision="off"):

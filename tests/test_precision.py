@@ -12,7 +12,7 @@ from gfocal.config import ConfigError, from_dict
 from gfocal.device import DeviceError
 from gfocal.engine import TrainRun
 from gfocal.precision import (BACKOFF_FACTOR, GROWTH_INTERVAL, INIT_SCALE, LossScale,
-                              PrecisionError, check_amp, checked_scale_state)
+                              PrecisionError, amp_list, check_amp, checked_scale_state)
 
 # overflow at steps 1999 and 4004-4005: a backoff, a growth after 2000 good steps, two
 # backoffs in a row
@@ -89,6 +89,7 @@ def test_a_precision_the_device_cannot_run_is_one_line(port, monkeypatch):
     def broken(*args):
         raise RuntimeError("no kernel for this dtype\nsecond line of the framework's message")
     monkeypatch.setattr(port.precision, "_probe_convolution", broken)
+    monkeypatch.setattr(port.precision, "_runnable", set())  # not probed yet
     with pytest.raises(DeviceError) as err:
         port.precision.use_precision("fp16")
     message = str(err.value)
@@ -118,6 +119,12 @@ def test_a_bad_amp_on_the_command_line_is_one_line_and_exit_2(command, tiny_conf
     assert err == f"gfocal {command}: error: --amp = 'fp8' is not a precision (choose off, " \
                   "bf16, fp16)"
     assert not (tmp_path / "w").exists() and not (tmp_path / "c").exists()
+
+
+def test_the_pytest_option_takes_a_checked_list():
+    assert amp_list("off, bf16,fp16,") == ["off", "bf16", "fp16"]
+    with pytest.raises(PrecisionError, match="--amp = 'fp8' is not a precision"):
+        amp_list("bf16,fp8")
 
 
 def test_checked_scale_state():

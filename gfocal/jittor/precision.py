@@ -19,6 +19,7 @@ from gfocal.precision import INIT_SCALE, LossScale, check_amp, uses_loss_scale
 
 HALF_TYPES = {"bf16": jt.bfloat16, "fp16": jt.float16}
 _amp = "off"  # the precision half_op computes in
+_runnable = set()  # (amp, device) pairs whose half convolution ran once
 
 
 def current_precision():
@@ -35,25 +36,27 @@ def use_precision(amp, device="cpu"):
     run a convolution in it."""
     global _amp
     check_amp(amp)
-    if amp != "off":
+    if amp != "off" and (amp, str(device)) not in _runnable:
         try:
             _probe_convolution(amp, device)
         except RuntimeError as exc:
             raise DeviceError(f"--amp {amp}: Jittor {jt.__version__} cannot run a "
                               f"{amp} convolution on {device} ({str(exc).splitlines()[0]})"
                               ) from None
+        _runnable.add((amp, str(device)))
     _amp = amp
 
 
 @contextlib.contextmanager
 def mixed_precision(amp, device="cpu"):
     """use_precision for a block, the previous precision restored after it."""
+    global _amp
     previous = _amp
     use_precision(amp, device)
     try:
         yield amp
     finally:
-        use_precision(previous)
+        _amp = previous
 
 
 # float32 -> half type -> float32 rounded to nearest, ties to even (as PyTorch and CUDA
@@ -131,16 +134,15 @@ def half_op(op, *tensors):
     return _rounded(op(*(None if t is None else _rounded(t, _amp) for t in tensors)), _amp)
 
 
-def _conv(conv, x, weight, bias):
-    return nn.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
-
-
 class Conv2d(nn.Conv2d):
     """nn.Conv2d (same parameters) whose convolution follows the port's precision."""
 
+    def _conv_forward(self, x, weight, bias):
+        return nn.conv2d(x, weight, bias, self.stride, self.padding, self.dilation,
+                         self.groups)
+
     def execute(self, x):
-        return half_op(lambda x, weight, bias: _conv(self, x, weight, bias),
-                       x, self.weight, self.bias)
+        return half_op(self._conv_forward, x, self.weight, self.bias)
 
 
 class LossScaler:

@@ -14,6 +14,7 @@ from gfocal.precision import BACKOFF_FACTOR, GROWTH_FACTOR, GROWTH_INTERVAL, INI
 
 HALF_TYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 _amp = "off"  # the precision half_op computes in
+_runnable = set()  # (amp, device) pairs whose half convolution ran once
 
 
 def current_precision():
@@ -30,25 +31,27 @@ def use_precision(amp, device="cpu"):
     run a convolution in it."""
     global _amp
     check_amp(amp)
-    if amp != "off":
+    if amp != "off" and (amp, str(device)) not in _runnable:
         try:
             _probe_convolution(amp, device)
         except RuntimeError as exc:
             raise DeviceError(f"--amp {amp}: PyTorch {torch.__version__} cannot run a "
                               f"{amp} convolution on {device} ({str(exc).splitlines()[0]})"
                               ) from None
+        _runnable.add((amp, str(device)))
     _amp = amp
 
 
 @contextlib.contextmanager
 def mixed_precision(amp, device="cpu"):
     """use_precision for a block, the previous precision restored after it."""
+    global _amp
     previous = _amp
     use_precision(amp, device)
     try:
         yield amp
     finally:
-        use_precision(previous)
+        _amp = previous
 
 
 def half_op(op, *tensors):
