@@ -33,6 +33,10 @@ def pytest_addoption(parser):
                      help="parity_tests: the half precisions of the mixed-precision cases "
                           "(comma-separated, of bf16, fp16; default both). perf_tests: the "
                           "precisions timed (of off, bf16, fp16; default off)")
+    parser.addoption("--tuning", default=None,
+                     help="parity_tests: the speed setting of the ports under test (default or "
+                          "tuned; default: default). perf_tests: the settings timed "
+                          "(comma-separated, of default, tuned; default: default)")
     parser.addoption("--parity-cases", default=None,
                      help="parity_tests: run only these input cases (comma-separated names of "
                           "parity_tests/conftest.py's CASES)")
@@ -50,6 +54,12 @@ def pytest_configure(config):
     try:  # a list, or None where not given (each suite has its default)
         config.option.amp = None if amps is None else amp_list(amps)
     except PrecisionError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    from gfocal.tuning import TuningError, setting_list
+    settings = config.getoption("--tuning")
+    try:  # a list, or None where not given
+        config.option.tuning = None if settings is None else setting_list(settings)
+    except TuningError as exc:
         raise pytest.UsageError(str(exc)) from None
     from gfocal.runtime import describe_environment
     env = config.stash[ENVIRONMENT] = describe_environment()  # once: it imports both frameworks

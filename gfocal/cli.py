@@ -13,6 +13,7 @@ from gfocal.runtime import configure_frameworks
 from gfocal.ports import FRAMEWORKS
 from gfocal.config import MAX_SEED
 from gfocal.precision import check_amp
+from gfocal.tuning import check_setting
 
 STAT_FORMAT = "{:<6} {:.3f}"
 DEFAULT_BUDGET_MINUTES = 20
@@ -52,13 +53,20 @@ def _add_amp(p):
                                  "train.amp, itself 'off'; gfocal/precision.py)")
 
 
+def _add_tuning(p):
+    p.add_argument("--tuning", help="speed setting: default | tuned (default: the config's "
+                                    "train.tuning, itself 'default'; gfocal/tuning.py)")
+
+
 def _train_overrides(args):
-    """The config sections the command line overrides (--seed, --amp)."""
+    """The config sections the command line overrides (--seed, --amp, --tuning)."""
     train = {}
     if getattr(args, "seed", None) is not None:
         train["seed"] = args.seed
     if getattr(args, "amp", None) is not None:
         train["amp"] = check_amp(args.amp)
+    if getattr(args, "tuning", None) is not None:
+        train["tuning"] = check_setting(args.tuning)
     return {"train": train} if train else {}
 
 
@@ -77,6 +85,7 @@ def build_parser():
     _add_device(p)
     _add_seed(p)
     _add_amp(p)
+    _add_tuning(p)
     p.add_argument("--launcher", choices=list(LAUNCHERS), default="none",
                    help="data-parallel training: pytorch (started by torchrun, "
                         "--framework torch) or mpi (started by mpirun, --framework jittor)")
@@ -90,6 +99,7 @@ def build_parser():
     p.add_argument("--out", help="write the COCO results JSON here")
     _add_device(p)
     _add_amp(p)
+    _add_tuning(p)
 
     p = sub.add_parser("compare", help="train both ports from identical weights and write "
                                        "the comparison report")
@@ -108,6 +118,7 @@ def build_parser():
     _add_device(p)
     _add_seed(p)
     _add_amp(p)
+    _add_tuning(p)
     return parser
 
 

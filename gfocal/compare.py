@@ -16,6 +16,7 @@ from gfocal import engine
 from gfocal.config import load_config
 from gfocal.device import resolve_device
 from gfocal.precision import check_amp
+from gfocal.tuning import check_setting, features
 from gfocal.runtime import describe_environment
 from gfocal.ports import FRAMEWORKS
 
@@ -25,10 +26,12 @@ TRACE_EVERY = 20            # mini preset: 480 iterations, 25 snapshots of ~50 M
 
 
 def comparison_config(config_path=None, data_root=None, epochs=None, device=None, seed=None,
-                      amp=None):
+                      amp=None, tuning=None):
     overrides = {"train": {}}
     if amp is not None:
         overrides["train"]["amp"] = check_amp(amp)
+    if tuning is not None:
+        overrides["train"]["tuning"] = check_setting(tuning)
     if data_root:
         overrides["data"] = {"root": os.path.abspath(data_root)}
     if epochs:
@@ -82,18 +85,19 @@ def write_initial_weights(cfg, out_dir):
 
 
 def benchmark_inference(cfg, port, model, warmup=3):
-    """Per-image latency (s) on the val split, batch 1, after `warmup` untimed images
-    (predict returns numpy arrays, so each call has waited for the device)."""
+    """Per-image latencies (s) on the val split, batch 1: of the `warmup` first images
+    (compilation, caches) and of the rest (predict returns numpy arrays, so each call has
+    waited for the device)."""
     from gfocal.data.loader import build_dataloader
     model.eval()
-    latencies = []
+    warm, latencies = [], []
     with build_dataloader(cfg, "val", device=str(port.current_device())) as loader:
         for i, batch in enumerate(loader):
             t0 = time.perf_counter()
             model.predict(batch)
-            if i >= warmup:
-                latencies.append((time.perf_counter() - t0) / len(batch["img_metas"]))
-    return latencies
+            (latencies if i >= warmup else warm).append(
+                (time.perf_counter() - t0) / len(batch["img_metas"]))
+    return warm, latencies
 
 
 def run_port(cfg, framework, out_dir, init_weights, max_iters=None, progress=True,
@@ -114,7 +118,7 @@ def run_port(cfg, framework, out_dir, init_weights, max_iters=None, progress=Tru
             data.evals = [{"epoch": data.log[-1]["epoch"],
                            "stats": engine.evaluate(cfg, out.port, out.model)}]
         data.final_stats = data.evals[-1]["stats"]
-        data.latencies = benchmark_inference(cfg, out.port, out.model)
+        data.warmup_latencies, data.latencies = benchmark_inference(cfg, out.port, out.model)
     except Exception as exc:  # the report is still written, with the failure in it
         data.failure = f"{type(exc).__name__}: {exc}"
         data.traceback = traceback.format_exc()
@@ -217,7 +221,7 @@ def run_comparison(args):
     started = time.perf_counter()
     cfg = comparison_config(args.config, args.data_root, args.epochs,
                             getattr(args, "device", None), getattr(args, "seed", None),
-                            getattr(args, "amp", None))
+                            getattr(args, "amp", None), getattr(args, "tuning", None))
     iters_per_epoch = check_inputs(cfg)
     out_dir = os.path.abspath(args.out_dir)
     os.makedirs(out_dir, exist_ok=True)
@@ -243,7 +247,11 @@ def run_comparison(args):
     summary = {"config": cfg["source"], "data_root": cfg["data"]["root"] or "bundled mini COCO",
                "model": cfg["model"], "optim": cfg["optim"],
                "batch_size": cfg["data"]["batch_size"], "img_scale": cfg["data"]["img_scale"],
-               "amp": cfg["train"]["amp"], "seeds": sorted(spread)}
+               "amp": cfg["train"]["amp"], "tuning": cfg["train"]["tuning"],
+               "tuned_features": {fw: list(features(fw, cfg["train"]["tuning"],
+                                                    resolve_device(cfg["train"]["device"])))
+                                  for fw in FRAMEWORKS},
+               "seeds": sorted(spread)}
     env = describe_environment(resolve_device(cfg["train"]["device"]), base_seed)
     md, html = write_report(out_dir, runs, env, summary, noise=noise_result)
     if "verdict" in noise_result:

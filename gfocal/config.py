@@ -70,6 +70,7 @@ DEFAULTS = {
         "device": "auto",            # auto | cpu | cuda | cuda:N (auto: CUDA when present)
         "tf32": False,               # PyTorch on CUDA: TF32 convolutions/matmuls (off = fp32)
         "amp": "off",                # mixed precision: off | bf16 | fp16 (gfocal/precision.py)
+        "tuning": "default",         # speed setting: default | tuned (gfocal/tuning.py)
         "dist_timeout_s": 3600,      # torchrun jobs: seconds a process waits in one collective
                                      # (the lead's COCOeval, a slow peer) before it gives up
     },
@@ -146,6 +147,11 @@ def _validate_values(cfg, source):
     try:
         check_amp(cfg["train"]["amp"], "'train.amp'")
     except PrecisionError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    from gfocal.tuning import TuningError, check_setting
+    try:
+        check_setting(cfg["train"]["tuning"], "'train.tuning'")
+    except TuningError as exc:
         raise ConfigError(f"{source}: {exc}") from None
     from gfocal.device import DeviceError, parse_device
     try:

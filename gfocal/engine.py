@@ -61,10 +61,12 @@ class TrainResult:
 
 def use_port(cfg, framework, device):
     """The port of `framework`, with `device` (already resolved) made its device and cfg's
-    numerics switches (TF32, the precision train.amp) applied."""
+    numerics switches (TF32, the precision train.amp) and speed setting (train.tuning)
+    applied."""
     port = load_port(framework)
     port.use_device(device, tf32=cfg["train"]["tf32"])
     port.precision.use_precision(cfg["train"]["amp"], device)
+    port.tuning.use_setting(cfg["train"]["tuning"], device)
     return port
 
 
@@ -241,7 +243,7 @@ def _train(run, port, device, rank, world):
                 t_data = time.perf_counter()
             epoch_done = it % iters_per_epoch == 0 and it > 0
             meta = {"iter": it, "epoch": epoch + 1 if epoch_done else epoch, "classes": classes,
-                    "amp": cfg["train"]["amp"]}
+                    "amp": cfg["train"]["amp"], "tuning": cfg["train"]["tuning"]}
             if scaler is not None:
                 meta["loss_scale"] = scaler.state()
             if lead:

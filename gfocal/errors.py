@@ -5,6 +5,7 @@ from gfocal.launch import LaunchError
 from gfocal.precision import PrecisionError
 from gfocal.runlog import NonFiniteLoss
 from gfocal.state_dict import CheckpointError
+from gfocal.tuning import TuningError
 
 
 def _dataset_error():
@@ -12,5 +13,5 @@ def _dataset_error():
     return DatasetError
 
 
-USER_ERRORS = (ConfigError, DeviceError, LaunchError, PrecisionError, CheckpointError,
-               NonFiniteLoss, _dataset_error(), FileNotFoundError)
+USER_ERRORS = (ConfigError, DeviceError, LaunchError, PrecisionError, TuningError,
+               CheckpointError, NonFiniteLoss, _dataset_error(), FileNotFoundError)

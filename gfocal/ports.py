@@ -29,7 +29,8 @@ INTERFACE = (
     "seed",                       # (n) seed Python's, numpy's and the framework's generators
     "build_detector",             # (model_cfg) -> GFocalV2 on the current device
     "probes", "backbone", "fpn", "gfl_head", "box_ops", "anchors", "atss", "losses",
-    "postprocess", "detector", "checkpoint", "train", "distributed", "precision",  # sub-modules
+    "postprocess", "detector", "checkpoint", "train", "distributed", "precision",
+    "tuning",  # sub-modules
 )
 
 

@@ -5,6 +5,7 @@ Tests ask for the fixtures `case`, `mode`, `forward_probe`, `target_probe`, `los
 `pytest_generate_tests` below parametrises them, so there is one test function per kind of
 check, never a copied test per layer.
 """
+import contextlib
 import copy
 import importlib
 import os
@@ -372,14 +373,18 @@ def pytest_sessionfinish(session, exitstatus):
 def pytest_report_header(config):
     device = config.getoption("--device") or "cpu"
     jittor = f"on {jittor_device(device)}" if jittor_installed() else "not installed"
+    setting = parity_setting(config)
+    tuned = "" if setting == "default" else f"; every port in the {setting} speed setting"
     return (f"parity: reference the PyTorch port on cpu (float32, float64 for the noise); "
-            f"subjects: {', '.join(subjects(config))} (Jittor {jittor})")
+            f"subjects: {', '.join(subjects(config))} (Jittor {jittor}){tuned}")
 
 
 def pytest_terminal_summary(terminalreporter):
     measured = ledger.of(terminalreporter.config)
     if measured.verdict:
-        terminalreporter.write_sep("=", "parity verdict")
+        setting = parity_setting(terminalreporter.config)
+        terminalreporter.write_sep("=", "parity verdict" + (
+            "" if setting == "default" else f" (--tuning {setting}: both ports {setting})"))
         terminalreporter.write_line(judge.verdict_text(measured.verdict.values()))
         terminalreporter.write_line(judge.VERDICT_NOTE)
     if measured.hits:
@@ -397,7 +402,41 @@ def pytest_html_results_summary(prefix, summary, postfix, session):
 
 def pytest_configure(config):
     selected_cases(config)  # a bad --parity-cases stops the session with one line
+    parity_setting(config)
     ledger.install(config)
+
+
+def parity_setting(config):
+    """The speed setting of --tuning (one of default, tuned; default: default)."""
+    from gfocal.tuning import TuningError, setting_list
+    settings = config.getoption("--tuning") or ["default"]
+    if isinstance(settings, str):  # this conftest configured before the root one parsed it
+        try:
+            settings = setting_list(settings)
+        except TuningError as exc:
+            raise pytest.UsageError(str(exc)) from None
+    if len(settings) != 1:
+        raise pytest.UsageError(f"parity_tests: --tuning takes one setting, not "
+                                f"{','.join(settings)}")
+    return settings[0]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _speed_setting(request):
+    """Both ports in --tuning's speed setting for the whole session (the PyTorch port's
+    features those of --device, where given: its CPU reference runs compiled alike)."""
+    setting = parity_setting(request.config)
+    if setting == "default":
+        yield setting
+        return
+    from gfocal.ports import load_port
+    device = request.config.getoption("--device") or "cpu"
+    with contextlib.ExitStack() as scope:
+        torch_port = load_port("torch")
+        scope.enter_context(torch_port.tuning.speed_setting(setting, device))
+        if jittor_installed():
+            scope.enter_context(load_port("jittor").tuning.speed_setting(setting, "cpu"))
+        yield setting
 
 
 @pytest.fixture(autouse=True)

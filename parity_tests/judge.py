@@ -382,8 +382,11 @@ def by_subject(records):
 
 
 def subject_title(subject):
-    """jittor, torch@cuda: against float32; jittor/bf16: both in that mixed precision."""
+    """jittor, torch@cuda: against float32; jittor/bf16: both in that mixed precision;
+    jittor/tuned: the port's tuned inference against its default (parity_tests/test_tuned.py)."""
     port, _, amp = subject.partition("/")
+    if amp == "tuned":
+        return f"{port} tuned against the {port} port in its default setting (float32)"
     if amp:
         return f"{port} in {amp} against the PyTorch port on the CPU in {amp}"
     return f"{subject} against the PyTorch port on the CPU (float32)"

@@ -61,7 +61,7 @@ def test_both_ports_draw_the_same_bounds(torch_port, jittor_port, what, kwargs, 
 
 # Each port's computing modules; `execute` is Jittor's name for `forward`.
 MODULES = ("probes", "backbone", "fpn", "gfl_head", "box_ops", "anchors", "atss", "losses",
-           "postprocess", "detector", "checkpoint", "train", "precision")
+           "postprocess", "detector", "checkpoint", "train", "precision", "tuning")
 LITERALS = (int, float, str, bool, type(None), tuple)
 
 

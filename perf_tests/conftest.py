@@ -4,13 +4,15 @@ hand-built batches in the shared batch format, and the Jittor/PyTorch ratio summ
 import pytest
 
 from perf_tests.measure import benchmark_weights, model_config, paired_rows, paired_table_html, \
-    paired_table_text, ratio_rows, ratio_table_html, ratio_table_text
+    paired_table_text, ratio_rows, ratio_table_html, ratio_table_text, setting_rows, \
+    setting_table_html, setting_table_text
 
 _ran_perf = pytest.StashKey[bool]()
 
 
 class ModelCache:
-    """One detector per (framework, device), built once per session; weights reset per test."""
+    """One detector per (framework, device, speed setting), built once per session; weights
+    reset per test."""
 
     def __init__(self):
         self._models = {}
@@ -18,7 +20,7 @@ class ModelCache:
 
     def get(self, port, device):
         """The model of `port` on `device` (the port's current device: it is built there)."""
-        key = (port.FRAMEWORK, device)
+        key = (port.FRAMEWORK, device, port.tuning.current_setting())
         if key not in self._models:
             self._models[key] = port.build_detector(model_config())
         model = self._models[key]
@@ -54,6 +56,10 @@ def pytest_terminal_summary(terminalreporter, config):
     if paired:
         terminalreporter.write_line("")
         terminalreporter.write_line(paired_table_text(paired))
+    settings = setting_rows(benchmarks)
+    if settings:
+        terminalreporter.write_line("")
+        terminalreporter.write_line(setting_table_text(settings))
 
 
 def pytest_html_results_summary(prefix, summary, postfix, session):
@@ -63,3 +69,6 @@ def pytest_html_results_summary(prefix, summary, postfix, session):
         paired = paired_rows(benchmarks)
         if paired:
             postfix.append(paired_table_html(paired))
+        settings = setting_rows(benchmarks)
+        if settings:
+            postfix.append(setting_table_html(settings))

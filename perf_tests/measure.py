@@ -140,6 +140,13 @@ def _torch_facts(cuda, tf32_override):
     return info
 
 
+def setting_info(port, setting, device):
+    """{setting, tuned_features} for a benchmark's extra_info (gfocal/tuning.py)."""
+    from gfocal.tuning import features
+    return {"setting": setting, "tuned_features": list(features(port.FRAMEWORK, setting,
+                                                                  device))}
+
+
 # Each framework's facts, read from the framework itself (a port has no version or build
 # switches of its own to ask); keyed like gfocal.ports.FRAMEWORKS.
 _FACTS = {"torch": _torch_facts, "jittor": _jittor_facts}
@@ -237,6 +244,65 @@ def ratio_rows(benchmarks):
             row[f"ratio_{stat}"] = j / t if t and j is not None else None
         rows.append(row)
     return rows
+
+
+def setting_rows(benchmarks):
+    """Per case timed in more than one speed setting (extra_info 'setting'; gfocal/tuning.py):
+    each port's median (s) and first call (s) per setting, its tuned/default ratio, and the
+    Jittor/PyTorch ratio in each setting. Rows only where a case has a tuned timing."""
+    cases = {}
+    for bench in benchmarks:
+        info = getattr(bench, "extra_info", None) or {}
+        stats = getattr(bench, "stats", None)
+        framework, setting = info.get("framework"), info.get("setting", "default")
+        if framework not in FRAMEWORKS or stats is None or not getattr(stats, "data", None):
+            continue
+        case = (bench.group or "").replace(f"-{setting}", "", 1)  # label_of's suffix
+        cases.setdefault(case, {})[(framework, setting)] = (stats.median,
+                                                             info.get("first_call_s"))
+    rows = []
+    for case, times in cases.items():
+        if not any(setting == "tuned" for _, setting in times):
+            continue
+        row = {"case": case}
+        for fw in FRAMEWORKS:
+            for setting in ("default", "tuned"):
+                row[f"{fw}_{setting}"], row[f"{fw}_{setting}_first"] = times.get(
+                    (fw, setting), (None, None))
+            d, t = row[f"{fw}_default"], row[f"{fw}_tuned"]
+            row[f"{fw}_gain"] = t / d if d and t is not None else None
+        for setting in ("default", "tuned"):
+            t, j = row[f"torch_{setting}"], row[f"jittor_{setting}"]
+            row[f"ratio_{setting}"] = j / t if t and j is not None else None
+        rows.append(row)
+    return rows
+
+
+SETTING_HEAD = ("case", "torch default ms", "torch tuned ms", "torch T/D", "jittor default ms",
+                "jittor tuned ms", "jittor T/D", "J/T default", "J/T tuned",
+                "torch tuned 1st s", "jittor tuned 1st s")
+
+
+def _setting_cells(r):
+    first = ["-" if r[f"{fw}_tuned_first"] is None else f"{r[f'{fw}_tuned_first']:.1f}"
+             for fw in FRAMEWORKS]
+    return (r["case"], _fmt_time(r["torch_default"]), _fmt_time(r["torch_tuned"]),
+            _fmt_ratio(r["torch_gain"]), _fmt_time(r["jittor_default"]),
+            _fmt_time(r["jittor_tuned"]), _fmt_ratio(r["jittor_gain"]),
+            _fmt_ratio(r["ratio_default"]), _fmt_ratio(r["ratio_tuned"]), *first)
+
+
+def setting_table_text(rows):
+    return _text_table(SETTING_HEAD, [_setting_cells(r) for r in rows])
+
+
+def setting_table_html(rows):
+    return _titled_table("<h2>Default and tuned speed settings</h2>",
+                         "Medians; T/D = tuned time / default time (below 1: tuned faster); "
+                         "J/T = Jittor / PyTorch in each setting; 1st = the tuned setting's "
+                         "first call (compilation, caches), timed apart. The features each "
+                         "setting used: extra_info tuned_features, gfocal/tuning.py.",
+                         SETTING_HEAD, [_setting_cells(r) for r in rows])
 
 
 def paired_ratios(torch_times, jittor_times):

@@ -7,8 +7,10 @@ the GPU training step); a small input on the CPU, the paper's 800x1333 on a GPU 
 `gpu`, device `cuda`), there in full fp32 and, for PyTorch, again with TF32 (id `gpu-tf32`);
 the paired cases in fp32 on both. `--amp off,bf16,fp16` times every case again in each
 mixed precision given (gfocal/precision.py; group label and extra_info `precision`; default
-off). Warm-up rounds keep Jittor's compilation and both ports'
-caches out of the timings. With --benchmark-disable every case runs once as a smoke test.
+off). `--tuning default,tuned` times every case again in each speed setting given
+(gfocal/tuning.py; group label and extra_info `setting`; default: default). Warm-up rounds
+keep Jittor's compilation, torch.compile's and both ports' caches out of the timings; the
+first call of each timed case is timed apart (extra_info `first_call_s`). With --benchmark-disable every case runs once as a smoke test.
 Workflow and baselines: perf_tests/README.md.
 """
 import contextlib
@@ -44,11 +46,14 @@ TORCH_CPU_FP16_BACKWARD = ("forward_backward", "train_step")
 def pytest_generate_tests(metafunc):
     if "precision" in metafunc.fixturenames:  # --amp, checked by the root conftest
         metafunc.parametrize("precision", metafunc.config.getoption("--amp") or ["off"])
+    if "setting" in metafunc.fixturenames:  # --tuning, checked by the root conftest
+        metafunc.parametrize("setting", metafunc.config.getoption("--tuning") or ["default"])
 
 
-def label_of(device, tf32=False, precision="off"):
-    """The device part of a group name: cpu, gpu-tf32, cpu-bf16, ..."""
-    return device + ("-tf32" if tf32 else "") + ("" if precision == "off" else f"-{precision}")
+def label_of(device, tf32=False, precision="off", setting="default"):
+    """The device part of a group name: cpu, gpu-tf32, cpu-bf16, cpu-tuned, ..."""
+    return (device + ("-tf32" if tf32 else "") + ("" if precision == "off" else f"-{precision}")
+            + ("" if setting == "default" else f"-{setting}"))
 
 
 def rounds_for(case):
@@ -66,29 +71,38 @@ class Case:
     """One benchmark: model, batch and bookkeeping for a (port, device, batch) triple."""
 
     def __init__(self, name, port, placement, batch_size, model_cache, benchmark,
-                 precision="off"):
+                 precision="off", setting="default"):
         self.name, self.port, (self.device, tf32) = name, port, placement
         self.precision = precision
         h, w = input_size(self.device, benchmark.enabled)
         self.batch = make_batch(batch_size, (h, w), model_config()["num_classes"])
         self.model = model_cache.get(port, str(port.current_device()))
         self.benchmark = benchmark
-        benchmark.group = f"{name} {label_of(self.device, tf32, precision)} {h}x{w} b{batch_size}"
+        benchmark.group = (f"{name} {label_of(self.device, tf32, precision, setting)} "
+                           f"{h}x{w} b{batch_size}")
         benchmark.extra_info.update(measure.framework_info(port, self.device),
                                     case=name, input_size=f"{h}x{w}", batch=batch_size,
-                                    precision=precision)
+                                    precision=precision,
+                                    **measure.setting_info(port, setting, self.device))
 
     def imgs(self):
         return self.port.tensor(self.batch["imgs"])  # on the port's device
 
     def run(self, fn):
-        """Time fn (warm-up first); the device is synchronised inside the timed call."""
+        """Time fn (warm-up first); the device is synchronised inside the timed call. The
+        first call (compilation for this shape, caches) is timed apart: first_call_s."""
         def timed():
             out = fn()
             self.port.sync()
             return out
+        warmup = WARMUP_ROUNDS
+        if self.benchmark.enabled:
+            start = time.perf_counter()
+            timed()
+            self.note(first_call_s=time.perf_counter() - start)
+            warmup -= 1
         return self.benchmark.pedantic(timed, rounds=rounds_for(self.name),
-                                       warmup_rounds=WARMUP_ROUNDS, iterations=1)
+                                       warmup_rounds=warmup, iterations=1)
 
     def note(self, **info):
         self.benchmark.extra_info.update(info)
@@ -114,10 +128,10 @@ def skip_reason(framework, kind, tf32, precision, name):
 
 
 @pytest.fixture
-def case_factory(port, placement, precision, model_cache, benchmark, device_option):
-    """Case(name, batch) with the port on the case's device and in the case's precision for
-    the whole test (--device picks which cases run and which GPU); a port that cannot use
-    them skips, saying why."""
+def case_factory(port, placement, precision, setting, model_cache, benchmark, device_option):
+    """Case(name, batch) with the port on the case's device, in the case's precision and
+    speed setting for the whole test (--device picks which cases run and which GPU); a port
+    that cannot use them skips, saying why."""
     from gfocal.device import DeviceError
     kind, tf32 = placement
     if device_option is not None and (device_option == "cpu") != (kind == "cpu"):
@@ -127,6 +141,7 @@ def case_factory(port, placement, precision, model_cache, benchmark, device_opti
         try:
             scope.enter_context(port.on_device(target, tf32=tf32, deterministic=False))
             scope.enter_context(port.precision.mixed_precision(precision, target))
+            scope.enter_context(port.tuning.speed_setting(setting, target))
         except DeviceError as exc:
             pytest.skip(str(exc))
 
@@ -134,7 +149,8 @@ def case_factory(port, placement, precision, model_cache, benchmark, device_opti
             reason = skip_reason(port.FRAMEWORK, kind, tf32, precision, name)
             if reason:
                 pytest.skip(reason)
-            return Case(name, port, placement, batch_size, model_cache, benchmark, precision)
+            return Case(name, port, placement, batch_size, model_cache, benchmark, precision,
+                        setting)
         yield make
 
 
@@ -245,8 +261,8 @@ def test_inference(case_factory, batch_size):
 
 @pytest.mark.parametrize("batch_size", BATCHES)
 @pytest.mark.parametrize("name", ["train_step", "inference"])
-def test_paired(name, batch_size, placement, precision, torch_port, jittor_port, model_cache,
-                benchmark, device_option):
+def test_paired(name, batch_size, placement, precision, setting, torch_port, jittor_port,
+                model_cache, benchmark, device_option):
     """One PyTorch and one Jittor call per round, alternating which goes first, so that load
     drifting over minutes on a shared machine hits both alike. The benchmark times a pair;
     extra_info splits it, holds the median of the per-pair Jittor/PyTorch ratios and each
@@ -269,6 +285,7 @@ def test_paired(name, batch_size, placement, precision, torch_port, jittor_port,
             try:
                 scope.enter_context(port.on_device(target, deterministic=False))
                 scope.enter_context(port.precision.mixed_precision(precision, target))
+                scope.enter_context(port.tuning.speed_setting(setting, target))
             except DeviceError as exc:
                 pytest.skip(str(exc))
         steps = [STEPS[name](port, model_cache.get(port, str(port.current_device())), batch)
@@ -285,16 +302,20 @@ def test_paired(name, batch_size, placement, precision, torch_port, jittor_port,
                 times[framework].append(time.perf_counter() - start)
 
         rounds = rounds_for("paired")
-        benchmark.group = f"paired {name} {label_of(kind, precision=precision)} {h}x{w} " \
-                          f"b{batch_size}"
+        benchmark.group = (f"paired {name} {label_of(kind, precision=precision, setting=setting)}"
+                           f" {h}x{w} b{batch_size}")
         benchmark.extra_info.update(framework="paired", device=kind, threads=num_threads(),
                                     case=name, input_size=f"{h}x{w}", batch=batch_size,
-                                    precision=precision,
-                                    **{f"{port.FRAMEWORK}_info": measure.framework_info(
-                                        port, kind) for port in ports})
+                                    precision=precision, setting=setting,
+                                    **{f"{port.FRAMEWORK}_info": dict(
+                                        measure.framework_info(port, kind),
+                                        **measure.setting_info(port, setting, kind))
+                                       for port in ports})
         benchmark.pedantic(pair, rounds=rounds, warmup_rounds=WARMUP_ROUNDS, iterations=1)
     timed = {fw: t[-rounds:] for fw, t in times.items()}  # the warm-up pairs dropped
     assert len(timed["torch"]) == len(timed["jittor"]) >= 1
     assert all(t > 0 for t in timed["torch"] + timed["jittor"])
     benchmark.extra_info.update(torch_times=timed["torch"], jittor_times=timed["jittor"],
                                 **measure.paired_ratios(timed["torch"], timed["jittor"]))
+    if benchmark.enabled:  # each port's first call: compilation for this shape, caches
+        benchmark.extra_info.update({f"{fw}_first_call_s": t[0] for fw, t in times.items()})

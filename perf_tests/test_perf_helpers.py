@@ -138,3 +138,26 @@ def test_jittor_gpu_facts_state_its_numerics_flags(jittor_port, monkeypatch):
     monkeypatch.delenv("NVIDIA_TF32_OVERRIDE")
     assert measure.framework_info(jittor_port, "cuda")["tf32"] == info["cudnn"]
     assert "use_tensorcore" not in measure.framework_info(jittor_port, "cpu")
+
+
+def test_setting_rows_pair_each_case_across_settings():
+    def timed(group, framework, setting, median, first):
+        rec = record(group, framework, [median])
+        rec.extra_info.update(setting=setting, first_call_s=first)
+        return rec
+    rows = measure.setting_rows([
+        timed("inference cpu 320x320 b1", "torch", "default", 0.20, 1.0),
+        timed("inference cpu 320x320 b1", "jittor", "default", 0.30, 2.0),
+        timed("inference cpu-tuned 320x320 b1", "torch", "tuned", 0.15, 50.0),
+        timed("inference cpu-tuned 320x320 b1", "jittor", "tuned", 0.30, 1.5),
+        timed("forward cpu 320x320 b1", "torch", "default", 0.1, 0.2),  # no tuned timing
+    ])
+    assert len(rows) == 1
+    row = rows[0]
+    assert row["case"] == "inference cpu 320x320 b1"
+    assert row["torch_gain"] == pytest.approx(0.75) and row["jittor_gain"] == pytest.approx(1.0)
+    assert row["ratio_default"] == pytest.approx(1.5) and row["ratio_tuned"] == pytest.approx(2.0)
+    assert row["torch_tuned_first"] == 50.0
+    text = measure.setting_table_text(rows)
+    assert "0.75" in text and "50.0" in text and "2.00" in text
+    assert "T/D" in measure.setting_table_html(rows)

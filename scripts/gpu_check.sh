@@ -5,9 +5,12 @@
 # others:
 #   1. perf   the PyTorch port's GPU benchmark cases, TF32 off and on, and again in bf16 and
 #             fp16 (--amp; pytest-benchmark JSON)
-#   2. parity the parity suite with the PyTorch port on the GPU against its CPU run
-#   3. train  a short training of the mini preset on the GPU, then its evaluation
-# and writes into OUT_DIR: perf.json, perf.html, parity.html, parity_verdict.json,
+#   2. tuned  the training step and inference cases again in the tuned speed setting
+#             (--tuning tuned: torch.compile, cuDNN autotuning; fp32 and bf16), compilation
+#             timed apart (extra_info first_call_s)
+#   3. parity the parity suite with the PyTorch port on the GPU against its CPU run
+#   4. train  a short training of the mini preset on the GPU, then its evaluation
+# and writes into OUT_DIR: perf.json, perf_tuned.json, perf.html, parity.html, parity_verdict.json,
 # train/ (checkpoint, log, results), check.log (everything printed) and summary.md, whose
 # tables it prints at the end. A failed step is reported in the summary; the others still run.
 #
@@ -34,14 +37,17 @@
 # PYTHON=... the interpreter (default python3, the one holding PyTorch there); GFOCAL_NVCC=...
 # the nvcc for Jittor (default: scripts/jittor_cuda.py's search); GFOCAL_JITTOR_CUDNN=off: Jittor
 # without cuDNN (its own convolution kernels; if cuDNN 9 fails there); GFOCAL_CHECK_STEPS=a,b runs
-# only the steps named (the others are reported skipped); GFOCAL_CAP_PERF, _PARITY, _TRAIN,
+# only the steps named (the others are reported skipped; the caps of the PyTorch check add up to
+# 11 minutes, one more than a device command may run: where every step may need its cap, run
+# GFOCAL_CHECK_STEPS=perf,parity,train and GFOCAL_CHECK_STEPS=tuned in two commands, into two
+# folders); GFOCAL_CAP_PERF, _TUNED, _PARITY, _TRAIN,
 # _JT_SETUP, _JT_BUILD, _JT_PERF, _JT_PARITY: the caps in seconds.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source scripts/capped.sh  # capped: one step under a time cap
 PY=${PYTHON:-python3}
 WHEELS=${GFOCAL_WHEELS:-.whl}
-CAP_PERF=${GFOCAL_CAP_PERF:-240} CAP_PARITY=${GFOCAL_CAP_PARITY:-150} CAP_TRAIN=${GFOCAL_CAP_TRAIN:-120}
+CAP_PERF=${GFOCAL_CAP_PERF:-240} CAP_TUNED=${GFOCAL_CAP_TUNED:-180} CAP_PARITY=${GFOCAL_CAP_PARITY:-150} CAP_TRAIN=${GFOCAL_CAP_TRAIN:-120}
 CAP_JT_SETUP=${GFOCAL_CAP_JT_SETUP:-60} CAP_JT_BUILD=${GFOCAL_CAP_JT_BUILD:-150}
 CAP_JT_PERF=${GFOCAL_CAP_JT_PERF:-180} CAP_JT_PARITY=${GFOCAL_CAP_JT_PARITY:-120}
 TRAIN_ITERS=200
@@ -189,18 +195,24 @@ if [ "$jittor" = 1 ]; then
         step parity "$CAP_JT_PARITY" "${pytest[@]}" parity_tests "${parity_select[@]}" \
         "${parity_out[@]}"
 else
-    names=(perf parity train)
+    names=(perf tuned parity train)
     if [ "$dry" = 1 ]; then
         perf_select=(-k "torch and inference and not paired" --benchmark-disable --amp off,bf16)
+        tuned_select=(-k "torch and inference and not paired and 1" --benchmark-disable
+                      --amp off)
         parity_select=(-k "coco_b1 and not r50 and not bottleneck")
         iters=2 config=tests/gpu_check_tiny_config.py
     else
         perf_select=(-k "torch and not paired" --benchmark-enable --amp off,bf16,fp16)
+        tuned_select=(-k "torch and not paired and not tf32 and (train_step or inference)"
+                      --benchmark-enable --amp off,bf16)
         parity_select=()
         iters=$TRAIN_ITERS config=configs/gfl_r18_mini.py
     fi
     step perf "$CAP_PERF" "${pytest[@]}" perf_tests/test_benchmarks.py "${perf_select[@]}" \
         "${perf_out[@]}"
+    step tuned "$CAP_TUNED" "${pytest[@]}" perf_tests/test_benchmarks.py "${tuned_select[@]}" \
+        --tuning tuned --benchmark-json "$out/perf_tuned.json"
     GFOCAL_PARITY_VERDICT="$out/parity_verdict.json" \
         step parity "$CAP_PARITY" "${pytest[@]}" parity_tests "${parity_select[@]}" \
         "${parity_out[@]}"

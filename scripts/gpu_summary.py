@@ -50,6 +50,8 @@ def perf_rows(bench, framework="torch"):
         numerics = "TF32" if info.get("tf32") else "fp32"
         if info.get("precision", "off") != "off":
             numerics = info["precision"]  # convolutions in bf16 / fp16 (gfocal/precision.py)
+        if info.get("setting", "default") != "default":  # gfocal/tuning.py
+            numerics += f" {info['setting']} (first call {info.get('first_call_s', 0):.1f} s)"
         per_image = stats["median"] / batch
         fps = f"{batch / stats['median']:.1f}" if info.get("case") == "inference" else "-"
         alloc, reserved = info.get("gpu_peak_allocated_mb"), info.get("gpu_peak_reserved_mb")
@@ -148,8 +150,11 @@ def summary(out_dir, device, steps, jittor=False):
                   "## Both ports interleaved on the GPU (paired, fp32)", "",
                   perf_table(paired_rows(bench) if bench else [], PAIRED_COLUMNS)]
     else:
+        tuned = read_json(os.path.join(out_dir, "perf_tuned.json"))
         parts += ["", "## PyTorch port on the GPU (pytest-benchmark, synchronised)", "",
-                  perf_table(perf_rows(bench) if bench else [], PERF_COLUMNS)]
+                  perf_table(perf_rows(bench) if bench else [], PERF_COLUMNS), "",
+                  "## PyTorch port on the GPU, tuned setting (gfocal/tuning.py)", "",
+                  perf_table(perf_rows(tuned) if tuned else [], PERF_COLUMNS)]
     parts += ["", "## Parity on the GPU", ""]
     if verdict:
         for subject, records in by_subject(verdict).items():

@@ -60,7 +60,8 @@ PORT_DIRS = {"torch": "gfocal/pytorch", "jittor": "gfocal/jittor"}
 # checkpoint (the converter target's) and distributed (judged by the multi-process tests of
 # tests/, minutes a run: not mutated, said in the report).
 PORT_MODULES = ("anchors", "atss", "backbone", "box_ops", "detector", "fpn", "gfl_head",
-                "gfl_loss", "losses", "postprocess", "probes", "train", "kernels", "precision")
+                "gfl_loss", "losses", "postprocess", "probes", "train", "kernels", "precision",
+                "tuning")
 # Parity files that fail fastest on a broken target come first (the seconds-long argument,
 # signature and constant checks, then loss and decoding): with -x a killed mutant stops at
 # its first failure. Files not named here follow in name order.
@@ -76,6 +77,7 @@ MODULE_FIRST_FILES = {
     "postprocess": ("test_postprocess_regimes.py", "test_inference_coco.py"),
     "train": ("test_backward_optim.py",),
     "precision": ("test_mixed_precision.py", "test_forward.py"),
+    "tuning": ("test_tuned.py",),
 }
 PARITY = "parity_tests"  # a judge entry: every parity file, in parity_files() order
 CONVERTER_MODULES = ("gfocal/pytorch/checkpoint.py", "gfocal/jittor/checkpoint.py",
@@ -93,6 +95,7 @@ SHARED_JUDGES = {
     "gfocal/evaluation/coco_eval.py": ("tests/test_evaluation.py",),
     "gfocal/schedule.py": ("tests/test_schedule.py",),
     "gfocal/precision.py": ("tests/test_precision.py", "tests/test_control_arm.py"),
+    "gfocal/tuning.py": ("tests/test_tuning.py",),
 }
 GROUPS = {"torch": "port", "jittor": "port", "converter": "converter", "shared": "shared"}
 

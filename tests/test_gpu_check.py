@@ -61,7 +61,7 @@ def test_dry_run_passes_every_step_and_prints_the_summary(dry_run):
     out, result = dry_run
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     text = (out / "summary.md").read_text()
-    for step in ("perf", "parity", "train"):
+    for step in ("perf", "tuned", "parity", "train"):
         assert f"| {step} | passed |" in text
     assert result.stdout.rstrip().endswith(f"summary: {out / 'summary.md'}")
     assert "installing" not in result.stdout and "no wheels in" in result.stdout

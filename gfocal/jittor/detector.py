@@ -8,6 +8,7 @@ from .fpn import FPN
 from .gfl_head import GFLHead
 from .gfl_loss import GFLLoss
 from .postprocess import GFLPostProcess
+from .tuning import inference_network
 
 
 def stage_channels(depth, out_indices):
@@ -49,6 +50,6 @@ class GFocalV2(nn.Module):
     def predict(self, batch):
         """Per image: numpy boxes (original-image pixels), scores and labels."""
         with jt.no_grad():
-            cls_scores, bbox_preds = self(tensor(batch["imgs"]))
+            cls_scores, bbox_preds = inference_network(self)(tensor(batch["imgs"]))
             return self.postprocess(cls_scores, bbox_preds, batch["img_metas"],
                                     self.bbox_head.integral)

@@ -27,6 +27,7 @@ class RunData:
     evals: list = dataclasses.field(default_factory=list)      # [{"epoch", "stats"}]
     final_stats: Optional[dict] = None                         # 12 COCO names -> float
     latencies: list = dataclasses.field(default_factory=list)  # seconds per image
+    warmup_latencies: list = dataclasses.field(default_factory=list)  # the untimed first ones
     failure: Optional[str] = None
     traceback: Optional[str] = None
     wall_time: Optional[float] = None
@@ -112,7 +113,8 @@ def speed_stats(log):
         return {}
     epochs = [e["seconds"] for e in per_epoch(log).values() if e["seconds"] is not None]
     data = values(log, "data_time")
-    return {"iter_mean": float(step.mean()), "iter_median": float(np.median(step)),
+    return {"iter_first": float(step[0]) if log[0].get("iter") == 1 else None,
+            "iter_mean": float(step.mean()), "iter_median": float(np.median(step)),
             "data_mean": float(data.mean()) if data.size else None,
             "epoch_mean": float(np.mean(epochs)), "train_total": float(np.sum(epochs))}
 

@@ -187,7 +187,8 @@ def coco_section(runs):
 
 def speed_section(runs):
     speeds = {name: speed_stats(run.log) for name, run in runs.items()}
-    labels = [("iter_mean", "s/iter mean (step)"), ("iter_median", "s/iter median (step)"),
+    labels = [("iter_first", "s/iter, first iteration (compilation, warm-up)"),
+              ("iter_mean", "s/iter mean (step)"), ("iter_median", "s/iter median (step)"),
               ("data_mean", "s/iter mean (data loading)"), ("epoch_mean", "s/epoch mean"),
               ("train_total", "training seconds, total")]
     rows = [compare_row(label, runs, lambda r: speeds[r.framework].get(key), last="ratio")
@@ -201,8 +202,8 @@ def speed_section(runs):
                               last="ratio") for e in epochs]
     return [Heading(2, "Training speed"),
             Para("Step time covers forward, backward and optimiser update; the first "
-                 "iterations include one-time compilation (Jittor), so the median is the "
-                 "steadier figure."),
+                 "iterations include one-time compilation (Jittor's kernels, and in the tuned "
+                 "setting whatever it compiles), so the median is the steadier figure."),
             Table(["quantity", "torch", "jittor", RATIO], rows),
             Heading(3, "Epoch time"),
             Table(["epoch", "torch s", "jittor s", RATIO], epoch_rows)]
@@ -215,7 +216,13 @@ def latency_section(runs):
               ("fps", "FPS (1 / mean)")]
     rows = [compare_row(label, runs, lambda r: lat[r.framework].get(key), last="ratio")
             for key, label in labels]
-    return [Heading(2, "Inference latency"), Para("Batch size 1, seconds per image."),
+    rows.insert(0, compare_row("first image, untimed warm-up (s)", runs,
+                               lambda r: r.warmup_latencies[0] if r.warmup_latencies else None,
+                               last="ratio"))
+    return [Heading(2, "Inference latency"),
+            Para("Batch size 1, seconds per image, after the warm-up images (compilation: "
+                 "Jittor's kernels, torch.compile's in the tuned setting), whose first is "
+                 "shown apart."),
             Table(["quantity", "torch", "jittor", RATIO], rows)]
 
 
