@@ -19,6 +19,8 @@ good steps in a row double it. That is PyTorch's `GradScaler` state machine (the
 port uses GradScaler itself), started at mmcv's static fp16 scale of 512 instead of 2**16.
 bf16 has float32's exponent range and trains without a scale.
 """
+from gfocal.choices import checked, checked_list
+
 AMP_CHOICES = ("off", "bf16", "fp16")
 SCALED = ("fp16",)  # the precisions that train with a loss scale
 
@@ -40,15 +42,12 @@ class PrecisionError(ValueError):
 
 def check_amp(value, where="--amp"):
     """`value` if it is a precision name, else PrecisionError naming `where`."""
-    if value not in AMP_CHOICES:
-        raise PrecisionError(f"{where} = {value!r} is not a precision (choose "
-                             f"{', '.join(AMP_CHOICES)})")
-    return value
+    return checked(value, AMP_CHOICES, PrecisionError, where, "a precision")
 
 
 def amp_list(text, where="--amp"):
     """A comma-separated list of precision names (pytest's --amp), each checked."""
-    return [check_amp(a.strip(), where) for a in text.split(",") if a.strip()]
+    return checked_list(text, check_amp, where)
 
 
 def uses_loss_scale(amp):

@@ -10,6 +10,8 @@ A tuned model computes the same function: the parity suite runs against it
 Compilation is paid on the first call of each new input shape, which the perf suite and the
 training log report apart from the steady-state time.
 """
+from gfocal.choices import checked, checked_list
+
 SETTINGS = ("default", "tuned")
 
 # What `tuned` turns on, by (framework, device kind). A feature left out was measured no
@@ -31,15 +33,12 @@ class TuningError(ValueError):
 
 def check_setting(value, where="--tuning"):
     """`value` if it is a setting name, else TuningError naming `where`."""
-    if value not in SETTINGS:
-        raise TuningError(f"{where} = {value!r} is not a speed setting (choose "
-                          f"{', '.join(SETTINGS)})")
-    return value
+    return checked(value, SETTINGS, TuningError, where, "a speed setting")
 
 
 def setting_list(text, where="--tuning"):
     """A comma-separated list of setting names (pytest's --tuning), each checked."""
-    return [check_setting(s.strip(), where) for s in text.split(",") if s.strip()]
+    return checked_list(text, check_setting, where)
 
 
 def features(framework, setting, device="cpu"):

@@ -53,17 +53,19 @@ def snapshot(port, model, optimizer):
             "lr": lr_of(port, optimizer)}
 
 
-def step_all(runs, optimizers, cfg, it):
+def step_all(runs, optimizers, cfg, it, scalers=None):
     """One SGD step at schedule iteration `it` by every run ({key: (port, model, batch)},
-    the subject first). The subject records the input of each ReLU call and the other runs
-    take its side of every ReLU (identical where the signs agree; at a kink see
-    parity_tests/kinks.py), so that a kink does not move every tensor upstream of it.
-    Returns the losses by run and the rows of the ReLU inputs at this step's kinks."""
+    the subject first; `scalers` {key: fp16 loss scaler}). The subject records the input of
+    each ReLU call and the other runs take its side of every ReLU (identical where the signs
+    agree; at a kink see parity_tests/kinks.py), so that a kink does not move every tensor
+    upstream of it. Returns the losses by run and the rows of the ReLU inputs at this step's
+    kinks."""
     inputs, masks, losses = {}, None, {}
     for key, (port, model, batch) in runs.items():
         port.train.set_lr(optimizers[key], learning_rate(cfg["optim"], it, 0))
         with port.probes.relu_calls(model, masks) as relus:
-            losses[key] = port.train.train_step(model, optimizers[key], batch)
+            losses[key] = port.train.train_step(model, optimizers[key], batch,
+                                                (scalers or {}).get(key))
         inputs[key] = [(name, port.numpy(x)) for name, x in relus]
         masks = masks or {call: x > 0 for call, (_, x) in enumerate(inputs[key])}
     found = kinks.kinks(inputs["torch"], inputs["jittor"])

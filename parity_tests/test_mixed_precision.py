@@ -14,7 +14,7 @@ from gfocal.precision import AMP_CHOICES, INIT_SCALE
 from gfocal.schedule import learning_rate
 from parity_tests import judge
 from parity_tests.conftest import ParityRuns
-from parity_tests.test_backward_optim import optim_rows
+from parity_tests.test_backward_optim import optim_rows, step_all
 from parity_tests.test_forward import recorded_order
 
 HALF = [amp for amp in AMP_CHOICES if amp != "off"]
@@ -40,6 +40,37 @@ def amp_runs(amp, small_cfg, converted_weights, device_option):
                       device=device_option, amp=amp)
 
 
+# PyTorch's CPU half convolution backward must sum in float32 and round once, as the policy
+# says, for the PyTorch port to be the reference of the gradient cases. On a CPU without
+# AVX512-FP16 (measured 2026-12-04 on an AMD EPYC with AVX512-BF16) its fp16 backward does
+# not: 59 % of a 64-channel convolution's input gradient and 27 % of its weight gradient
+# differ from the float32 sum rounded once; its bf16 backward 0.01 %, as its forward.
+POLICY_BACKWARD_MAX_DIFFERING = 0.01
+
+
+def backward_off_policy(torch_port, amp):
+    """Why PyTorch's CPU `amp` convolution backward cannot be the gradient reference here
+    (None: it follows the policy): the fraction of one convolution's input gradient that
+    differs from the float32 sum rounded once to the half type."""
+    import torch
+    half = torch_port.precision.HALF_TYPES[amp]
+    rng = np.random.default_rng(7)
+    x, w, g = (torch.tensor(rng.standard_normal(shape).astype(np.float32)).to(half)
+               for shape in ((2, 64, 16, 16), (64, 64, 3, 3), (2, 64, 16, 16)))
+    grads = {}
+    for dtype in (half, torch.float32):
+        xi = x.to(dtype).detach().requires_grad_()  # a leaf of its own
+        torch.nn.functional.conv2d(xi, w.to(dtype), padding=1).backward(g.to(dtype))
+        grads[dtype] = xi.grad
+    differing = float((grads[half] != grads[torch.float32].to(half)).float().mean())
+    if differing <= POLICY_BACKWARD_MAX_DIFFERING:
+        return None
+    return (f"PyTorch {torch.__version__}'s CPU {amp} convolution backward does not sum in "
+            f"float32 on this CPU: {differing:.0%} of a 64-channel convolution's input "
+            f"gradient differs from the float32 sum rounded once, so the PyTorch port is no "
+            f"reference for the {amp} gradients here (TOLERANCES.md \"Mixed precision\")")
+
+
 def subject_of(subject, amp):
     """The verdict table's subject: jittor/bf16, torch@cuda/fp16, ..."""
     return f"{subject}/{amp}"
@@ -57,9 +88,12 @@ def test_forward_targets_losses(amp_runs, amp, subject, amp_case, report_table):
     judge.assert_rows(rows, f"{amp_case}/{amp}", subject_of(subject, amp))
 
 
-def test_gradients(amp_runs, amp, subject, amp_case, report_table):
+def test_gradients(amp_runs, amp, subject, amp_case, report_table, torch_port):
     """Every trainable parameter's gradient (fp16: through the loss scale); ReLU kinks as
     in float32 (parity_tests/kinks.py)."""
+    reason = backward_off_policy(torch_port, amp)
+    if reason:
+        pytest.skip(reason)
     run = amp_runs.get(amp_case, "train")
     resolved = run["kinks"][subject] or {"rows": [], "torch": run["torch"],
                                          "noise": run["noise"]}
@@ -72,35 +106,42 @@ def test_gradients(amp_runs, amp, subject, amp_case, report_table):
     judge.assert_rows(rows, f"{amp_case}/{amp} gradients", subject_of(subject, amp))
 
 
-def test_one_training_step(amp, pair_builder, small_cfg, report_table):
+def test_one_training_step(amp, pair_builder, small_cfg, report_table, torch_port):
     """One train_step of each port from the same weights at the recipe's learning rate
-    (fp16: through each port's loss scaler), against the PyTorch port in float64."""
+    (fp16: through each port's loss scaler), against the PyTorch port in float64; the
+    PyTorch runs take the Jittor port's side of each ReLU, the kinks' inputs held to the
+    forward tolerance (as in test_backward_optim.py)."""
     from gfocal.data.loader import build_dataloader
+    reason = backward_off_policy(torch_port, amp)
+    if reason:
+        pytest.skip(reason)
     tp, jp = pair_builder.ports
     tmodel, jmodel, init = pair_builder(small_cfg["model"])
-    models = {"torch": (tp, tmodel), "jittor": (jp, jmodel),
-              "float64": (tp, copy.deepcopy(tmodel).double())}
     with build_dataloader(small_cfg, "train") as loader:
         batch = next(iter(loader))
     batch64 = dict(batch, imgs=batch["imgs"].astype(np.float64),
                    gt_bboxes=[g.astype(np.float64) for g in batch["gt_bboxes"]])
-    lr = learning_rate(small_cfg["optim"], small_cfg["optim"]["warmup_iters"], 0)
-    snaps, scales = {}, {}
-    for key, (port, model) in models.items():
-        optimizer = port.train.build_optimizer(model, small_cfg["optim"])
-        port.train.set_lr(optimizer, lr)
-        scaler = port.precision.loss_scaler(amp)
+    it = small_cfg["optim"]["warmup_iters"]
+    lr = learning_rate(small_cfg["optim"], it, 0)
+    runs = {"jittor": (jp, jmodel, batch), "torch": (tp, tmodel, batch),  # the subject first
+            "float64": (tp, copy.deepcopy(tmodel).double(), batch64)}
+    optimizers = {key: port.train.build_optimizer(model, small_cfg["optim"])
+                  for key, (port, model, _) in runs.items()}
+    scalers = {key: port.precision.loss_scaler(amp) for key, (port, _, _) in runs.items()}
+    for _, model, _ in runs.values():
         model.train()
-        with port.precision.mixed_precision(amp):
-            port.train.train_step(model, optimizer, batch64 if key == "float64" else batch,
-                                  scaler)
-        snaps[key] = {"params": port.checkpoint.state_dict_numpy(model),
-                      "momentum": port.checkpoint.optimizer_state_numpy(model, optimizer)}
-        scales[key] = scaler.state() if scaler else None
+    with tp.precision.mixed_precision(amp), jp.precision.mixed_precision(amp):
+        _, kink_rows = step_all(runs, optimizers, small_cfg, it, scalers)
+    for row in kink_rows:
+        row.tolerance = judge.tolerance(row.name, row.noise, kind="forward", amp=amp)
+    snaps = {key: {"params": port.checkpoint.state_dict_numpy(model),
+                   "momentum": port.checkpoint.optimizer_state_numpy(model, optimizers[key])}
+             for key, (port, model, _) in runs.items()}
+    scales = {key: s.state() if s else None for key, s in scalers.items()}
     assert scales["jittor"] == scales["torch"], "the loss scalers disagree after one step"
     if scales["torch"]:
         assert scales["torch"] == {"scale": INIT_SCALE, "good_steps": 1, "skipped": 0}
-    rows = optim_rows(snaps, init, 1, amp)
+    rows = kink_rows + optim_rows(snaps, init, 1, amp)
     context = f"one {amp} SGD step at lr {lr:g}"
     report_table(rows, f"jittor {context}", judge.first_failure(rows))
     judge.assert_rows(rows, context, subject_of("jittor", amp))

@@ -154,3 +154,22 @@ def test_python_dash_m_is_the_command(module, command, tmp_path):
                          timeout=300)
     assert run.returncode == 2 and "Traceback" not in run.stderr
     assert missing in run.stderr and "not found" in run.stderr
+
+
+@pytest.mark.parametrize("option, value, kind, choices", [
+    ("--amp", "fp8", "a precision", "off, bf16, fp16"),
+    ("--tuning", "fast", "a speed setting", "default, tuned"),
+])
+@pytest.mark.parametrize("command", ["train", "test", "compare"])
+def test_a_bad_choice_on_the_command_line_is_one_line_and_exit_2(command, option, value, kind,
+                                                                 choices, tiny_config,
+                                                                 tmp_path, capsys):
+    argv = {"train": ["train", tiny_config, "--framework", "torch", "--work-dir",
+                      str(tmp_path / "w")],
+            "test": ["test", tiny_config, str(tmp_path / "none.pth"), "--framework", "torch"],
+            "compare": ["compare", tiny_config, "--out-dir", str(tmp_path / "c")]}[command]
+    assert main(argv + [option, value]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"gfocal {command}: error: {option} = {value!r} is not {kind} (choose " \
+                  f"{choices})"
+    assert not (tmp_path / "w").exists() and not (tmp_path / "c").exists()

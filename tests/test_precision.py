@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from gfocal import engine
-from gfocal.cli import main
 from gfocal.config import ConfigError, from_dict
 from gfocal.device import DeviceError
 from gfocal.engine import TrainRun
@@ -105,20 +104,6 @@ def test_check_amp_and_the_config_key():
     assert from_dict({"train": {"amp": "bf16"}})["train"]["amp"] == "bf16"
     with pytest.raises(ConfigError, match="my.py: 'train.amp' = 'half' is not a precision"):
         from_dict({"train": {"amp": "half"}}, source="my.py")
-
-
-@pytest.mark.parametrize("command", ["train", "test", "compare"])
-def test_a_bad_amp_on_the_command_line_is_one_line_and_exit_2(command, tiny_config,
-                                                              tmp_path, capsys):
-    argv = {"train": ["train", tiny_config, "--framework", "torch", "--work-dir",
-                      str(tmp_path / "w")],
-            "test": ["test", tiny_config, str(tmp_path / "none.pth"), "--framework", "torch"],
-            "compare": ["compare", tiny_config, "--out-dir", str(tmp_path / "c")]}[command]
-    assert main(argv + ["--amp", "fp8"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err == f"gfocal {command}: error: --amp = 'fp8' is not a precision (choose off, " \
-                  "bf16, fp16)"
-    assert not (tmp_path / "w").exists() and not (tmp_path / "c").exists()
 
 
 def test_the_pytest_option_takes_a_checked_list():

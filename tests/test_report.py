@@ -55,10 +55,12 @@ class Synthetic:
         self.times = rng.uniform(0.1, 0.3, n).round(5)
         self.data_times = rng.uniform(0.0, 0.02, n).round(5)
         self.latencies = rng.uniform(0.01, 0.05, 25).round(5)
+        self.warmup = rng.uniform(1.0, 20.0, 3).round(5)  # compilation: first images apart
         self.stats = {e: make_stats(seed * 10 + e) for e in range(1, EPOCHS + 1)}
         self.run = RunData(framework, log=make_log(self.components, self.times, self.data_times),
                            evals=[{"epoch": e, "stats": s} for e, s in self.stats.items()],
-                           latencies=list(self.latencies), wall_time=float(seed + 10))
+                           latencies=list(self.latencies),
+                           warmup_latencies=list(self.warmup), wall_time=float(seed + 10))
 
     def loss(self):
         return self.components.sum(axis=1)
@@ -190,6 +192,7 @@ def test_speed_tables(complete):
     t, j = complete["data"]["torch"], complete["data"]["jittor"]
     _, rows = md_table(complete["md"], "## Training speed")
     assert close(rows["s/iter mean (step)"][0], t.times.mean())
+    assert close(rows["s/iter, first iteration (compilation, warm-up)"][1], j.times[0])
     assert close(rows["s/iter median (step)"][1], np.median(j.times))
     assert close(rows["s/iter mean (step)"][2], j.times.mean() / t.times.mean())
     totals = [(s.times + s.data_times).sum() for s in (t, j)]
@@ -215,6 +218,7 @@ def test_latency_table(complete):
     _, rows = md_table(complete["md"], "## Inference latency")
     for col, s in enumerate((t, j)):
         assert rows["images timed"][col] == str(len(s.latencies))
+        assert close(rows["first image, untimed warm-up (s)"][col], s.warmup[0])
         assert close(rows["mean latency (s)"][col], sum(s.latencies) / len(s.latencies))
         assert close(rows["median latency (s)"][col], sorted(s.latencies)[12])  # 25 values
         assert close(rows["p95 latency (s)"][col], percentile_95(s.latencies))

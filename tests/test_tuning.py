@@ -6,7 +6,6 @@ import copy
 
 import pytest
 
-from gfocal.cli import main
 from gfocal.config import ConfigError, from_dict
 from gfocal.ports import FRAMEWORKS
 from gfocal.tuning import COMPILE_INFERENCE, CUDNN_BENCHMARK, SETTINGS, TuningError, \
@@ -28,20 +27,6 @@ def test_the_pytest_option_takes_a_checked_list():
     assert setting_list("default, tuned,") == ["default", "tuned"]
     with pytest.raises(TuningError, match="--tuning = 'eager' is not a speed setting"):
         setting_list("tuned,eager")
-
-
-@pytest.mark.parametrize("command", ["train", "test", "compare"])
-def test_a_bad_tuning_on_the_command_line_is_one_line_and_exit_2(command, tiny_config,
-                                                                 tmp_path, capsys):
-    argv = {"train": ["train", tiny_config, "--framework", "torch", "--work-dir",
-                      str(tmp_path / "w")],
-            "test": ["test", tiny_config, str(tmp_path / "none.pth"), "--framework", "torch"],
-            "compare": ["compare", tiny_config, "--out-dir", str(tmp_path / "c")]}[command]
-    assert main(argv + ["--tuning", "fast"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err == f"gfocal {command}: error: --tuning = 'fast' is not a speed setting " \
-                  "(choose default, tuned)"
-    assert not (tmp_path / "w").exists() and not (tmp_path / "c").exists()
 
 
 def test_what_tuned_turns_on():
