@@ -21,7 +21,9 @@ from parity_tests.test_inference_coco import at_boundary, match_detections
 
 OUTPUT_PROBES = [f"head.{what}.{lvl}" for lvl in range(judge.NUM_LEVELS)
                  for what in ("cls_score", "reg_logits")]
-CASES = ("coco_b2", "random_b1")  # two input shapes: inductor compiles for each
+# two input shapes: inductor compiles each, the second as a dynamic-shape graph (CI only:
+# about 10 s of compilation on 2 cores)
+CASES = ("coco_b2", pytest.param("random_b1", marks=pytest.mark.ci))
 
 
 def outputs(port, network, imgs):
@@ -55,7 +57,9 @@ def test_tuned_inference_matches_the_default(port, torch_port, models, batch_cas
     model = models[port.FRAMEWORK]
     batch = make_case(batch_case)
     imgs = port.tensor(batch["imgs"])
-    default = outputs(port, port.tuning.inference_network(model), imgs)
+    with port.tuning.speed_setting("default"):  # also under --tuning tuned
+        default = outputs(port, port.tuning.inference_network(model), imgs)
+        default_dets = model.predict(batch)
     # the live noise: the PyTorch port's float32 vs float64 outputs
     ref64 = outputs(torch_port, models["float64"], torch.from_numpy(batch["imgs"]).double())
     ref32 = outputs(torch_port, models["torch"], torch_port.tensor(batch["imgs"]))
@@ -64,7 +68,6 @@ def test_tuned_inference_matches_the_default(port, torch_port, models, batch_cas
         network = port.tuning.inference_network(model)
         tuned = outputs(port, network, imgs)
         tuned_dets = model.predict(batch)
-    default_dets = model.predict(batch)
     subject = f"{port.FRAMEWORK}/tuned"
     rows = judge.compare_all(OUTPUT_PROBES, tuned, default, noise)
     judge.assert_rows(rows, f"tuned inference vs default, {batch_case}", subject=subject)
