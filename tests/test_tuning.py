@@ -78,3 +78,28 @@ def test_tuned_is_refused_in_one_line_where_torch_compile_cannot_run(torch_port,
                                                       "unavailable on cpu (")
     assert torch_port.tuning.current_setting() == "default"
     torch_port.tuning.use_setting("default", "cpu")  # the default needs no compiler
+
+
+def test_a_jittor_feature_sets_its_flag_when_tuned_and_restores_it(jittor_port, monkeypatch):
+    """The mechanism a kept Jittor flag would use (none is kept: docs/MODEL.md section 14)."""
+    import jittor as jt
+    import gfocal.tuning
+    monkeypatch.setitem(gfocal.tuning.TUNED, ("jittor", "cpu"), ("reuse",))
+    monkeypatch.setattr(jittor_port.tuning, "FLAGS", {"reuse": ("reuse_array", 1)})
+    before = jt.flags.reuse_array
+    with jittor_port.tuning.speed_setting("tuned"):
+        assert jt.flags.reuse_array == 1
+        with jittor_port.tuning.speed_setting("default"):
+            assert jt.flags.reuse_array == before
+        assert jt.flags.reuse_array == 1
+    assert jt.flags.reuse_array == before
+
+
+def test_a_run_applies_the_config_setting_to_its_port(port):
+    from gfocal.engine import use_port
+    try:
+        assert use_port(from_dict({"train": {"tuning": "tuned"}}), port.FRAMEWORK,
+                        "cpu").tuning.current_setting() == "tuned"
+    finally:
+        port.tuning.use_setting("default")
+    assert use_port(from_dict({}), port.FRAMEWORK, "cpu").tuning.current_setting() == "default"

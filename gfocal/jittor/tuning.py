@@ -11,6 +11,7 @@ from gfocal.tuning import check_setting, features
 _setting = "default"
 _device = "cpu"  # where the setting was applied (its features depend on it)
 FLAGS = {}  # feature -> (Jittor flag, its tuned value): none kept (see the docstring)
+_defaults = {}  # Jittor flag -> its value before a setting first changed it
 
 
 def current_setting():
@@ -23,11 +24,9 @@ def use_setting(setting, device="cpu"):
     global _setting, _device
     on = features("jittor", check_setting(setting), device)
     for feature, (flag, value) in FLAGS.items():
-        setattr(jt.flags, flag, value if feature in on else _DEFAULT_FLAGS[flag])
+        default = _defaults.setdefault(flag, getattr(jt.flags, flag))
+        setattr(jt.flags, flag, value if feature in on else default)
     _setting, _device = setting, str(device)
-
-
-_DEFAULT_FLAGS = {flag: getattr(jt.flags, flag) for flag, _ in FLAGS.values()}
 
 
 @contextlib.contextmanager
