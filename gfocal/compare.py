@@ -244,15 +244,15 @@ def run_comparison(args):
         spread[base_seed + k] = final_aps(*run_arms(seed_cfg, seed_dir, iters_per_epoch,
                                                     max_iters=args.max_iters))
     noise_result["seeds"] = spread
+    device = resolve_device(cfg["train"]["device"])
     summary = {"config": cfg["source"], "data_root": cfg["data"]["root"] or "bundled mini COCO",
                "model": cfg["model"], "optim": cfg["optim"],
                "batch_size": cfg["data"]["batch_size"], "img_scale": cfg["data"]["img_scale"],
                "amp": cfg["train"]["amp"], "tuning": cfg["train"]["tuning"],
-               "tuned_features": {fw: list(features(fw, cfg["train"]["tuning"],
-                                                    resolve_device(cfg["train"]["device"])))
+               "tuned_features": {fw: list(features(fw, cfg["train"]["tuning"], device))
                                   for fw in FRAMEWORKS},
                "seeds": sorted(spread)}
-    env = describe_environment(resolve_device(cfg["train"]["device"]), base_seed)
+    env = describe_environment(device, base_seed)
     md, html = write_report(out_dir, runs, env, summary, noise=noise_result)
     if "verdict" in noise_result:
         print("== " + noise_result["verdict"]["line"])

@@ -400,6 +400,7 @@ def pytest_html_results_summary(prefix, summary, postfix, session):
         prefix.append(regimes.html_table(measured.hits))
 
 
+@pytest.hookimpl(trylast=True)  # after the root conftest has parsed --tuning into a list
 def pytest_configure(config):
     selected_cases(config)  # a bad --parity-cases stops the session with one line
     parity_setting(config)
@@ -408,13 +409,7 @@ def pytest_configure(config):
 
 def parity_setting(config):
     """The speed setting of --tuning (one of default, tuned; default: default)."""
-    from gfocal.tuning import TuningError, setting_list
     settings = config.getoption("--tuning") or ["default"]
-    if isinstance(settings, str):  # this conftest configured before the root one parsed it
-        try:
-            settings = setting_list(settings)
-        except TuningError as exc:
-            raise pytest.UsageError(str(exc)) from None
     if len(settings) != 1:
         raise pytest.UsageError(f"parity_tests: --tuning takes one setting, not "
                                 f"{','.join(settings)}")

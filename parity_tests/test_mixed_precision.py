@@ -6,6 +6,7 @@ Jittor CPU facts the Jittor port works around, pinned with their measured size.
 `--amp` chooses the precisions (default both); the small model, two input cases.
 """
 import copy
+import functools
 
 import numpy as np
 import pytest
@@ -48,6 +49,7 @@ def amp_runs(amp, small_cfg, converted_weights, device_option):
 POLICY_BACKWARD_MAX_DIFFERING = 0.01
 
 
+@functools.cache  # one measurement per precision and session
 def backward_off_policy(torch_port, amp):
     """Why PyTorch's CPU `amp` convolution backward cannot be the gradient reference here
     (None: it follows the policy): the fraction of one convolution's input gradient that

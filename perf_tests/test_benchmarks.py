@@ -10,7 +10,8 @@ mixed precision given (gfocal/precision.py; group label and extra_info `precisio
 off). `--tuning default,tuned` times every case again in each speed setting given
 (gfocal/tuning.py; group label and extra_info `setting`; default: default). Warm-up rounds
 keep Jittor's compilation, torch.compile's and both ports' caches out of the timings; the
-first call of each timed case is timed apart (extra_info `first_call_s`). With --benchmark-disable every case runs once as a smoke test.
+first call of each timed case is timed apart (extra_info `first_call_s`). With
+--benchmark-disable every case runs once as a smoke test.
 Workflow and baselines: perf_tests/README.md.
 """
 import contextlib
