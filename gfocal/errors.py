@@ -1,4 +1,5 @@
 """The exceptions that mean "bad input" (shown as one message, not a traceback)."""
+from gfocal.atomic import OutputError
 from gfocal.config import ConfigError
 from gfocal.device import DeviceError
 from gfocal.launch import LaunchError
@@ -14,4 +15,4 @@ def _dataset_error():
 
 
 USER_ERRORS = (ConfigError, DeviceError, LaunchError, PrecisionError, TuningError,
-               CheckpointError, NonFiniteLoss, _dataset_error(), FileNotFoundError)
+               CheckpointError, NonFiniteLoss, OutputError, _dataset_error(), FileNotFoundError)
