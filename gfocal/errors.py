@@ -2,9 +2,9 @@
 from gfocal.atomic import OutputError
 from gfocal.config import ConfigError
 from gfocal.device import DeviceError
+from gfocal.finite import NonFiniteError
 from gfocal.launch import LaunchError
 from gfocal.precision import PrecisionError
-from gfocal.runlog import NonFiniteLoss
 from gfocal.state_dict import CheckpointError
 from gfocal.tuning import TuningError
 
@@ -15,4 +15,4 @@ def _dataset_error():
 
 
 USER_ERRORS = (ConfigError, DeviceError, LaunchError, PrecisionError, TuningError,
-               CheckpointError, NonFiniteLoss, OutputError, _dataset_error(), FileNotFoundError)
+               CheckpointError, NonFiniteError, OutputError, _dataset_error(), FileNotFoundError)

@@ -5,11 +5,13 @@ import os
 
 import numpy as np
 
+from gfocal.finite import NonFiniteError
+
 LOSS_KEYS = ("loss", "loss_cls", "loss_bbox", "loss_dfl")
 REL_EPS = 1e-12  # the floor of |reference| in a relative difference
 
 
-class NonFiniteLoss(RuntimeError):
+class NonFiniteLoss(NonFiniteError):
     """Training stopped because a loss became NaN or infinite."""
 
 
