@@ -11,15 +11,16 @@ docs/ARCHITECTURE.md.
 """
 import collections
 import hashlib
-import importlib
+import math
 import os
 import pickle
 import re
-import warnings
+import zipfile
 
 import numpy as np
 
 from gfocal.atomic import atomic_path
+from gfocal.finite import check_finite_state
 from gfocal.ports import FRAMEWORKS
 from gfocal.state_dict import CheckpointError
 
@@ -35,48 +36,186 @@ BACKGROUND_BIAS = -1e4
 JITTOR_MARKER = b"HCAJSLHD"
 
 
-# ---- reading without running code ---------------------------------------------------------
+# ---- reading without running code or reading memory -----------------------------------------
 # Unpickling calls whatever a file names, so every reader (pickle's find_class, torch's
-# weights_only) may reach only these, each of which builds data from data:
-# - numpy's rebuilders of arrays, dtypes and scalars (our momentum, mmengine's meta and
-#   message_hub), under numpy 1's and numpy 2's module names;
+# weights_only) may reach only the names below. None of them is the library's own object:
+# each is a stand-in that builds plain data from data the file holds, so a file can neither
+# run code nor point numpy at memory (numpy honours an `__array_interface__` found on any
+# object it is given, and np.ndarray(shape) alone hands out uninitialised memory):
+# - numpy's array, dtype and scalar rebuilders (our momentum, mmengine's meta and
+#   message_hub), under numpy 1's and numpy 2's module names: every array is a copy of the
+#   bytes the file holds, of a numeric dtype (NUMERIC_DTYPES) rebuilt from its code alone;
 # - OrderedDict: every torch / mmcv / mmengine state dict;
 # - mmengine's HistoryBuffer (loss curves in a message_hub) and Jittor's Var (a tensor as
-#   jt.save writes it): inert stand-ins, so neither mmengine nor Jittor runs to read a file.
+#   jt.save writes it), so neither mmengine nor Jittor runs to read a file.
+# Whatever the file builds is then checked as a whole (_plain): no object but a torch /
+# mmcv state dict's `_metadata` carries attributes from the file.
+NUMERIC_DTYPES = ("b1", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "f2", "f4", "f8")
+REFUSAL = "a checkpoint may only hold tensors, numeric arrays and plain containers"
+
+
+class RefusedCheckpoint(CheckpointError):
+    """A weights file that names or builds anything but data: refused before any of it runs
+    (`what`: the refused global's name, or the refused construct)."""
+
+    def __init__(self, path, what):
+        self.what = what
+        super().__init__(f"{path}: refused to load {what} ({REFUSAL})")
+
+
+class _Refused(Exception):
+    """Raised inside a reader (not a pickle.UnpicklingError, which torch rewraps)."""
+
+
+class _Name:
+    """A name a file may mention but never call (numpy.ndarray, only as _reconstruct's
+    first argument: called, it would allocate uninitialised memory)."""
+    __slots__ = ("name",)
+
+    def __init__(self, name):
+        self.name = name
+
+    def __call__(self, *args):
+        raise _Refused(repr(self.name))
+
+
+_NDARRAY = _Name("numpy.ndarray")
+
+
+class _Dtype:
+    """numpy.dtype(code, align, copy) as a pickle calls it, then its state set: a fresh
+    numeric dtype from the code alone; the state may only choose the byte order (a file's
+    fields, sub-array, size or flags would make numpy misread the array's bytes)."""
+    __slots__ = ("dtype",)
+
+    def __new__(cls, code=None, align=False, copy=True):
+        if not isinstance(code, str) or code not in NUMERIC_DTYPES:
+            raise _Refused(f"an array of dtype {str(code)[:40]!r}")
+        self = object.__new__(cls)
+        self.dtype = np.dtype(code)
+        return self
+
+    def __setstate__(self, state):
+        # (version, byte order, sub-array, names, fields, size, alignment, flags)
+        if not (isinstance(state, tuple) and len(state) == 8 and state[0] == 3
+                and state[1] in ("<", ">", "|", "=") and state[2:] == (None,) * 3 + (-1, -1, 0)):
+            raise _Refused(f"dtype {self.dtype.str!r} with fields, sub-arrays or flags")
+        if state[1] in "<>":
+            self.dtype = self.dtype.newbyteorder(state[1])
+
+
+class _Array:
+    """numpy's _reconstruct(ndarray, shape, typecode), then its state (version, shape, dtype,
+    Fortran order, bytes) set: the array is a copy of those bytes, which must be exactly
+    shape x item size, in a _Dtype."""
+    __slots__ = ("array",)
+
+    def __new__(cls, subtype=None, shape=None, typecode=None):
+        if subtype is not _NDARRAY:
+            raise _Refused("an array of a type other than numpy.ndarray")
+        self = object.__new__(cls)
+        self.array = None
+        return self
+
+    def __setstate__(self, state):
+        if not (isinstance(state, tuple) and len(state) == 5):
+            raise _Refused("an array state that is not numpy's")
+        _, shape, dtype, fortran, data = state
+        if not (isinstance(dtype, _Dtype) and isinstance(data, (bytes, bytearray))
+                and isinstance(fortran, bool) and isinstance(shape, tuple)
+                and all(type(n) is int and n >= 0 for n in shape)):
+            raise _Refused("an array that is not a numeric array's shape and bytes")
+        if len(data) != math.prod(shape) * dtype.dtype.itemsize:
+            raise _Refused(f"an array of shape {shape} and dtype {dtype.dtype} over "
+                           f"{len(data)} bytes")
+        view = np.frombuffer(data, dtype.dtype).reshape(shape, order="F" if fortran else "C")
+        self.array = view.copy(order="K")
+
+
+def _scalar(dtype=None, data=None):
+    """numpy's multiarray.scalar(dtype, bytes): a numeric scalar from exactly its bytes."""
+    if not (isinstance(dtype, _Dtype) and isinstance(data, bytes)
+            and len(data) == dtype.dtype.itemsize):
+        raise _Refused("a scalar that is not a numeric scalar's bytes")
+    return np.frombuffer(data, dtype.dtype)[0]
+
+
 class _Record:
-    """Stands in for a plain-data class we never use: unpickling only sets its attributes."""
+    """mmengine's HistoryBuffer, never used here: its pickled attributes are kept as a plain
+    dict, `fields`, never set on the instance."""
+    __slots__ = ("fields",)
+
+    def __new__(cls):
+        self = object.__new__(cls)
+        self.fields = {}
+        return self
+
+    def __setstate__(self, state):
+        if not (isinstance(state, dict) and all(isinstance(k, str) for k in state)):
+            raise _Refused("a HistoryBuffer whose state is not a dict of attributes")
+        self.fields = dict(state)
+
+
+def _var(array=None):
+    """Jittor's Var(array), as jt.save pickles a tensor: a copy of an array rebuilt above."""
+    if not isinstance(array, _Array) or array.array is None:
+        raise _Refused("a Jittor Var of anything but a numeric array")
+    return array.array.copy()
 
 
 def _safe_globals():
     found = {"collections.OrderedDict": collections.OrderedDict,
-             "numpy.ndarray": np.ndarray, "numpy.dtype": np.dtype,
+             "numpy.ndarray": _NDARRAY, "numpy.dtype": _Dtype,
              "mmengine.logging.history_buffer.HistoryBuffer": _Record,
-             "jittor.jittor_core.Var": np.asarray}  # jt.save pickles a Var as Var(array)
-    for core in ("numpy.core", "numpy._core"):
-        try:
-            with warnings.catch_warnings():  # numpy 2 deprecates the numpy.core name
-                warnings.simplefilter("ignore", DeprecationWarning)
-                multiarray = importlib.import_module(core + ".multiarray")
-        except ImportError:  # numpy before 1.26 has no numpy._core
-            continue
-        for name in ("_reconstruct", "scalar"):
-            found[f"{core}.multiarray.{name}"] = getattr(multiarray, name)
+             "jittor.jittor_core.Var": _var}
+    for core in ("numpy.core", "numpy._core"):  # numpy 1's and numpy 2's names
+        found[f"{core}.multiarray._reconstruct"] = _Array
+        found[f"{core}.multiarray.scalar"] = _scalar
     return found
 
 
 SAFE_GLOBALS = _safe_globals()
-REFUSAL = "a checkpoint may only hold tensors, arrays and plain containers"
 
 
-class RefusedCheckpoint(CheckpointError):
-    """A weights file that names anything but data: refused before any of it runs."""
+def _plain(obj, seen):
+    """`obj` as read, with every stand-in replaced by the array or dtype it rebuilt; refused
+    where anything carries attributes from the file (a torch / mmcv state dict's
+    `_metadata` excepted). `seen` maps id -> result, for shared and cyclic containers."""
+    if isinstance(obj, _Array):
+        if obj.array is None:
+            raise _Refused("an array with no state")
+        return obj.array
+    if isinstance(obj, _Dtype):
+        return obj.dtype
+    if id(obj) in seen:
+        return seen[id(obj)]
+    seen[id(obj)] = obj
+    attributes = getattr(obj, "__dict__", None)
+    if attributes and (not isinstance(obj, dict) or set(attributes) - {"_metadata"}):
+        raise _Refused(f"a {type(obj).__name__} with attributes")
+    if isinstance(obj, _Record):
+        obj.fields = _plain(obj.fields, seen)
+    elif isinstance(obj, dict):
+        for key, value in obj.items():
+            obj[key] = _plain(value, seen)
+        if attributes:
+            obj._metadata = _plain(obj._metadata, seen)
+    elif isinstance(obj, list):
+        obj[:] = [_plain(value, seen) for value in obj]
+    elif isinstance(obj, (tuple, set, frozenset)):
+        seen[id(obj)] = type(obj)(_plain(value, seen) for value in obj)
+    return seen[id(obj)]
 
-    def __init__(self, path, name):
-        super().__init__(f"{path}: refused to load {name!r} ({REFUSAL})")
 
-
-class _Refused(pickle.UnpicklingError):
-    pass
+def _rebuilt(read, path):
+    """What `read()` (a reader of `path`) returns, made plain by _plain; every refusal is
+    RefusedCheckpoint naming `path`."""
+    try:
+        return _plain(read(), {})
+    except _Refused as exc:
+        raise RefusedCheckpoint(path, str(exc)) from None
+    except RecursionError:
+        raise CheckpointError(f"{path}: nested too deeply to be a checkpoint") from None
 
 
 class _DataUnpickler(pickle.Unpickler):
@@ -86,30 +225,51 @@ class _DataUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
         if f"{module}.{name}" in SAFE_GLOBALS:
             return SAFE_GLOBALS[f"{module}.{name}"]
-        raise _Refused(f"{module}.{name}")
+        raise _Refused(repr(f"{module}.{name}"))
 
 
-def _read_pickle(path):
+def _unpickle(path):
     try:
         with open(path, "rb") as f:  # jt.save appends a checksum after the pickle's end
             return _DataUnpickler(f).load()
-    except _Refused as exc:
-        raise RefusedCheckpoint(path, str(exc)) from None
+    except _Refused:
+        raise
     except Exception as exc:
-        raise CheckpointError(f"{path}: not a readable Jittor checkpoint "
+        raise CheckpointError(f"{path}: a truncated or corrupt Jittor checkpoint "
                               f"({type(exc).__name__}: {exc})") from exc
 
 
-def _is_zip(path):
-    with open(path, "rb") as f:
-        return f.read(4) == b"PK\x03\x04"
+def _read_pickle(path):
+    return _rebuilt(lambda: _unpickle(path), path)
+
+
+# The most a zipped weights file may inflate to, as its zip directory declares (checked
+# before torch.load reads a byte, since a 3 MB deflated entry can inflate to gigabytes): the
+# largest model we support, R101 GFocalV2 (under LARGEST_MODEL_PARAMS float32 parameters,
+# 206 MB), four times over, for the weights and an optimizer's state (SGD's momentum is one
+# copy of the weights, Adam's moments two) with room to spare.
+LARGEST_MODEL_PARAMS = 52_000_000
+MAX_INFLATED_BYTES = 4 * 4 * LARGEST_MODEL_PARAMS
+
+
+def check_inflated_size(path, limit=MAX_INFLATED_BYTES):
+    """Refuse a zip archive whose entries together inflate to more than `limit` bytes."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            total = sum(entry.file_size for entry in archive.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a readable PyTorch file (a broken zip archive: "
+                              f"{exc})") from None
+    if total > limit:
+        raise CheckpointError(
+            f"{path}: refused to load: its zip entries inflate to {total} bytes, more than "
+            f"the {limit} bytes any checkpoint of a supported model needs "
+            f"(file size {os.path.getsize(path)} bytes)")
 
 
 def _torch_safe_globals():
-    """SAFE_GLOBALS for torch.load(weights_only=True), which also checks the type of every
-    object it sets state on: numpy's dtype classes (np.dtype('f4') is a Float32DType)."""
-    dtypes = {type(np.dtype(code)) for code in np.typecodes["All"]}
-    return [(obj, name) for name, obj in SAFE_GLOBALS.items()] + list(dtypes)
+    """SAFE_GLOBALS for torch.load(weights_only=True): (object, name the file uses)."""
+    return [(obj, name) for name, obj in SAFE_GLOBALS.items()]
 
 
 def _cause(exc):
@@ -119,54 +279,95 @@ def _cause(exc):
     return next((line.strip() for line in text.splitlines() if line.strip()), "")
 
 
-def _torch_load(path):
+def _unpickle_torch(path):
     import torch
     try:
         with torch.serialization.safe_globals(_torch_safe_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)
+    except _Refused:
+        raise
     except Exception as exc:
         refused = re.search(r"GLOBAL (\S+)", str(exc))
         if isinstance(exc, pickle.UnpicklingError) and refused:
             name = refused[1]  # torch drops the 'builtins.' of a builtin
-            raise RefusedCheckpoint(path, name if "." in name else "builtins." + name) from None
+            raise _Refused(repr(name if "." in name else "builtins." + name)) from None
         raise CheckpointError(f"{path}: not a readable PyTorch file "
                               f"({type(exc).__name__}: {_cause(exc)})") from exc
 
 
-def load_payload(path, fmt=None):
-    """The content of a weights file, rebuilt from data only (a file that names anything
-    else is refused, RefusedCheckpoint): a pickle for 'jittor', torch.load for the other
-    formats; with `fmt` None, whichever the file's content is. A Jittor checkpoint is a
-    pickle of a dict; torch.save writes a zip archive (or, in its legacy format, a pickled
-    magic number first, which is not a dict)."""
+def _torch_load(path, limit=MAX_INFLATED_BYTES):
+    if _is_zip(path):
+        check_inflated_size(path, limit)
+    return _rebuilt(lambda: _unpickle_torch(path), path)
+
+
+def _starts_with(path, prefix):
+    with open(path, "rb") as f:
+        return f.read(len(prefix)) == prefix
+
+
+def _is_zip(path):
+    return _starts_with(path, b"PK\x03\x04")
+
+
+# torch.save's format before torch 1.6 begins with a pickle (protocol 2) of this number
+TORCH_LEGACY_MAGIC = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19."
+
+
+def _check_is_file(path):
+    if os.path.isdir(path):
+        raise CheckpointError(f"{path}: is a directory, not a weights file")
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: file not found")
+    if os.path.getsize(path) == 0:
+        raise CheckpointError(f"{path}: empty file, not a weights file")
+
+
+def load_payload(path, fmt=None, limit=MAX_INFLATED_BYTES):
+    """The content of a weights file, rebuilt from data only (a file that names or builds
+    anything else is refused, RefusedCheckpoint; one that would inflate beyond `limit` bytes
+    too): a pickle for 'jittor', torch.load for the other formats; with `fmt` None,
+    whichever the file is: torch.save writes a zip archive (or, in its legacy format, a
+    pickled magic number first), jt.save a pickle."""
+    _check_is_file(path)
     if fmt == "jittor":
         return _read_pickle(path)
-    if fmt is None and not _is_zip(path):
-        try:
-            payload = _read_pickle(path)
-        except RefusedCheckpoint:
-            raise
-        except CheckpointError:
-            payload = None
-        if isinstance(payload, dict):
-            return payload
-    return _torch_load(path)
+    if fmt is not None or _is_zip(path) or _starts_with(path, TORCH_LEGACY_MAGIC):
+        return _torch_load(path, limit)
+    if _starts_with(path, pickle.PROTO):
+        return _read_pickle(path)
+    raise CheckpointError(f"{path}: not a readable checkpoint (neither a PyTorch file nor "
+                          "a Jittor pickle)")
 
 
 def _to_numpy(state, path):
     out = {}
     for name, value in state.items():
-        # a torch tensor (a Jittor Var is read as its array); asked of the type, since an
-        # unpickled object's own attributes come from the file
-        if hasattr(type(value), "detach"):
-            value = value.detach().cpu().numpy()
-        if not isinstance(value, np.ndarray):
-            raise CheckpointError(f"{path}: entry '{name}' is a {type(value).__name__}, "
-                                  "not a tensor")
-        out[name] = value
+        if not isinstance(name, str):
+            raise CheckpointError(f"{path}: an entry named {type(name).__name__} "
+                                  f"{str(name)[:40]!r}, not a string")
+        out[name] = _numeric_array(value, name, path)
     return out
+
+
+def _numeric_array(value, name, path):
+    """A torch tensor or numpy array of a numeric dtype as a numpy array (a Jittor Var is
+    read as its array)."""
+    # a torch tensor; asked of the type, since an unpickled object's own attributes come
+    # from the file
+    if hasattr(type(value), "detach"):
+        try:
+            value = value.detach().cpu().numpy()
+        except (TypeError, RuntimeError) as exc:  # bfloat16, quantized...: no numpy dtype
+            raise CheckpointError(f"{path}: entry '{name}' is a tensor numpy cannot hold "
+                                  f"({exc})") from None
+    if not isinstance(value, np.ndarray):
+        raise CheckpointError(f"{path}: entry '{name}' is a {type(value).__name__}, "
+                              "not a tensor")
+    if value.dtype.str[1:] not in NUMERIC_DTYPES:
+        raise CheckpointError(f"{path}: entry '{name}' has dtype {value.dtype}, not a "
+                              "numeric one (bool, integer or float)")
+    return value
 
 
 def state_of(payload, path):
@@ -255,6 +456,7 @@ def detect_format(path, payload):
 def canonical(payload, fmt, path, num_classes=None):
     """The canonical state dict of a payload loaded from `path`, read as format `fmt`."""
     state = state_of(payload, path)
+    check_finite_state(state, path)
     if fmt == "mmdet":
         return mmdet_to_canonical(state, num_classes, classes_of(meta_of(payload)), path)
     if fmt == "torchvision":
@@ -288,8 +490,9 @@ def read_training_state(path, num_classes=None):
     if fmt not in OWN_FORMATS:
         raise CheckpointError(f"{path}: a {fmt} checkpoint holds no training state of ours; "
                               "start from it with --init-weights instead of --resume")
-    momentum = payload.get("momentum") or {}
-    return {"state_dict": state, "momentum": _to_numpy(momentum, path),
+    momentum = _to_numpy(payload.get("momentum") or {}, path)
+    check_finite_state(momentum, path, "momentum")
+    return {"state_dict": state, "momentum": momentum,
             "meta": meta_of(payload), "format": fmt}
 
 
@@ -346,6 +549,8 @@ def write(path, state, to, meta=None, classes=None, momentum=None):
     the class names if known. The file is replaced atomically."""
     if to not in TARGETS:
         raise CheckpointError(f"unknown target format {to!r} (choose from {', '.join(TARGETS)})")
+    check_finite_state(state, path)  # so that no checkpoint of NaN is ever written
+    check_finite_state(dict(momentum or {}), path, "momentum")
     if to == "mmdet":
         payload = mmdet_payload(state, classes, meta)
     else:

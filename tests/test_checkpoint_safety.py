@@ -141,9 +141,10 @@ PLAIN = {  # kind: (writer of (path, official model), the format read_any should
 
 
 def same(got, want):
-    """Equal in value and type, all the way down (a HistoryBuffer by its attributes)."""
+    """Equal in value and type, all the way down (a HistoryBuffer by its attributes, which
+    the loader keeps as a plain dict, `fields`)."""
     if isinstance(want, HistoryBuffer):
-        return same(vars(got), vars(want))
+        return same(got.fields, vars(want))
     if type(got) is not type(want):
         return False
     if isinstance(want, torch.Tensor):

@@ -7,6 +7,7 @@ against a model of the target port.
 """
 import os
 
+from gfocal.atomic import check_output_file
 from gfocal.checkpoint_io import FORMATS, canonical, classes_of, load_payload, meta_of, write
 from gfocal.ports import load_port
 from gfocal.state_dict import CheckpointError, diff_state_dicts
@@ -65,6 +66,7 @@ def convert(src, dst, src_fmt, to, model_cfg=None):
     if src_fmt not in FORMATS:
         raise CheckpointError(f"unknown source format {src_fmt!r} (choose from "
                               f"{', '.join(FORMATS)})")
+    check_output_file(dst)  # before the minutes of reading and checking that precede the write
     payload = load_payload(src, src_fmt)
     state = canonical(payload, src_fmt, src, (model_cfg or {}).get("num_classes"))
     classes = classes_of(meta_of(payload))
