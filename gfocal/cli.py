@@ -78,10 +78,15 @@ def build_parser():
     p.add_argument("config")
     _add_framework(p)
     p.add_argument("--work-dir", required=True)
-    p.add_argument("--resume", help="checkpoint of either port to resume from (weights and "
-                                    "momentum are converted)")
+    start = p.add_mutually_exclusive_group()
+    start.add_argument("--resume", help="checkpoint of either port to resume from (weights "
+                                        "and momentum are converted)")
+    start.add_argument("--overwrite", action="store_true",
+                       help="start a new run in a work dir holding one (its files are moved "
+                            "to <work dir>/previous/<time>/, not deleted)")
     p.add_argument("--init-weights", help="initial weights (any format the converter reads)")
-    p.add_argument("--max-iters", type=int, help="stop after this many iterations")
+    p.add_argument("--max-iters", type=_at_least(1, int),
+                   help="stop after this many iterations")
     _add_device(p)
     _add_seed(p)
     _add_amp(p)
@@ -133,10 +138,14 @@ def run(args):
     from gfocal.config import load_config
     if args.command == "train":
         cfg = load_config(args.config, _train_overrides(args))
-        out = engine.train(engine.TrainRun(
-            cfg, args.framework, args.work_dir, resume=args.resume,
-            init_weights=args.init_weights, max_iters=args.max_iters, device=args.device,
-            launcher=args.launcher))
+        from gfocal.interrupt import TrainingInterrupted
+        try:
+            out = engine.train(engine.TrainRun(
+                cfg, args.framework, args.work_dir, resume=args.resume,
+                init_weights=args.init_weights, max_iters=args.max_iters, device=args.device,
+                launcher=args.launcher, overwrite=args.overwrite))
+        except TrainingInterrupted as stop:  # the engine has said where the progress is
+            return stop.code
         if out.rank != 0:
             return 0  # a process of a data-parallel job other than 0: process 0 reports
         if out.complete:

@@ -22,8 +22,11 @@ from gfocal.launch import check_launcher, job_device, job_size, local_rank, show
 from gfocal.precision import checked_scale_state
 from gfocal.evaluation.coco_eval import evaluate as coco_evaluate
 from gfocal.evaluation.coco_eval import results_to_coco
-from gfocal.runlog import RunLog, check_finite, console_line
+from gfocal.finite import NonFiniteError
+from gfocal.interrupt import StopRequest, TrainingInterrupted
+from gfocal.runlog import NonFiniteLoss, RunLog, check_finite, console_line
 from gfocal.schedule import learning_rate
+from gfocal.workdir import claim_for_new_run, own_work_dir
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +45,8 @@ class TrainRun:
     progress: bool = True            # the progress bar (process 0 only)
     on_iter_end: Optional[Callable] = None  # (iteration, model, port), process 0 only
     keep_model: bool = False         # return the trained model and its port
+    overwrite: bool = False          # a work_dir holding a run: move its files aside
+                                     # (work_dir/previous/<time>/) and start a new one
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,10 +164,23 @@ def train(run):
     writes the log (losses averaged over the processes), the checkpoints and evaluates.
     Resuming a run that has already done every iteration trains nothing and writes nothing:
     the result is then `complete`, its checkpoint the resumed file and its log None.
+
+    Process 0 owns work_dir for the run (gfocal/workdir.py): another run there is refused,
+    and so is a dir holding an earlier run, unless the run resumes or `overwrite`s.
+    SIGTERM / SIGINT (outside data-parallel jobs) end the current step, save `latest` and
+    raise TrainingInterrupted (gfocal/interrupt.py). Non-finite losses, outputs or weights
+    raise NonFiniteLoss naming the iteration and the checkpoint kept: no checkpoint of
+    non-finite weights is written.
     """
+    if run.resume and run.overwrite:
+        raise ValueError("a run either resumes or overwrites, not both")
     port, device, rank, world = join_job(run)
     try:
-        return _train(run, port, device, rank, world)
+        with own_work_dir(run.work_dir) if rank == 0 else contextlib.nullcontext():
+            if rank == 0:
+                claim_for_new_run(run.work_dir, bool(run.resume), run.overwrite)
+            with StopRequest().handling(enabled=world == 1) as stop:
+                return _train(run, port, device, rank, world, stop)
     finally:
         port.distributed.stop()
 
@@ -172,7 +190,28 @@ def _result(run, port, model, **values):
     return TrainResult(**values, **kept)
 
 
-def _train(run, port, device, rank, world):
+@dataclasses.dataclass
+class Kept:
+    """The last checkpoint of the run's progress: written by it, or the one it resumed."""
+    path: Optional[str] = None
+    iteration: int = 0
+
+    def __str__(self):
+        if self.path is None:
+            return "no checkpoint written"
+        return f"the last checkpoint, {self.path} (iteration {self.iteration}), is kept"
+
+
+def _stopped(stop, kept, it):
+    """The one line said when a signal stops training."""
+    if kept.iteration == it and kept.path:
+        return (f"gfocal: {stop.signal_name}: training stopped after iteration {it}; the "
+                f"progress is saved in {kept.path}")
+    return (f"gfocal: {stop.signal_name} (a second signal): training stopped at once, "
+            f"iteration {it} not saved; {kept}")
+
+
+def _train(run, port, device, rank, world, stop):
     cfg, work_dir, resume, max_iters = run.cfg, run.work_dir, run.resume, run.max_iters
     framework, lead = port.FRAMEWORK, rank == 0
     model = new_detector(port, cfg, run.init_weights)
@@ -185,6 +224,7 @@ def _train(run, port, device, rank, world):
         resumed = resume_training(port, model, optimizer, resume, cfg)
         it = resumed.get("iter", 0)
         start_epoch, skip = divmod(it, iters_per_epoch)
+    kept = Kept(resume, it) if resume else Kept()
     if (framework, cfg["train"]["amp"]) == ("torch", "fp16") and not is_cuda(device) and lead:
         print("gfocal: warning: PyTorch's CPU float16 convolution backward is about 140x "
               "slower than float32 (docs/MODEL.md section 13); bf16 is the CPU's half type",
@@ -203,8 +243,8 @@ def _train(run, port, device, rank, world):
     classes = loader.dataset.class_names
     log = None
     if lead:
-        os.makedirs(work_dir, exist_ok=True)
-        log = RunLog(os.path.join(work_dir, f"log_{framework}.jsonl"), resume=bool(resume))
+        log = RunLog(os.path.join(work_dir, f"log_{framework}.jsonl"),
+                     resume_from=it if resume else None)
     eval_every = cfg["train"]["eval_interval"]
     evals = []
     bar = tqdm(total=total, initial=it, desc=f"train[{framework}]",
@@ -220,15 +260,15 @@ def _train(run, port, device, rank, world):
                 data_time = time.perf_counter() - t_data
                 lr = learning_rate(optim_cfg, it, epoch)
                 port.train.set_lr(optimizer, lr)
+                it += 1  # the iteration this step does (named if it fails)
                 t0 = time.perf_counter()
-                with memory_guard(port, f"training iteration {it + 1} (batch size "
+                with memory_guard(port, f"training iteration {it} (batch size "
                                         f"{len(batch['img_metas'])})"):
                     losses = port.train.train_step(stepper, optimizer, batch, scaler)
                 if world > 1:  # the log shows the losses averaged over the processes
                     port.distributed.finish_step()
                     losses = dict(zip(losses, port.distributed.reduce_mean(list(losses.values()))))
-                it += 1
-                check_finite(losses, it, framework)
+                check_finite(losses)
                 record = dict(losses, iter=it, epoch=epoch + 1, lr=lr,
                               time=time.perf_counter() - t0, data_time=data_time)
                 if scaler is not None:
@@ -240,6 +280,8 @@ def _train(run, port, device, rank, world):
                         run.on_iter_end(it, model, port)
                 bar.update(1)
                 bar.set_postfix_str(console_line(record), refresh=False)
+                if stop.signum:
+                    break  # to the save below
                 t_data = time.perf_counter()
             epoch_done = it % iters_per_epoch == 0 and it > 0
             meta = {"iter": it, "epoch": epoch + 1 if epoch_done else epoch, "classes": classes,
@@ -249,13 +291,17 @@ def _train(run, port, device, rank, world):
             if lead:
                 save_checkpoint(checkpoint_path(work_dir, port, "latest"), port, model,
                                 optimizer, meta)
-            if not epoch_done:
-                break
-            if lead and (epoch + 1) % cfg["train"]["checkpoint_interval"] == 0:
+                kept = Kept(checkpoint_path(work_dir, port, "latest"), it)
+            if (lead and epoch_done
+                    and (epoch + 1) % cfg["train"]["checkpoint_interval"] == 0):
                 save_checkpoint(checkpoint_path(work_dir, port, f"epoch_{epoch + 1}"), port,
                                 model, optimizer, meta)
+            if stop.signum:
+                raise stop.interrupted()
+            if not epoch_done:
+                break
             last = epoch + 1 == optim_cfg["epochs"] or it >= total
-            if eval_every and ((epoch + 1) % eval_every == 0 or last):
+            if last or (eval_every and (epoch + 1) % eval_every == 0):  # 0: at the end only
                 # every process predicts its share of the val split; process 0 gathers the
                 # detections and computes the statistics while the others wait at the barrier
                 stats = evaluate(cfg, port, model, progress=False, rank=rank, world=world)
@@ -263,8 +309,19 @@ def _train(run, port, device, rank, world):
                     evals.append({"epoch": epoch + 1, "stats": stats})
                 port.distributed.barrier()
                 model.train()
+            if stop.signum:  # during the evaluation: `latest` holds the progress already
+                raise stop.interrupted()
             if it >= total:
                 break
+    except NonFiniteError as exc:
+        # the network, the loss or the weights of this iteration are not finite: stop before
+        # anything crashes on them (no checkpoint of them is written)
+        raise NonFiniteLoss(f"[{framework}] training stopped at iteration {it}: {exc}; "
+                            f"{kept}") from None
+    except TrainingInterrupted as exc:
+        if lead:
+            print(_stopped(exc, kept, it), file=sys.stderr)
+        raise
     finally:
         loader.close()
         bar.close()

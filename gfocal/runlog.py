@@ -5,6 +5,7 @@ import os
 
 import numpy as np
 
+from gfocal.atomic import atomic_path, output_error
 from gfocal.finite import NonFiniteError
 
 LOSS_KEYS = ("loss", "loss_cls", "loss_bbox", "loss_dfl")
@@ -12,30 +13,72 @@ REL_EPS = 1e-12  # the floor of |reference| in a relative difference
 
 
 class NonFiniteLoss(NonFiniteError):
-    """Training stopped because a loss became NaN or infinite."""
+    """Training stopped because a loss, an output or the weights became NaN or infinite."""
 
 
-def check_finite(losses, iteration, framework):
+def check_finite(losses):
+    """NonFiniteError naming the losses of {name: value} that are NaN or infinite."""
     bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
     if bad:
-        raise NonFiniteLoss(f"[{framework}] non-finite loss at iteration {iteration}: "
-                            + ", ".join(f"{k}={v}" for k, v in bad.items()))
+        raise NonFiniteError("non-finite loss: " + ", ".join(f"{k}={v}" for k, v in bad.items()))
+
+
+def _record_iter(line):
+    """The iteration of one log line, or None for a line that is not a record (a line cut
+    short by a crash)."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record.get("iter") if isinstance(record, dict) else None
+
+
+def trim_log(path, last_iter):
+    """Drop the records after iteration `last_iter` (done again by a run resumed from a
+    checkpoint of that iteration) and a last line cut short; the file is replaced
+    atomically, every record up to `last_iter` kept."""
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().splitlines(keepends=True)
+    kept = [line for line in lines
+            if (_record_iter(line) or 0) <= last_iter and line.endswith("\n")]
+    if kept != lines:
+        with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(kept)
 
 
 class RunLog:
-    """Appends one JSON object per iteration to `path` (flushed, so a crash keeps the log)."""
+    """Appends one JSON object per iteration to `path` (flushed, so a crash keeps the log).
 
-    def __init__(self, path, resume=False):
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    A new run's log must not exist yet (an earlier run's is never overwritten); a resumed
+    run (`resume_from`: the checkpoint's iteration) continues the log there, without the
+    records of the iterations it does again. A write the file system refuses is an
+    OutputError naming the log."""
+
+    def __init__(self, path, resume_from=None):
         self.path = path
-        self._file = open(path, "a" if resume else "w", encoding="utf-8")
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            if resume_from is not None and os.path.exists(path):
+                trim_log(path, resume_from)
+            self._file = open(path, "x" if resume_from is None else "a", encoding="utf-8")
+        except OSError as exc:
+            raise output_error(path, exc) from None
+        self._failed = False
 
     def write(self, record):
-        self._file.write(json.dumps(record, sort_keys=True) + "\n")
-        self._file.flush()
+        try:
+            self._file.write(json.dumps(record, sort_keys=True) + "\n")
+            self._file.flush()
+        except OSError as exc:
+            self._failed = True
+            raise output_error(self.path, exc) from None
 
     def close(self):
-        self._file.close()
+        try:
+            self._file.close()
+        except OSError as exc:
+            if not self._failed:  # a failed write has been reported already
+                raise output_error(self.path, exc) from None
 
 
 def console_line(record):
