@@ -2,9 +2,12 @@
 
 A config file may set any of the top-level sections below; what it leaves out comes from
 DEFAULTS (the paper recipe, docs/MODEL.md section 8). An unknown key or a value of the wrong type stops with
-a message naming the file and the key.
+a message naming the file and the key. Each value's type follows from its default (an int
+default takes integers only, a float default any finite number, a list default a list whose
+entries follow its first entry); RULES bound the values.
 """
 import copy
+import math
 import os
 import runpy
 
@@ -79,12 +82,121 @@ DEFAULTS = {
 
 MAX_SEED = 2 ** 32 - 1  # numpy's global generator takes no larger seed
 
-# Keys that take a value of another type besides their default's ("auto" or a count).
-ALSO_ALLOWED = {("data", "workers"): int}
+# Keys that also take values of the type of another example besides their default's
+# ("auto" or a count).
+ALSO_ALLOWED = {("data", "workers"): 0}
+
+
+def at_least(low):
+    return (lambda v: v >= low), f"must be >= {low}"
+
+
+def above(low):
+    return (lambda v: v > low), f"must be > {low}"
+
+
+def between(low, high):
+    return (lambda v: low <= v <= high), f"must be in [{low}, {high}]"
+
+
+# What a value must satisfy beyond its type (a list: each of its entries). The type comes
+# from the default (see _fits); choices and rules that relate two keys are in _validate_values.
+RULES = {
+    ("model", "num_classes"): at_least(1),
+    ("model", "frozen_stages"): between(-1, 4),
+    ("model", "fpn_channels"): at_least(1),
+    ("model", "num_outs"): at_least(1),
+    ("model", "stacked_convs"): at_least(0),
+    ("model", "feat_channels"): at_least(1),
+    ("model", "gn_groups"): at_least(1),
+    ("model", "reg_max"): at_least(1),
+    ("model", "reg_topk"): at_least(1),
+    ("model", "reg_channels"): at_least(1),
+    ("model", "strides"): at_least(1),
+    ("model", "octave_base_scale"): at_least(1),
+    ("model", "atss_topk"): at_least(1),
+    ("model", "loss_cls_weight"): at_least(0),
+    ("model", "loss_bbox_weight"): at_least(0),
+    ("model", "loss_dfl_weight"): at_least(0),
+    ("model", "qfl_beta"): at_least(0),
+    ("model", "score_thr"): between(0, 1),
+    ("model", "iou_thr"): between(0, 1),
+    ("model", "max_per_img"): at_least(1),
+    ("data", "img_scale"): at_least(1),
+    ("data", "flip_prob"): between(0, 1),
+    ("data", "size_divisor"): at_least(1),
+    ("data", "std"): above(0),
+    ("data", "batch_size"): at_least(1),
+    ("data", "val_batch_size"): at_least(1),
+    ("data", "workers"): at_least(0),       # or "auto"
+    ("optim", "lr"): above(0),
+    ("optim", "momentum"): at_least(0),
+    ("optim", "weight_decay"): at_least(0),
+    ("optim", "warmup_iters"): at_least(0),
+    ("optim", "warmup_ratio"): between(0, 1),
+    ("optim", "steps"): at_least(1),         # epochs, counted from 1
+    ("optim", "gamma"): above(0),
+    ("optim", "epochs"): at_least(1),
+    ("train", "seed"): between(0, MAX_SEED),
+    ("train", "log_interval"): at_least(1),
+    ("train", "checkpoint_interval"): at_least(1),
+    ("train", "eval_interval"): at_least(0),  # 0: only at the end
+    ("train", "dist_timeout_s"): above(0),
+}
+
+# Lists of a fixed length: (long side, short side); one value per colour channel.
+LENGTHS = {("data", "img_scale"): 2, ("data", "mean"): 3, ("data", "std"): 3}
 
 
 class ConfigError(ValueError):
     """A config file that cannot be used; the message names the file and the key."""
+
+
+def _fits(value, want):
+    """Whether `value` has the type the default `want` implies: a bool for a bool, an int
+    (not a bool) for an int, any real number for a float, a list or tuple whose entries fit
+    the default's entries for a list, the default's type otherwise."""
+    if isinstance(want, bool):
+        return isinstance(value, bool)
+    if isinstance(want, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(want, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(want, (list, tuple)):
+        return isinstance(value, (list, tuple)) and all(_fits(v, want[0]) for v in value)
+    return isinstance(value, type(want))
+
+
+def _describe(want):
+    if isinstance(want, (list, tuple)):
+        return f"a list of {_describe(want[0]).split(' ', 1)[1]}s"
+    if isinstance(want, bool):
+        return "a boolean"
+    return {int: "an integer", float: "a number", str: "a string"}.get(type(want),
+                                                                      f"a {type(want).__name__}")
+
+
+def _entries(value):
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _check_value(name, value, want, source):
+    """Type (derived from the default `want`), finiteness, length and RULES of one value."""
+    where = f"{source}: '{'.'.join(name)}' = {value!r}"
+    other = ALSO_ALLOWED.get(name)
+    if not (_fits(value, want) or (other is not None and _fits(value, other))):
+        expected = " or ".join(_describe(w) for w in (want, other) if w is not None)
+        raise ConfigError(f"{where} has the wrong type (expected {expected}, like {want!r})")
+    numbers = [v for v in _entries(value) if isinstance(v, float)]
+    if not all(math.isfinite(v) for v in numbers):
+        raise ConfigError(f"{where} (must be finite: not nan or inf)")
+    if name in LENGTHS and len(value) != LENGTHS[name]:
+        raise ConfigError(f"{where} (must have {LENGTHS[name]} entries)")
+    if name in RULES and not isinstance(value, str):
+        holds, rule = RULES[name]
+        if not all(holds(v) for v in _entries(value)):
+            each = "each entry " if isinstance(value, (list, tuple)) else ""
+            raise ConfigError(f"{where} ({each}{rule})")
 
 
 def _check(section_name, given, defaults, source):
@@ -92,57 +204,27 @@ def _check(section_name, given, defaults, source):
         if key not in defaults:
             known = ", ".join(sorted(defaults))
             raise ConfigError(f"{source}: unknown key '{section_name}.{key}' (known: {known})")
-        want = defaults[key]
-        other = ALSO_ALLOWED.get((section_name, key))
-        if other is not None and isinstance(value, other) and not isinstance(value, bool):
-            continue
-        if isinstance(want, bool):
-            ok = isinstance(value, bool)
-        elif isinstance(want, (int, float)):
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        elif isinstance(want, (list, tuple)):
-            ok = isinstance(value, (list, tuple))
-        else:
-            ok = isinstance(value, type(want))
-        if not ok:
-            raise ConfigError(f"{source}: '{section_name}.{key}' = {value!r} has the wrong type "
-                              f"(expected {type(want).__name__} like {want!r})")
+        _check_value((section_name, key), value, defaults[key], source)
 
 
 def _validate_values(cfg, source):
+    """What RULES cannot say: choices, and rules that relate two keys."""
     m = cfg["model"]
     if m["depth"] not in (18, 34, 50, 101):
         raise ConfigError(f"{source}: 'model.depth' = {m['depth']} (must be 18, 34, 50 or 101)")
-    if m["num_classes"] < 1:
-        raise ConfigError(f"{source}: 'model.num_classes' = {m['num_classes']} (must be >= 1)")
     if len(m["strides"]) != m["num_outs"]:
         raise ConfigError(f"{source}: 'model.strides' has {len(m['strides'])} entries but "
                           f"'model.num_outs' = {m['num_outs']}")
     if m["feat_channels"] % m["gn_groups"]:
         raise ConfigError(f"{source}: 'model.feat_channels' = {m['feat_channels']} is not "
                           f"divisible by 'model.gn_groups' = {m['gn_groups']}")
-    if len(cfg["data"]["img_scale"]) != 2:
-        raise ConfigError(f"{source}: 'data.img_scale' = {cfg['data']['img_scale']!r} "
-                          "(must be [long side, short side])")
-    if not 0 <= cfg["data"]["flip_prob"] <= 1:
-        raise ConfigError(f"{source}: 'data.flip_prob' = {cfg['data']['flip_prob']} "
-                          "(must be in [0, 1])")
-    for key in ("lr", "epochs"):
-        if cfg["optim"][key] <= 0:
-            raise ConfigError(f"{source}: 'optim.{key}' = {cfg['optim'][key]} (must be > 0)")
-    if cfg["data"]["batch_size"] < 1:
-        raise ConfigError(f"{source}: 'data.batch_size' must be >= 1")
+    if m["reg_topk"] > m["reg_max"] + 1:
+        raise ConfigError(f"{source}: 'model.reg_topk' = {m['reg_topk']} (must be at most "
+                          f"'model.reg_max' + 1 = {m['reg_max'] + 1})")
     workers = cfg["data"]["workers"]
-    if workers != "auto" and not (isinstance(workers, int) and workers >= 0):
+    if isinstance(workers, str) and workers != "auto":
         raise ConfigError(f"{source}: 'data.workers' = {workers!r} (must be 'auto' or an "
                           "integer >= 0)")
-    if cfg["train"]["dist_timeout_s"] <= 0:
-        raise ConfigError(f"{source}: 'train.dist_timeout_s' = {cfg['train']['dist_timeout_s']} "
-                          "(must be > 0)")
-    seed = cfg["train"]["seed"]
-    if not (isinstance(seed, int) and 0 <= seed <= MAX_SEED):
-        raise ConfigError(f"{source}: 'train.seed' = {seed!r} (must be an integer in "
-                          f"0 .. {MAX_SEED})")
     from gfocal.precision import PrecisionError, check_amp
     try:
         check_amp(cfg["train"]["amp"], "'train.amp'")

@@ -1,7 +1,9 @@
 """Config loading: defaults, overrides, and a clear message for every bad key or value."""
+import math
+
 import pytest
 
-from gfocal.config import DEFAULTS, ConfigError, load_config
+from gfocal.config import DEFAULTS, ConfigError, from_dict, load_config
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 
@@ -43,6 +45,18 @@ def test_overrides_apply_on_top(tmp_path):
     ("optim = dict(lr=0)\n", ["optim.lr"]),
     ("model = dict(feat_channels=100)\n", ["feat_channels", "gn_groups"]),
     ("model = dict(\n", ["cannot be read"]),
+    # types, not only values: every key takes the type of its default
+    ("optim = dict(epochs=2.5)\n", ["optim.epochs", "wrong type", "an integer"]),
+    ("optim = dict(steps=[1, 'x'])\n", ["optim.steps", "wrong type", "a list of integers"]),
+    ("data = dict(img_scale=[800.5, 600])\n", ["data.img_scale", "a list of integers"]),
+    ("data = dict(workers=2.0)\n", ["data.workers", "a string or an integer"]),
+    ("model = dict(norm_eval=1)\n", ["model.norm_eval", "a boolean"]),
+    ("train = dict(checkpoint_interval=0)\n", ["train.checkpoint_interval", "must be >= 1"]),
+    ("optim = dict(lr=float('nan'))\n", ["optim.lr", "must be finite"]),
+    ("data = dict(mean=[1.0, 2.0, float('inf')])\n", ["data.mean", "must be finite"]),
+    ("data = dict(std=[1.0, 0.0, 1.0])\n", ["data.std", "each entry must be > 0"]),
+    ("data = dict(mean=[1.0, 2.0])\n", ["data.mean", "3 entries"]),
+    ("model = dict(reg_topk=18)\n", ["model.reg_topk", "reg_max"]),
 ])
 def test_bad_config_names_file_and_key(tmp_path, text, words):
     path = write(tmp_path, text)
@@ -57,3 +71,45 @@ def test_bad_config_names_file_and_key(tmp_path, text, words):
 def test_missing_config_file(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "nope.py")
+
+
+def _keys(kind):
+    """(section, key) of every default of `kind` (bool is not an int here)."""
+    return [(s, k) for s, keys in DEFAULTS.items() for k, v in keys.items()
+            if isinstance(v, kind) and not isinstance(v, bool)]
+
+
+def _refused(section, key, value):
+    with pytest.raises(ConfigError, match=f"my.py: '{section}.{key}' = ") as err:
+        from_dict({section: {key: value}}, source="my.py")
+    return str(err.value)
+
+
+@pytest.mark.parametrize("section, key", _keys(int))
+def test_every_integer_key_refuses_a_float(section, key):
+    assert "wrong type" in _refused(section, key, DEFAULTS[section][key] + 0.5)
+
+
+@pytest.mark.parametrize("section, key", _keys(float))
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_every_float_key_refuses_nan_and_inf(section, key, value):
+    assert "must be finite" in _refused(section, key, value)
+
+
+@pytest.mark.parametrize("section, key", _keys(list))
+def test_every_list_key_checks_its_entries(section, key):
+    default = DEFAULTS[section][key]
+    assert "wrong type" in _refused(section, key, [*default[:-1], "x"])
+    if isinstance(default[0], float):
+        assert "must be finite" in _refused(section, key, [*default[:-1], math.nan])
+
+
+@pytest.mark.parametrize("sections", [
+    {}, {"train": {"eval_interval": 0}}, {"data": {"workers": "auto"}},
+    {"data": {"workers": 0}}, {"data": {"workers": 3}}, {"optim": {"lr": 1, "steps": []}},
+    {"data": {"img_scale": (640, 480), "mean": [0, 0, 0]}},
+])
+def test_valid_values_still_load(sections):
+    cfg = from_dict(sections)
+    for name, given in sections.items():
+        assert {k: cfg[name][k] for k in given} == given
