@@ -143,12 +143,14 @@ def test_missing_image_folder(small, tmp_path):
     ("\xff\xfe garbage", "malformed JSON|cannot be read"),
     ("[1, 2, 3]", "not a COCO annotation file"),
     ('{"images": [], "categories": []}', "'annotations' list missing"),
-    ('{"images": [{"id": 1}], "annotations": [], "categories": []}', "without 'id'/'file_name'"),
-    ('{"images": [], "annotations": [{"image_id": 1, "bbox": [1, 2], "category_id": 1}],'
-     ' "categories": []}', "4-number 'bbox'"),
+    ('{"images": [{"id": 1}], "annotations": [], "categories": []}',
+     r"images\[0\] \{'id': 1\}: without 'file_name'"),
+    ('{"images": [], "annotations": [{"id": 1, "image_id": 1, "bbox": [1, 2], '
+     '"category_id": 1}], "categories": []}', r"'bbox' = \[1, 2\] is not 4 finite numbers"),
     ('{"images": [], "annotations": [{"image_id": 1, "category_id": 1}], "categories": []}',
-     "4-number 'bbox'"),  # a dict without its bbox
-    ('{"images": [], "annotations": [[1, 2, 3, 4]], "categories": []}', "4-number 'bbox'"),
+     "annotations\\[0\\] .*: without 'id', 'bbox'"),  # a dict without its id and bbox
+    ('{"images": [], "annotations": [[1, 2, 3, 4]], "categories": []}',
+     r"annotations\[0\] \[1, 2, 3, 4\]: not an object"),
 ])
 def test_malformed_annotation_file(tmp_path, text, problem):
     path = tmp_path / "bad.json"
@@ -156,6 +158,55 @@ def test_malformed_annotation_file(tmp_path, text, problem):
     with pytest.raises(DatasetError, match=problem) as info:
         CocoDataset(str(path), str(tmp_path))
     assert str(path) in str(info.value)
+
+
+VALID = {"images": [{"id": 1, "file_name": "a.png", "width": 20, "height": 20}],
+         "annotations": [{"id": 1, "image_id": 1, "category_id": 3, "bbox": [1, 1, 5, 5]}],
+         "categories": [{"id": 3, "name": "three"}]}
+GONE = object()  # the field left out
+
+
+@pytest.mark.parametrize("entries, field, value, problem", [
+    ("annotations", "bbox", ["a", 1, 5, 5], "'bbox' = ['a', 1, 5, 5] is not 4 finite numbers"),
+    ("annotations", "bbox", None, "'bbox' = None is not 4 finite numbers"),
+    ("annotations", "bbox", [1, float("nan"), 5, 5], "is not 4 finite numbers"),
+    ("annotations", "bbox", [1, True, 5, 5], "is not 4 finite numbers"),
+    ("annotations", "image_id", "1", "'image_id' = '1' is not an integer"),
+    ("annotations", "category_id", 3.0, "'category_id' = 3.0 is not an integer"),
+    ("annotations", "id", GONE, "without 'id'"),
+    ("annotations", "area", None, "'area' = None is not a finite number"),
+    ("annotations", "iscrowd", "yes", "'iscrowd' = 'yes' is not 0 or 1"),
+    ("categories", "id", GONE, "without 'id'"),
+    ("categories", "id", "3", "'id' = '3' is not an integer"),
+    ("images", "id", True, "'id' = True is not an integer"),
+    ("images", "file_name", 5, "'file_name' = 5 is not a string"),
+    ("images", "width", "20", "'width' = '20' is not a positive number"),
+    ("images", "height", None, "'height' = None is not a positive number"),
+])
+def test_an_entry_of_the_wrong_type_is_one_line_naming_file_and_entry(tmp_path, entries, field,
+                                                                       value, problem):
+    data = json.loads(json.dumps(VALID))
+    entry = data[entries][0]
+    if value is GONE:
+        del entry[field]
+    else:
+        entry[field] = value
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(DatasetError) as info:
+        CocoDataset(str(path), str(tmp_path), test_mode=True)
+    message = str(info.value)
+    assert message.startswith(f"{path}: {entries}[0] {{") and problem in message
+    assert "\n" not in message
+
+
+def test_evaluation_on_boxes_without_the_optional_iscrowd_and_area(small):
+    """COCOeval reads 'iscrowd' and 'area' of every ground-truth box: a file that leaves
+    them out (image 4 of `small`) is evaluated, not a KeyError."""
+    from gfocal.evaluation import evaluate
+    ds = CocoDataset(*small, test_mode=True)
+    found = {"image_id": 4, "category_id": 5, "bbox": [3, 4, 1, 1], "score": 0.9}
+    assert evaluate(ds.coco, [found], img_ids=[4])["AP"] == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize("content", [b"", b"not a png at all", "truncated"])

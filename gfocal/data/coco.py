@@ -7,6 +7,7 @@ unknown category are dropped; `iscrowd` boxes become `gt_bboxes_ignore`.
 import contextlib
 import io
 import json
+import math
 import os
 
 import cv2
@@ -16,6 +17,52 @@ from pycocotools.coco import COCO
 
 class DatasetError(ValueError):
     """A data set that cannot be used; the message names the path and the problem."""
+
+
+def _is_integer(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value):
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
+INTEGER = ("an integer", _is_integer)
+NUMBER = ("a finite number", _is_number)
+SIZE = ("a positive number", lambda v: _is_number(v) and v > 0)
+TEXT = ("a string", lambda v: isinstance(v, str))
+FLAG = ("0 or 1", lambda v: v in (0, 1))
+BOX = ("4 finite numbers [x, y, w, h]",
+       lambda v: isinstance(v, list) and len(v) == 4 and all(_is_number(c) for c in v))
+
+# Per entry of each list: (required fields, optional fields), each field -> (what it must
+# be, test). What pycocotools and CocoDataset read, so a wrong entry is one line here
+# instead of a traceback from deep inside them.
+SCHEMA = {
+    "images": ({"id": INTEGER, "file_name": TEXT}, {"width": SIZE, "height": SIZE}),
+    "annotations": ({"id": INTEGER, "image_id": INTEGER, "category_id": INTEGER, "bbox": BOX},
+                    {"area": NUMBER, "iscrowd": FLAG, "ignore": FLAG}),
+    "categories": ({"id": INTEGER}, {}),
+}
+
+
+def _entry_problem(entry, required, optional):
+    """What is wrong with one entry of an annotation file, or None."""
+    if not isinstance(entry, dict):
+        return "not an object"
+    missing = [name for name in required if name not in entry]
+    if missing:
+        return "without " + ", ".join(f"'{name}'" for name in missing)
+    for name, (what, test) in {**required, **optional}.items():
+        if name in entry and not test(entry[name]):
+            return f"'{name}' = {entry[name]!r} is not {what}"
+    return None
+
+
+def _short(entry, limit=120):
+    text = repr(entry)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def read_annotation_json(ann_file):
@@ -35,14 +82,14 @@ def read_annotation_json(ann_file):
     for key in ("images", "annotations", "categories"):
         if not isinstance(data.get(key), list):
             raise DatasetError(f"{ann_file}: not a COCO annotation file ('{key}' list missing)")
-    for img in data["images"]:
-        if not isinstance(img, dict) or not {"id", "file_name"} <= set(img):
-            raise DatasetError(f"{ann_file}: image entry without 'id'/'file_name': {img!r}")
-    for ann in data["annotations"]:
-        if (not isinstance(ann, dict) or not {"image_id", "bbox", "category_id"} <= set(ann)
-                or not isinstance(ann["bbox"], list) or len(ann["bbox"]) != 4):
-            raise DatasetError(f"{ann_file}: annotation without 'image_id'/'category_id'/"
-                               f"a 4-number 'bbox': {ann!r}")
+    for key, (required, optional) in SCHEMA.items():
+        for index, entry in enumerate(data[key]):
+            problem = _entry_problem(entry, required, optional)
+            if problem:
+                raise DatasetError(f"{ann_file}: {key}[{index}] {_short(entry)}: {problem}")
+    for ann in data["annotations"]:  # optional here, but COCOeval reads both of every box
+        ann.setdefault("iscrowd", 0)
+        ann.setdefault("area", ann["bbox"][2] * ann["bbox"][3])
     return data
 
 
