@@ -320,6 +320,7 @@ def _train(run, port, device, rank, world, stop):
                             f"{kept}") from None
     except TrainingInterrupted as exc:
         if lead:
+            bar.close()  # first: the line goes below the progress bar, not into it
             print(_stopped(exc, kept, it), file=sys.stderr)
         raise
     finally:
@@ -351,9 +352,11 @@ def predict_dataset(port, model, loader, progress=False, latencies=None, rank=0,
     return predictions, img_ids
 
 
-def evaluate(cfg, port, model, progress=False, out_json=None, latencies=None, rank=0,
+def evaluate(cfg, port, model, progress=False, results_out=None, latencies=None, rank=0,
              world=1):
-    """The 12 COCO statistics of `model` (of `port`, on its device) on cfg's val split.
+    """The 12 COCO statistics of `model` (of `port`, on its device) on cfg's val split;
+    `results_out`, a list, receives the COCO result dicts (`gfocal test --out` writes them
+    after printing the statistics).
 
     In a data-parallel job (process `rank` of `world`, called in every process) the
     processes share the images (predict_dataset), process 0 gathers the detections
@@ -376,10 +379,9 @@ def evaluate(cfg, port, model, progress=False, out_json=None, latencies=None, ra
         predictions = [pred for _, pred in gathered]
         img_ids = list(dataset.img_ids)
     results = results_to_coco(predictions, img_ids, dataset.label_to_cat_id)
-    if out_json:
-        from gfocal.evaluation.coco_eval import save_results
-        save_results(out_json, results)
-    return coco_evaluate(dataset.coco, results, img_ids=img_ids)
+    if results_out is not None:
+        results_out.extend(results)
+    return coco_evaluate(dataset.coco, results, img_ids=img_ids, source=dataset.ann_file)
 
 
 def _numpy_prediction(pred):

@@ -17,7 +17,7 @@ import socket
 import sys
 import time
 
-from gfocal.atomic import OutputError, check_output_dir
+from gfocal.atomic import OutputError, check_output_dir, output_error
 
 LOCK_NAME = ".gfocal.lock"
 # What a run of ours leaves in its work dir: its log and checkpoints (either port's format)
@@ -101,9 +101,12 @@ def _take(work_dir, fd):
               "ended; its lock is taken over", file=sys.stderr)
     record = {"pid": os.getpid(), "host": host,
               "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, json.dumps(record).encode("utf-8"), 0)
-    os.fsync(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(record).encode("utf-8"), 0)
+        os.fsync(fd)
+    except OSError as exc:  # a full disk, before any work
+        raise output_error(os.path.join(work_dir, LOCK_NAME), exc) from None
 
 
 def remove_orphans(work_dir):
