@@ -13,6 +13,9 @@ import tempfile
 class OutputError(OSError):
     """An output that cannot be written; the message names the path and the reason."""
 
+    def __str__(self):  # the one line a user reads: no "[Errno N]" before it
+        return self.strerror or super().__str__()
+
 
 def _reason(exc):
     if isinstance(exc, OSError) and exc.errno is not None:
@@ -36,17 +39,20 @@ def _nearest_existing(directory):
     return directory or "."
 
 
-def check_output_dir(path):
+def check_output_dir(path, output=None):
     """Raise OutputError unless `path` is, or can be made, a writable directory (nothing is
-    created: the check runs before any work)."""
+    created: the check runs before any work). The message names `output` (the file to be
+    written there) when given."""
     path = os.path.abspath(os.fspath(path))
+    name = output or path
     if os.path.exists(path) and not os.path.isdir(path):
-        raise OutputError(errno.ENOTDIR, f"{path}: not a directory")
+        raise OutputError(errno.ENOTDIR, f"{name}: {path} is not a directory"
+                          if output else f"{path}: not a directory")
     existing = _nearest_existing(path)
     if not os.path.isdir(existing):
-        raise OutputError(errno.ENOTDIR, f"{path}: {existing} is not a directory")
+        raise OutputError(errno.ENOTDIR, f"{name}: {existing} is not a directory")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise OutputError(errno.EACCES, f"{path}: {existing} is not writable")
+        raise OutputError(errno.EACCES, f"{name}: {existing} is not writable")
     return path
 
 
@@ -58,7 +64,7 @@ def check_output_file(path):
         raise OutputError(errno.EISDIR, f"{path}: is a directory (give a file name)")
     if os.path.exists(path) and not os.access(path, os.W_OK):
         raise OutputError(errno.EACCES, f"{path}: not writable")
-    check_output_dir(os.path.dirname(os.path.abspath(path)))
+    check_output_dir(os.path.dirname(os.path.abspath(path)), output=path)
     return path
 
 

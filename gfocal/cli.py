@@ -8,6 +8,7 @@ import os
 import sys
 import traceback
 
+from gfocal.atomic import check_output_file
 from gfocal.launch import LAUNCHERS, process_label
 from gfocal.runtime import configure_frameworks
 from gfocal.ports import FRAMEWORKS
@@ -157,10 +158,15 @@ def run(args):
             print(f"epoch {ev['epoch']}: " + json.dumps(ev["stats"]))
     elif args.command == "test":
         cfg = load_config(args.config, _train_overrides(args))
+        if args.out:
+            check_output_file(args.out)  # before the model is built and the images read
         port, model = engine.build_model(cfg, args.framework, device=args.device)
         engine.load_weights(port, model, args.checkpoint, cfg)
-        _print_stats(engine.evaluate(cfg, port, model, progress=True, out_json=args.out))
-        if args.out:
+        from gfocal.evaluation.coco_eval import save_results
+        results = []
+        _print_stats(engine.evaluate(cfg, port, model, progress=True, results_out=results))
+        if args.out:  # after the statistics: a failed write loses nothing already printed
+            save_results(args.out, results)
             print(f"results: {args.out}")
     elif args.command == "compare":
         from gfocal.compare import failed_arms, run_comparison
@@ -187,6 +193,7 @@ def main(argv=None):
     try:
         code = run(args)
     except USER_ERRORS as exc:
+        sys.stdout.flush()  # what was printed before the error (test's statistics) comes first
         print(f"gfocal {args.command}{f' [{where}]' if where else ''}: error: {exc}",
               file=sys.stderr)
         code = 2

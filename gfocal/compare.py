@@ -13,6 +13,7 @@ import time
 import traceback
 
 from gfocal import engine
+from gfocal.atomic import check_output_dir
 from gfocal.config import load_config
 from gfocal.device import resolve_device
 from gfocal.precision import check_amp
@@ -222,8 +223,8 @@ def run_comparison(args):
     cfg = comparison_config(args.config, args.data_root, args.epochs,
                             getattr(args, "device", None), getattr(args, "seed", None),
                             getattr(args, "amp", None), getattr(args, "tuning", None))
+    out_dir = check_output_dir(args.out_dir)  # a file or a read-only place: one line, now
     iters_per_epoch = check_inputs(cfg)
-    out_dir = os.path.abspath(args.out_dir)
     os.makedirs(out_dir, exist_ok=True)
     archived = archive_previous_run(out_dir)
     if archived:

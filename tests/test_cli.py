@@ -173,3 +173,93 @@ def test_a_bad_choice_on_the_command_line_is_one_line_and_exit_2(command, option
     assert err == f"gfocal {command}: error: {option} = {value!r} is not {kind} (choose " \
                   f"{choices})"
     assert not (tmp_path / "w").exists() and not (tmp_path / "c").exists()
+
+
+# ---- outputs that cannot be written: one line naming the path, exit 2, before the work ----
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A directory on a read-only file system (we run as root, which ignores permission
+    bits: a tmpfs mounted read-only is what refuses the write)."""
+    import subprocess
+    path = tmp_path / "read_only"
+    path.mkdir()
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(path)],
+                           capture_output=True, text=True)
+    if mount.returncode:
+        pytest.skip(f"cannot mount a read-only tmpfs: {mount.stderr.strip()}")
+    yield path
+    subprocess.run(["umount", str(path)], check=True)
+
+
+def unwritable(kind, tmp_path, request):
+    """(an output path that cannot be written, words the error names it with)."""
+    if kind == "a file":
+        path = tmp_path / "a_file"
+        path.write_text("user data")
+        return path, "not a directory"
+    if kind == "a directory":
+        return tmp_path, "is a directory"
+    return request.getfixturevalue("read_only_dir") / "out", "not writable"
+
+
+def one_error_line(err):
+    errors = [line for line in err.splitlines() if line.strip()]
+    assert len(errors) == 1 and "Traceback" not in err, err
+    return errors[0]
+
+
+@pytest.mark.parametrize("kind", ["a file", "read-only"])
+def test_compare_into_an_unwritable_out_dir_stops_before_training(kind, tiny_config, tmp_path,
+                                                                  request, capsys):
+    out_dir, words = unwritable(kind, tmp_path, request)
+    code = main(["compare", tiny_config, "--out-dir", str(out_dir), "--max-iters", "1"])
+    captured = capsys.readouterr()
+    line = one_error_line(captured.err)
+    assert code == 2 and line.startswith("gfocal compare: error: ")
+    assert str(out_dir) in line and words in line
+    assert "training" not in captured.out
+
+
+@pytest.mark.parametrize("kind", ["a directory", "read-only"])
+def test_test_with_an_unwritable_out_stops_before_the_model(kind, tiny_config, tmp_path,
+                                                            request, capsys):
+    """--out is checked first: the checkpoint (missing here) is never looked at."""
+    out, words = unwritable(kind, tmp_path, request)
+    code = main(["test", tiny_config, str(tmp_path / "missing.pth"), "--framework", "torch",
+                 "--out", str(out)])
+    line = one_error_line(capsys.readouterr().err)
+    assert code == 2 and line.startswith("gfocal test: error: ")
+    assert str(out) in line and words in line and "missing.pth" not in line
+
+
+def test_test_whose_results_write_fails_prints_the_statistics_first(tiny_config, tmp_path):
+    """The file system refuses the results file only at the end (a file size limit, as a
+    full disk would): the 12 statistics are printed, then one error line, exit 2."""
+    import resource
+    import signal
+    import subprocess
+    import sys
+    from gfocal import engine
+    from gfocal.checkpoint_io import write
+    from gfocal.config import load_config
+    from gfocal.pytorch.checkpoint import state_dict_numpy
+    _, model = engine.build_model(load_config(tiny_config), "torch", device="cpu")
+    ckpt = tmp_path / "weights.pth"
+    write(str(ckpt), state_dict_numpy(model), "torch")
+    out = tmp_path / "results.json"
+
+    def limit_file_size():  # any write beyond 1 byte fails with EFBIG (not a SIGXFSZ kill)
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1, 1))
+
+    run = subprocess.run([sys.executable, "-m", "gfocal", "test", tiny_config, str(ckpt),
+                          "--framework", "torch", "--device", "cpu", "--out", str(out)],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         preexec_fn=limit_file_size, timeout=300)
+    lines = run.stdout.splitlines()
+    stats = [i for i, line in enumerate(lines) if line.split()[:1] in (["AP"], ["ARl"])]
+    errors = [i for i, line in enumerate(lines) if line.startswith("gfocal test: error:")]
+    assert run.returncode == 2 and "Traceback" not in run.stdout, run.stdout
+    assert len(stats) == 2 and len(errors) == 1 and stats[1] < errors[0], run.stdout
+    assert str(out) in lines[errors[0]] and "File too large" in lines[errors[0]]
+    assert sorted(os.listdir(tmp_path)) == ["tiny.py", "weights.pth"]  # no temporary file

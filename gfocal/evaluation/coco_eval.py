@@ -2,6 +2,7 @@
 import contextlib
 import io
 import json
+import sys
 
 import numpy as np
 from pycocotools.coco import COCO
@@ -48,15 +49,35 @@ def _as_coco(coco_gt):
         return COCO(coco_gt)  # a path to an annotation file
 
 
-def evaluate(coco_gt, coco_results, img_ids=None, verbose=False):
+def _scored_boxes(coco_gt, img_ids):
+    """How many ground-truth boxes COCOeval scores against (a crowd box is only a region
+    where detections are ignored)."""
+    ids = coco_gt.getImgIds() if img_ids is None else img_ids
+    return sum(not ann.get("iscrowd", 0) for i in ids for ann in coco_gt.imgToAnns.get(i, []))
+
+
+def _warn_no_ground_truth(source, img_ids):
+    print(f"gfocal: warning: {source}: no ground-truth box in the {len(img_ids)} evaluated "
+          "images: the statistics measure nothing (COCOeval gives 0 or -1 without ground "
+          "truth)", file=sys.stderr)
+
+
+def evaluate(coco_gt, coco_results, img_ids=None, verbose=False, source=None):
     """COCOeval bbox statistics by name; all zeros when there are no detections.
 
     As in pycocotools, a statistic is -1 when the ground truth has no box in its area range.
+    Without any ground-truth box the statistics mean nothing: a warning line (stderr) names
+    the annotation file.
 
     coco_gt: a pycocotools COCO or an annotation file; coco_results: a list of result
-    dicts or a results JSON file; img_ids: evaluate on these images only (default all).
+    dicts or a results JSON file; img_ids: evaluate on these images only (default all);
+    source: the annotation file `coco_gt` was read from (for the warning).
     """
+    if source is None:
+        source = coco_gt if not isinstance(coco_gt, COCO) else "the ground truth"
     coco_gt = _as_coco(coco_gt)
+    if not _scored_boxes(coco_gt, img_ids):
+        _warn_no_ground_truth(source, coco_gt.getImgIds() if img_ids is None else img_ids)
     if isinstance(coco_results, (str, bytes)) or hasattr(coco_results, "__fspath__"):
         with open(coco_results, encoding="utf-8") as f:
             coco_results = json.load(f)
