@@ -178,17 +178,12 @@ def test_a_bad_choice_on_the_command_line_is_one_line_and_exit_2(command, option
 # ---- outputs that cannot be written: one line naming the path, exit 2, before the work ----
 @pytest.fixture
 def read_only_dir(tmp_path):
-    """A directory on a read-only file system (we run as root, which ignores permission
-    bits: a tmpfs mounted read-only is what refuses the write)."""
-    import subprocess
+    """A directory on a read-only file system."""
+    from tests.tmpfs import mounted_tmpfs
     path = tmp_path / "read_only"
     path.mkdir()
-    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(path)],
-                           capture_output=True, text=True)
-    if mount.returncode:
-        pytest.skip(f"cannot mount a read-only tmpfs: {mount.stderr.strip()}")
-    yield path
-    subprocess.run(["umount", str(path)], check=True)
+    with mounted_tmpfs(path, "ro,size=64k"):
+        yield path
 
 
 def unwritable(kind, tmp_path, request):

@@ -74,8 +74,9 @@ def test_results_to_coco_rejects_mismatches():
         results_to_coco([{**pred, "scores": np.ones(2)}], [1], LABEL_TO_CAT)
 
 
-def test_perfect_detections_score_one(coco_gt):
+def test_perfect_detections_score_one(coco_gt, capsys):
     stats = evaluate(coco_gt, results_to_coco(predictions(), list(GT), LABEL_TO_CAT))
+    assert capsys.readouterr().err == ""  # ground truth with boxes: no warning
     assert tuple(stats) == STAT_NAMES
     for name in STAT_NAMES:  # AR1 too: COCOeval caps detections per image and category
         assert stats[name] == pytest.approx(1.0), name
@@ -132,3 +133,49 @@ def test_evaluate_does_not_modify_the_results(coco_gt):
     before = json.dumps(results)
     coco_eval.evaluate(coco_gt, results)
     assert json.dumps(results) == before
+
+
+def write_gt_without_boxes(path):
+    """Two images; the only annotation is a crowd box (a region to ignore, not a box)."""
+    path.write_text(json.dumps({
+        "images": [{"id": i, "file_name": f"{i}.png", "width": 50, "height": 50} for i in (1, 2)],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 4, "bbox": [0, 0, 20, 20],
+                         "area": 400, "iscrowd": 1}],
+        "categories": [{"id": 4, "name": "a"}]}))
+    return str(path)
+
+
+def warnings_in(err):
+    return [line for line in err.splitlines() if line.startswith("gfocal: warning:")]
+
+
+@pytest.mark.parametrize("results", [[], [{"image_id": 2, "category_id": 4,
+                                           "bbox": [5, 5, 10, 10], "score": 0.9}]])
+def test_ground_truth_without_boxes_warns_naming_the_annotation_file(tmp_path, capsys, results):
+    """Without a ground-truth box COCOeval's 0 / -1 measure nothing: one warning line."""
+    gt = write_gt_without_boxes(tmp_path / "empty_val.json")
+    evaluate(gt, results)
+    (line,) = warnings_in(capsys.readouterr().err)
+    assert gt in line and "no ground-truth box in the 2 evaluated images" in line
+    evaluate(COCO(gt), results, img_ids=[2], source="my_val.json")  # a COCO: named by source
+    (line,) = warnings_in(capsys.readouterr().err)
+    assert line.startswith("gfocal: warning: my_val.json: no ground-truth box in the 1 ")
+
+
+def test_an_empty_val_split_warns_through_the_engine(torch_port, tiny_config, tiny_coco,
+                                                      tmp_path, capsys):
+    """engine.evaluate (what train and test call) names the val split's annotation file."""
+    import shutil
+    from gfocal import engine
+    from gfocal.config import load_config
+    root = tmp_path / "coco"
+    shutil.copytree(tiny_coco, root)
+    ann_file = root / "annotations" / "instances_val2017.json"
+    data = json.loads(ann_file.read_text())
+    ann_file.write_text(json.dumps(dict(data, annotations=[])))
+    cfg = load_config(tiny_config, {"data": {"root": str(root)}})
+    port, model = engine.build_model(cfg, torch_port.FRAMEWORK, device="cpu")
+    stats = engine.evaluate(cfg, port, model)
+    assert len(stats) == len(STAT_NAMES)
+    (line,) = warnings_in(capsys.readouterr().err)
+    assert str(ann_file) in line and f"in the {len(data['images'])} evaluated images" in line
