@@ -30,6 +30,26 @@ class ModelCache:
         return model
 
 
+def pytest_sessionstart(session):
+    """--benchmark-compare(-fail) with no saved run to compare with: one line and a usage
+    error before anything runs (pytest-benchmark only warns, or fails, after the whole timed
+    suite)."""
+    config = session.config
+    compare = config.getoption("benchmark_compare")
+    if not (compare or config.getoption("benchmark_compare_fail")):
+        return
+    benchmarks = config._benchmarksession
+    if benchmarks.compared_mapping:  # the saved runs pytest-benchmark loaded to compare with
+        return
+    if not compare:
+        raise pytest.UsageError("--benchmark-compare-fail needs --benchmark-compare (a saved "
+                                "run to compare with)")
+    which = "" if compare is True else f" matching {compare!r}"
+    raise pytest.UsageError(
+        f"--benchmark-compare: no saved run{which} in {benchmarks.storage}: nothing to compare "
+        "with (save one first: --benchmark-autosave or --benchmark-save=NAME)")
+
+
 @pytest.fixture(scope="session")
 def model_cache():
     return ModelCache()

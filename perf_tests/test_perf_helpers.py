@@ -161,3 +161,39 @@ def test_setting_rows_pair_each_case_across_settings():
     text = measure.setting_table_text(rows)
     assert "0.75" in text and "50.0" in text and "2.00" in text
     assert "T/D" in measure.setting_table_html(rows)
+
+
+def run_pytest(storage, *options):
+    """pytest on one quick case of this suite with pytest-benchmark's `options` and saved
+    runs in `storage`, in a child process as a user runs it (from `storage`'s parent:
+    pytest-benchmark cannot name a storage outside the working directory)."""
+    import subprocess
+    import sys
+    case = f"{__file__}::test_summary_tables_cope_with_no_timings"
+    return subprocess.run([sys.executable, "-m", "pytest", case, "-p", "no:cacheprovider",
+                           f"--benchmark-storage={storage}", *options],
+                          cwd=storage.parent, capture_output=True, text=True, timeout=300)
+
+
+def test_compare_without_a_saved_run_stops_before_anything_runs(tmp_path):
+    """--benchmark-compare with an empty storage: one line and a usage error at once, not
+    the whole timed suite followed by a warning (or, with --benchmark-compare-fail, a
+    failure) at the end."""
+    storage = tmp_path / "benchmarks"
+    storage.mkdir()
+    run = run_pytest(storage, "--benchmark-compare-fail=min:5%", "--benchmark-compare")
+    errors = [line for line in run.stderr.splitlines() if line.startswith("ERROR:")]
+    assert run.returncode == pytest.ExitCode.USAGE_ERROR, run.stdout + run.stderr
+    assert errors == [f"ERROR: --benchmark-compare: no saved run in {storage}: nothing to "
+                      "compare with (save one first: --benchmark-autosave or "
+                      "--benchmark-save=NAME)"]
+    assert "passed" not in run.stdout and "collected" not in run.stdout  # nothing ran
+
+
+def test_compare_with_a_saved_run_runs(tmp_path):
+    storage = tmp_path / "benchmarks"
+    storage.mkdir()
+    (storage / "0001_saved.json").write_text(
+        '{"machine_info": {}, "commit_info": {}, "benchmarks": []}')
+    run = run_pytest(storage, "--benchmark-compare")
+    assert run.returncode == 0 and "1 passed" in run.stdout, run.stdout + run.stderr
