@@ -99,7 +99,7 @@ def official_model(model_cfg, background_channel=True, seed=0):
 
 class HistoryBuffer:
     """mmengine's HistoryBuffer as it pickles (its attributes only). mmengine is not
-    installed here: `_as_mmengine` gives it mmengine's module path while a file is saved, so
+    installed here: `pickled_as` gives it mmengine's module path while a file is saved, so
     the pickle names it as a real mmengine checkpoint does."""
 
     def __init__(self, log_history, count_history, max_length=1000000):
@@ -109,19 +109,26 @@ class HistoryBuffer:
 
 
 @contextlib.contextmanager
-def _as_mmengine():
-    name = "mmengine.logging.history_buffer"
-    fakes = {n: types.ModuleType(n) for n in ("mmengine", "mmengine.logging", name)}
-    fakes[name].HistoryBuffer = HistoryBuffer
-    saved = HistoryBuffer.__module__
-    HistoryBuffer.__module__ = name
+def pickled_as(cls, module):
+    """While the context lasts, `cls` pickles as `module`.`cls.__name__` (a module that is
+    not installed, or whose real class is not the one to write), as the library's own
+    class would."""
+    names = [module.rsplit(".", i)[0] for i in reversed(range(module.count(".") + 1))]
+    saved = {n: sys.modules.get(n) for n in names}
+    fakes = {n: types.ModuleType(n) for n in names}
+    setattr(fakes[module], cls.__name__, cls)
+    saved_module = cls.__module__
+    cls.__module__ = module
     sys.modules.update(fakes)
     try:
         yield
     finally:
-        HistoryBuffer.__module__ = saved
-        for n in fakes:
-            del sys.modules[n]
+        cls.__module__ = saved_module
+        for name, real in saved.items():
+            if real is None:
+                del sys.modules[name]
+            else:
+                sys.modules[name] = real
 
 
 def save_official_checkpoint(path, model, classes, style="mmcv1", prefix="", legacy=False):
@@ -164,6 +171,6 @@ def save_official_checkpoint(path, model, classes, style="mmcv1", prefix="", leg
                                          "_get_lr_called_within_step": False}]}
     else:
         raise ValueError(style)
-    with _as_mmengine():
+    with pickled_as(HistoryBuffer, "mmengine.logging.history_buffer"):
         torch.save(payload, path, _use_new_zipfile_serialization=not legacy)
     return payload
