@@ -15,7 +15,6 @@ from gfocal.cli import main
 from gfocal.interrupt import TrainingInterrupted
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ITERS_PER_EPOCH = 4  # tiny_coco's 8 training images in batches of 2
 
 
 def long_config(tiny_config, tmp_path):
@@ -56,7 +55,7 @@ def test_sigterm_saves_latest_says_so_and_the_run_resumes(torch_port, tiny_confi
                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True)
     try:
-        wait_for_iteration(child, log, ITERS_PER_EPOCH + 1)
+        wait_for_iteration(child, log, 5)  # past the first epoch (3 iterations)
         child.send_signal(signal.SIGTERM)
         _, err = child.communicate(timeout=300)
     finally:
@@ -68,16 +67,18 @@ def test_sigterm_saves_latest_says_so_and_the_run_resumes(torch_port, tiny_confi
     said = [line for line in err.splitlines() if line.startswith("gfocal")]
     assert said == [f"gfocal: SIGTERM: training stopped after iteration {done}; the progress "
                     f"is saved in {latest}"]
-    assert read_training_state(latest)["meta"]["iter"] == done > ITERS_PER_EPOCH
+    epoch_1 = str(work / "epoch_1.pth")
+    first_epoch = read_training_state(epoch_1)["meta"]["iter"]
+    assert read_training_state(latest)["meta"]["iter"] == done > first_epoch
     assert not [name for name in os.listdir(work) if name.startswith(".")]  # lock, temporaries
     capsys.readouterr()
     resume = ["train", config, "--framework", "torch", "--device", "cpu", "--work-dir",
               str(work)]
     assert main(resume + ["--resume", latest, "--max-iters", str(done + 1)]) == 0
     assert logged_iters(log) == list(range(1, done + 2))
-    epoch_1 = str(work / "epoch_1.pth")  # the log has iterations past it: they are redone
-    assert main(resume + ["--resume", epoch_1, "--max-iters", str(ITERS_PER_EPOCH + 1)]) == 0
-    assert logged_iters(log) == list(range(1, ITERS_PER_EPOCH + 2))
+    # the log has iterations past the epoch checkpoint: a resume from it does them again
+    assert main(resume + ["--resume", epoch_1, "--max-iters", str(first_epoch + 1)]) == 0
+    assert logged_iters(log) == list(range(1, first_epoch + 2))
 
 
 def test_sigint_saves_latest_and_the_handlers_are_put_back(torch_port, tiny_config, tmp_path,

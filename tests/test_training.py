@@ -155,3 +155,45 @@ def test_resuming_a_finished_run_trains_and_writes_nothing(port, cfg, init_weigh
     # plain values only: no model or port is kept alive unless the run asks (keep_model)
     assert done.model is None and done.port is None
     assert json.loads(json.dumps(dataclasses.asdict(done)))["iters"] == 2
+
+
+def with_lr(cfg, lr):
+    """cfg with optim.lr set past the config check (a NaN there is the config's to refuse;
+    here it stands for weights that a step turns non-finite)."""
+    changed = copy.deepcopy(cfg)
+    changed["optim"]["lr"] = lr
+    return changed
+
+
+def test_weights_made_nan_by_a_step_are_never_saved(port, cfg, init_weights, tmp_path):
+    """lr NaN: the step's loss is finite (the weights it started from were), the weights after
+    it are not: one line naming the iteration, no checkpoint written (before: exit 0 with a
+    checkpoint of 86 NaN tensors)."""
+    with pytest.raises(NonFiniteLoss) as stop:
+        train(with_lr(cfg, float("nan")), port.FRAMEWORK, tmp_path, max_iters=1,
+              init_weights=init_weights)
+    line = str(stop.value)
+    assert "\n" not in line and f"[{port.FRAMEWORK}] training stopped at iteration 1" in line
+    assert line.endswith("no checkpoint written")
+    assert sorted(os.listdir(tmp_path)) == [f"log_{port.FRAMEWORK}.jsonl"]
+
+
+def test_a_diverging_run_stops_naming_the_checkpoint_kept(port, cfg, init_weights, tmp_path):
+    """lr 1e6 from a checkpoint: NonFiniteLoss (the port's outputs or losses, caught before the
+    loss functions crash on them) naming the iteration and the checkpoint kept, unchanged."""
+    first = train(cfg, port.FRAMEWORK, tmp_path, max_iters=1, init_weights=init_weights)
+    before = open(first.checkpoint, "rb").read()
+    with pytest.raises(NonFiniteLoss) as stop:
+        train(with_lr(cfg, 1e6), port.FRAMEWORK, tmp_path, max_iters=4,
+              resume=first.checkpoint)
+    line = str(stop.value)
+    assert "\n" not in line and "training stopped at iteration" in line
+    assert line.endswith(f"the last checkpoint, {first.checkpoint} (iteration 1), is kept")
+    assert open(first.checkpoint, "rb").read() == before
+
+
+def test_eval_interval_0_evaluates_once_at_the_end(torch_port, cfg, init_weights, tmp_path):
+    """As config.py documents it (before: never)."""
+    out = train(cfg, "torch", tmp_path, init_weights=init_weights)  # 1 epoch
+    assert cfg["train"]["eval_interval"] == 0 and cfg["optim"]["epochs"] == 1
+    assert [ev["epoch"] for ev in out.evals] == [1] and len(out.evals[0]["stats"]) == 12
