@@ -87,9 +87,6 @@ def read_annotation_json(ann_file):
             problem = _entry_problem(entry, required, optional)
             if problem:
                 raise DatasetError(f"{ann_file}: {key}[{index}] {_short(entry)}: {problem}")
-    for ann in data["annotations"]:  # optional here, but COCOeval reads both of every box
-        ann.setdefault("iscrowd", 0)
-        ann.setdefault("area", ann["bbox"][2] * ann["bbox"][3])
     return data
 
 
@@ -116,6 +113,9 @@ class CocoDataset:
         self.img_dir = os.fspath(img_dir)
         self.test_mode = test_mode
         data = read_annotation_json(self.ann_file)
+        for ann in data["annotations"]:  # optional in a file, but COCOeval reads both
+            ann.setdefault("iscrowd", 0)
+            ann.setdefault("area", ann["bbox"][2] * ann["bbox"][3])
         if not os.path.isdir(self.img_dir):
             raise DatasetError(f"{self.img_dir}: image folder not found")
         self.coco = COCO()
