@@ -104,16 +104,11 @@ def test_sigint_saves_latest_and_the_handlers_are_put_back(torch_port, tiny_conf
 @pytest.fixture
 def small_disk(tmp_path):
     """A file system of its own (tmpfs, 512 MiB) at tmp_path/disk."""
+    from tests.tmpfs import mounted_tmpfs
     disk = tmp_path / "disk"
     disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512m", "tmpfs", str(disk)],
-                             capture_output=True, text=True)
-    if mounted.returncode:
-        pytest.skip(f"a full disk needs a tmpfs mount, refused here: {mounted.stderr.strip()}")
-    try:
+    with mounted_tmpfs(disk, "size=512m"):
         yield disk
-    finally:
-        subprocess.run(["umount", str(disk)], check=True)
 
 
 def fill(directory, leave=64 << 10):
