@@ -113,8 +113,9 @@ def build_parser():
                    help="config (default: configs/gfl_r18_mini.py on the bundled data)")
     p.add_argument("--data-root", help="a COCO-format folder instead of the bundled data")
     p.add_argument("--out-dir", default="reports/comparison")
-    p.add_argument("--epochs", type=int, help="override optim.epochs")
-    p.add_argument("--max-iters", type=int, help="stop each port after this many iterations")
+    p.add_argument("--epochs", type=_at_least(1, int), help="override optim.epochs")
+    p.add_argument("--max-iters", type=_at_least(1, int),
+                   help="stop each port after this many iterations")
     p.add_argument("--seeds", type=_at_least(1, int), default=1,
                    help="initialisations to compare (each trains all three arms: N times the "
                         "cost); the report shows the spread of final AP")

@@ -14,6 +14,7 @@ import traceback
 
 from gfocal import engine
 from gfocal.atomic import check_output_dir
+from gfocal.workdir import move_aside
 from gfocal.config import load_config
 from gfocal.device import resolve_device
 from gfocal.precision import check_amp
@@ -51,18 +52,7 @@ RUN_OUTPUTS = ("torch", "jittor", "control", "seeds", "init_weights.pth", "init_
 def archive_previous_run(out_dir):
     """Move an earlier comparison's outputs to out_dir/previous/<time>/ (never overwrite)."""
     found = [name for name in RUN_OUTPUTS if os.path.exists(os.path.join(out_dir, name))]
-    if not found:
-        return None
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    target = os.path.join(out_dir, "previous", stamp)
-    n = 1
-    while os.path.exists(target):
-        n += 1
-        target = os.path.join(out_dir, "previous", f"{stamp}-{n}")
-    os.makedirs(target)
-    for name in found:
-        os.rename(os.path.join(out_dir, name), os.path.join(target, name))
-    return target
+    return move_aside(out_dir, found) if found else None
 
 
 def write_initial_weights(cfg, out_dir):

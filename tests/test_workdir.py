@@ -136,12 +136,16 @@ def test_a_resumed_log_keeps_the_records_up_to_the_checkpoint(tmp_path):
 
 
 @pytest.mark.parametrize("value", ["0", "-5"])
-def test_max_iters_below_1_is_refused_at_parse_time(tiny_config, tmp_path, capsys, value):
+@pytest.mark.parametrize("command,option", [("train", "--max-iters"), ("compare", "--max-iters"),
+                                            ("compare", "--epochs")])
+def test_a_count_below_1_is_refused_at_parse_time(tiny_config, tmp_path, capsys, command,
+                                                  option, value):
+    where = (["--framework", "torch", "--work-dir", str(tmp_path / "w")] if command == "train"
+             else ["--out-dir", str(tmp_path / "w")])
     with pytest.raises(SystemExit) as stop:
-        main(["train", tiny_config, "--framework", "torch", "--work-dir", str(tmp_path / "w"),
-              "--max-iters", value])
+        main([command, tiny_config, *where, option, value])
     err = capsys.readouterr().err
-    assert stop.value.code == 2 and f"argument --max-iters: {value} is below 1" in err
+    assert stop.value.code == 2 and f"argument {option}: {value} is below 1" in err
     assert not (tmp_path / "w").exists()
 
 
