@@ -38,10 +38,11 @@ JITTOR_MARKER = b"HCAJSLHD"
 
 # ---- reading without running code or reading memory -----------------------------------------
 # Unpickling calls whatever a file names, so every reader (pickle's find_class, torch's
-# weights_only) may reach only the names below. None of them is the library's own object:
-# each is a stand-in that builds plain data from data the file holds, so a file can neither
-# run code nor point numpy at memory (numpy honours an `__array_interface__` found on any
-# object it is given, and np.ndarray(shape) alone hands out uninitialised memory):
+# weights_only) may reach only the names below. Apart from OrderedDict, none of them is the
+# library's own object: each is a stand-in that builds plain data from data the file holds
+# (and refuses anything else, _Refused), so a file can neither run code nor point numpy at
+# memory (numpy honours an `__array_interface__` found on any object it is given, and
+# np.ndarray(shape) alone hands out uninitialised memory):
 # - numpy's array, dtype and scalar rebuilders (our momentum, mmengine's meta and
 #   message_hub), under numpy 1's and numpy 2's module names: every array is a copy of the
 #   bytes the file holds, of a numeric dtype (NUMERIC_DTYPES) rebuilt from its code alone;
@@ -157,10 +158,12 @@ class _Record:
 
 
 def _var(array=None):
-    """Jittor's Var(array), as jt.save pickles a tensor: a copy of an array rebuilt above."""
+    """Jittor's Var(array), as jt.save pickles a tensor: only an array rebuilt by _Array, a
+    copy of the file's bytes already (not copied again: a file may name one array in any
+    number of Vars)."""
     if not isinstance(array, _Array) or array.array is None:
         raise _Refused("a Jittor Var of anything but a numeric array")
-    return array.array.copy()
+    return array.array
 
 
 def _safe_globals():
