@@ -158,3 +158,62 @@ def test_a_full_disk_is_one_line_naming_the_checkpoint_which_stays_intact(
     assert len(said) == 1 and said[0].startswith(f"gfocal train: error: {latest}: cannot write")
     assert latest.read_bytes() == before
     assert sorted(os.listdir(work)) == ["latest.pth", "log_torch.jsonl"]  # no temporaries
+
+
+
+# A process that writes `latest` over and over (a 24 MB state, so a write lasts long enough to
+# be cut at different places), printing each write's number once it has replaced the file.
+WRITER = """
+import sys
+import numpy as np
+from gfocal.checkpoint_io import write
+path, fmt = sys.argv[1], sys.argv[2]
+state = {f"w{k}": np.full((1000, 1000), 0.5, np.float32) for k in range(6)}
+n = 0
+while True:
+    n += 1
+    write(path, state, fmt, meta={"iter": n})
+    print(n, flush=True)
+"""
+# Starts WRITER and SIGKILLs it `fraction` of a write's duration into a write; prints the
+# number of the last complete write. A process of its own: Jittor (imported by the tests'
+# conftest) ends a process whose child dies of a signal other than SIGTERM (its SIGCHLD
+# handler).
+KILLER = """
+import signal, subprocess, sys, time
+path, fmt, fraction = sys.argv[1], sys.argv[2], float(sys.argv[3])
+child = subprocess.Popen([sys.executable, "-c", sys.argv[4], path, fmt],
+                         stdout=subprocess.PIPE, text=True)
+try:
+    child.stdout.readline()
+    t0 = time.monotonic()
+    done = int(child.stdout.readline())
+    time.sleep((time.monotonic() - t0) * fraction)  # into the next write
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=60)
+    print(max([done, *map(int, child.stdout.read().split())]))
+finally:
+    if child.poll() is None:
+        child.kill()
+"""
+
+
+@pytest.mark.parametrize("fmt,name", [("torch", "latest.pth"), ("jittor", "latest.pkl")])
+def test_sigkill_at_any_point_of_a_write_leaves_latest_complete(fmt, name, tmp_path):
+    """SIGKILL cut into a checkpoint write at a tenth, half and nine tenths of a write's
+    duration: `latest` is always a complete write, the last one done, and the temporary file a kill
+    leaves is removed when a run next takes the dir."""
+    from gfocal.workdir import own_work_dir
+    path = tmp_path / name
+    for fraction in (0.1, 0.5, 0.9):
+        killer = subprocess.run([sys.executable, "-c", KILLER, str(path), fmt, str(fraction),
+                                 WRITER], cwd=ROOT, capture_output=True, text=True,
+                                timeout=300)
+        assert killer.returncode == 0, killer.stderr[-3000:]
+        saved = read_training_state(str(path))
+        # the last write said done, or the one cut between its rename and its print
+        assert saved["meta"]["iter"] - int(killer.stdout) in (0, 1), fraction
+        assert sorted(saved["state_dict"]) == [f"w{k}" for k in range(6)]
+        assert all((v == 0.5).all() for v in saved["state_dict"].values())
+    with own_work_dir(str(tmp_path)):
+        assert sorted(os.listdir(tmp_path)) == [".gfocal.lock", name]
