@@ -15,6 +15,7 @@ import math
 import os
 import pickle
 import re
+import warnings
 import zipfile
 
 import numpy as np
@@ -260,7 +261,7 @@ def check_inflated_size(path, limit=MAX_INFLATED_BYTES):
     try:
         with zipfile.ZipFile(path) as archive:
             total = sum(entry.file_size for entry in archive.infolist())
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+    except Exception as exc:  # a crafted directory may break zipfile in many ways
         raise CheckpointError(f"{path}: not a readable PyTorch file (a broken zip archive: "
                               f"{exc})") from None
     if total > limit:
@@ -285,7 +286,11 @@ def _cause(exc):
 def _unpickle_torch(path):
     import torch
     try:
-        with torch.serialization.safe_globals(_torch_safe_globals()):
+        with torch.serialization.safe_globals(_torch_safe_globals()), \
+                warnings.catch_warnings():
+            # a pickle of another protocol (a Jittor file read as --from torch) fails with
+            # the error below: torch's warning before it would be a second line
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
             return torch.load(path, map_location="cpu", weights_only=True)
     except _Refused:
         raise

@@ -179,13 +179,32 @@ def test_gfocal_test_says_what_a_bad_checkpoint_is(case, tiny_config, tmp_path, 
     assert one_line(capsys) == "gfocal test: error: " + message.format(path=path)
 
 
-@pytest.mark.parametrize("case", ["a truncated Jittor checkpoint", "a checkpoint holding NaN"])
+def a_jittor_checkpoint(path):
+    _write_jittor({"state_dict": weights(), "meta": {"framework": "jittor"}}, path)
+
+
+CONVERT_CASES = {  # case: (maker of the file at path, --from, the message)
+    "a truncated Jittor checkpoint": (BAD_FILES["a truncated Jittor checkpoint"][0], "jittor",
+                                      BAD_FILES["a truncated Jittor checkpoint"][1]),
+    "a checkpoint holding NaN": (nan_checkpoint, "jittor",
+                                 BAD_FILES["a checkpoint holding NaN"][1]),
+    "a Jittor checkpoint read as --from torch": (
+        a_jittor_checkpoint, "torch",
+        "{path}: not a readable PyTorch file (UnpicklingError: Unsupported operand 149)"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CONVERT_CASES))
 def test_gfocal_convert_says_what_a_bad_checkpoint_is(case, tmp_path, capsys):
-    make, message = BAD_FILES[case]
+    """Before: a Jittor pickle read by torch.load printed torch's warning line first."""
+    make, src_fmt, message = CONVERT_CASES[case]
     path = str(tmp_path / "weights.pkl")
     make(path)
-    code = convert_main([path, str(tmp_path / "out.pth"), "--from", "jittor", "--to", "torch"])
-    assert code == 2
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        code = convert_main([path, str(tmp_path / "out.pth"), "--from", src_fmt,
+                             "--to", "torch"])
+    assert code == 2 and not [str(w.message) for w in seen]
     assert one_line(capsys) == "gfocal-convert: error: " + message.format(path=path)
     assert os.listdir(tmp_path) == ["weights.pkl"]
 
