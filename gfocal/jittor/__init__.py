@@ -118,6 +118,14 @@ def numpy(v):
     return v.numpy()
 
 
+def finite_flags(vars_):
+    """Per Var of `vars_`, whether it holds no NaN and no infinity: one reduction per Var,
+    then ONE host read for all of them (a read per Var would run the graph once per Var).
+    jt.isfinite, not x == x: fused kernels are compiled with -Ofast, which may assume that
+    no NaN exists; jt.isfinite is built with -O2."""
+    return jt.concat([jt.isfinite(v).all().reshape(1) for v in vars_]).numpy().tolist()
+
+
 def seed(n):
     """Seed every random source a run draws from: Python's, numpy's global generator and the
     framework's (the data plan has its own, gfocal/data/loader.py)."""

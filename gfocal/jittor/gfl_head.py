@@ -10,6 +10,19 @@ from .precision import Conv2d
 from .probes import record
 
 
+def top_values(x, k, dim):
+    """The k largest values of `x` along `dim`, in descending order (a NaN counts as the
+    largest, as in torch.topk, and stays NaN: the detector's finiteness check reports it).
+
+    jt.topk sorts with std::sort on the CPU, which a NaN key sends past the end of the
+    array (a segfault): the order is taken from keys with NaN made +inf, the values are
+    gathered from `x`. For finite `x` the keys are `x` and the values jt.topk's, bit for
+    bit, gradients included."""
+    keys = jt.ternary(jt.isnan(x), jt.full_like(x, float("inf")), x)
+    order = jt.argsort(keys, dim=dim, descending=True)[0]
+    return jt.gather(x, dim, order[(slice(None),) * dim + (slice(0, k),)])
+
+
 class Scale(nn.Module):
     """A learnable scalar (shape (1,)) multiplying a level's reg logits."""
 
@@ -131,6 +144,6 @@ class GFLHead(nn.Module):
         descending order, then their mean. Not detached: gradients reach the reg logits."""
         n, _, h, w = bbox_pred.shape
         prob = nn.softmax(bbox_pred.reshape(n, 4, self.reg_max + 1, h, w), dim=2)
-        topk = jt.topk(prob, self.reg_topk, dim=2)[0]  # (values, indices), values sorted
+        topk = top_values(prob, self.reg_topk, dim=2)
         stat = jt.concat([topk, topk.mean(dim=2, keepdims=True)], dim=2)
         return stat.reshape(n, 4 * (self.reg_topk + 1), h, w)

@@ -134,6 +134,13 @@ def numpy(t):
     return t.detach().cpu().numpy()
 
 
+def finite_flags(tensors):
+    """Per tensor of `tensors`, whether it holds no NaN and no infinity: one reduction per
+    tensor on the device, then ONE host read for all of them (a read per tensor would wait
+    for the device once per tensor)."""
+    return torch.stack([torch.isfinite(t).all() for t in tensors]).tolist()
+
+
 def seed(n):
     """Seed every random source a run draws from: Python's, numpy's global generator and the
     framework's (the data plan has its own, gfocal/data/loader.py)."""

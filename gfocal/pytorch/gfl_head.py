@@ -10,6 +10,12 @@ from .precision import Conv2d
 from .probes import record
 
 
+def top_values(x, k, dim):
+    """The k largest values of `x` along `dim`, in descending order (a NaN counts as the
+    largest, and stays NaN: the detector's finiteness check reports it)."""
+    return x.topk(k, dim=dim).values
+
+
 class Scale(nn.Module):
     """A learnable scalar (shape (1,)) multiplying a level's reg logits."""
 
@@ -129,6 +135,6 @@ class GFLHead(nn.Module):
         descending order, then their mean. Not detached: gradients reach the reg logits."""
         n, _, h, w = bbox_pred.shape
         prob = F.softmax(bbox_pred.reshape(n, 4, self.reg_max + 1, h, w), dim=2)
-        topk = prob.topk(self.reg_topk, dim=2).values
+        topk = top_values(prob, self.reg_topk, dim=2)
         stat = torch.cat([topk, topk.mean(dim=2, keepdim=True)], dim=2)
         return stat.reshape(n, 4 * (self.reg_topk + 1), h, w)
