@@ -24,8 +24,7 @@ def _reason(exc):
 
 
 def output_error(path, exc, what="cannot write"):
-    """The OutputError for `exc` (an OSError, or torch's RuntimeError from a failed write)
-    raised while writing `path`."""
+    """The OutputError for `exc` (an OSError) raised while writing `path`."""
     code = getattr(exc, "errno", None)
     return OutputError(code, f"{path}: {what} ({_reason(exc)})")
 
@@ -94,20 +93,14 @@ def atomic_path(path):
             raise
         raise output_error(path, exc) from None
     except RuntimeError as exc:
-        # torch.save reports a failed write (a full disk) as a RuntimeError from its zip
-        # writer ("unexpected pos ..."); anything else is not ours to translate
-        if not _is_write_failure(exc):
+        # torch's zip writer, closing after its file's write failed (a full disk), raises
+        # its own "unexpected pos" error over that OSError: report the OSError
+        if not isinstance(exc.__context__, OSError):
             raise
-        raise output_error(path, exc) from None
+        raise output_error(path, exc.__context__) from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-
-
-def _is_write_failure(exc):
-    text = str(exc)
-    return any(mark in text for mark in ("unexpected pos", "file write failed",
-                                         "PytorchStreamWriter failed"))
 
 
 def write_text(path, text):

@@ -574,7 +574,10 @@ def write(path, state, to, meta=None, classes=None, momentum=None):
         if to == "torch":
             payload["state_dict"] = {k: torch.from_numpy(_contiguous(v))
                                      for k, v in state.items()}
-        torch.save(payload, tmp)
+        # into a Python file: a refused write is then an OSError with its errno (a full
+        # disk), not torch's own "unexpected pos" error from writing to a path itself
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
 
 
 def save_checkpoint(path, port, model, optimizer=None, meta=None):

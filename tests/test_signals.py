@@ -155,7 +155,7 @@ def test_a_full_disk_is_one_line_naming_the_checkpoint_which_stays_intact(
     capsys.readouterr()
     assert main(train + ["--resume", str(latest), "--max-iters", "2"]) == 2
     said = [line for line in capsys.readouterr().err.splitlines() if line.startswith("gfocal")]
-    assert len(said) == 1 and said[0].startswith(f"gfocal train: error: {latest}: cannot write")
+    assert said == [f"gfocal train: error: {latest}: cannot write (No space left on device)"]
     assert latest.read_bytes() == before
     assert sorted(os.listdir(work)) == ["latest.pth", "log_torch.jsonl"]  # no temporaries
 
