@@ -3,7 +3,7 @@ gfocal.finite.NonFiniteError before the loss or the decoding meets it, instead o
 cross-entropy's range check (PyTorch), detections computed from NaN (PyTorch, exit 0) or a
 segfault in Jittor's CPU sort.
 
-The detector cases run in a child process, one per port: on code without the checks the
+The NaN cases run in a child process, one per port: on code without the checks the
 Jittor port segfaults, which must fail these tests, not end pytest. Run as
 `python -m tests.test_nonfinite FRAMEWORK`, this file is that child.
 """
