@@ -144,12 +144,12 @@ def test_a_full_disk_before_the_run_is_one_line(small_disk):
 
 
 def test_a_full_disk_is_one_line_naming_the_checkpoint_which_stays_intact(
-        torch_port, tiny_config, small_disk, capsys):
-    work = small_disk / "work"
-    train = ["train", tiny_config, "--framework", "torch", "--device", "cpu", "--work-dir",
+        port, tiny_config, small_disk, capsys):
+    framework, work = port.FRAMEWORK, small_disk / "work"
+    train = ["train", tiny_config, "--framework", framework, "--device", "cpu", "--work-dir",
              str(work)]
     assert main(train + ["--max-iters", "1"]) == 0
-    latest = work / "latest.pth"
+    latest = work / f"latest{port.checkpoint.EXTENSION}"
     before = latest.read_bytes()
     fill(small_disk)
     capsys.readouterr()
@@ -157,8 +157,7 @@ def test_a_full_disk_is_one_line_naming_the_checkpoint_which_stays_intact(
     said = [line for line in capsys.readouterr().err.splitlines() if line.startswith("gfocal")]
     assert said == [f"gfocal train: error: {latest}: cannot write (No space left on device)"]
     assert latest.read_bytes() == before
-    assert sorted(os.listdir(work)) == ["latest.pth", "log_torch.jsonl"]  # no temporaries
-
+    assert sorted(os.listdir(work)) == [latest.name, f"log_{framework}.jsonl"]  # no temporaries
 
 
 # A process that writes `latest` over and over (a 24 MB state, so a write lasts long enough to
