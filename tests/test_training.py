@@ -12,7 +12,7 @@ from gfocal.engine import TrainRun
 from gfocal.config import from_dict
 from gfocal.runlog import NonFiniteLoss
 from gfocal.ports import FRAMEWORKS
-from gfocal.checkpoint_io import load_checkpoint, save_checkpoint
+from gfocal.checkpoint_io import load_checkpoint
 
 LOG_KEYS = {"iter", "epoch", "lr", "loss", "loss_cls", "loss_bbox", "loss_dfl", "time",
             "data_time"}
