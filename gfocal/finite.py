@@ -25,3 +25,23 @@ def check_finite_state(state, source, what="weights"):
         shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
         raise NonFiniteError(f"{source}: {len(bad)} of {len(state)} {what} tensors hold NaN "
                              f"or infinity ({shown})")
+
+
+# The likely causes of non-finite network outputs, named by check_finite_outputs' message.
+TRAINING_CAUSE = "so training diverged (learning rate too high?) or its weights are not finite"
+INFERENCE_CAUSE = "which usually means non-finite weights"
+
+
+def check_finite_outputs(cls_finite, box_finite, cause):
+    """NonFiniteError naming the head's levels whose outputs hold NaN or infinity, from one
+    finiteness flag per level and output (a port's finite_flags): raised before the outputs
+    reach the loss (whose cross-entropy would stop on a range check) or the decoding (whose
+    sorts would order NaN, or report numbers computed from it)."""
+    parts = []
+    for what, flags in (("class scores", cls_finite), ("box logits", box_finite)):
+        bad = [str(level) for level, ok in enumerate(flags) if not ok]
+        if bad:
+            parts.append(f"{what} at level{'s' * (len(bad) > 1)} {', '.join(bad)}")
+    if parts:
+        raise NonFiniteError(f"the network's outputs hold NaN or infinity "
+                             f"({'; '.join(parts)}), {cause}")

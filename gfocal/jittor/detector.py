@@ -2,7 +2,7 @@
 import jittor as jt
 from jittor import nn
 
-from gfocal.finite import NonFiniteError
+from gfocal.finite import INFERENCE_CAUSE, TRAINING_CAUSE, check_finite_outputs
 
 from . import finite_flags, tensor
 from .backbone import ResNet
@@ -12,37 +12,15 @@ from .gfl_loss import GFLLoss
 from .postprocess import GFLPostProcess
 from .tuning import inference_network
 
-# The likely causes, named by check_finite_outputs' message.
-TRAINING_CAUSE = "so training diverged (learning rate too high?) or its weights are not finite"
-INFERENCE_CAUSE = "which usually means non-finite weights"
-
-
 def stage_channels(depth, out_indices):
     expansion = 4 if depth >= 50 else 1
     return [64 * 2 ** i * expansion for i in out_indices]
 
 
-def non_finite_outputs(cls_scores, bbox_preds):
-    """Which of the head's per-level outputs hold NaN or infinity, in words ('' where none);
-    one host read for all of them (finite_flags)."""
-    flags = finite_flags(list(cls_scores) + list(bbox_preds))
-    per_output = (("class scores", flags[:len(cls_scores)]),
-                  ("box logits", flags[len(cls_scores):]))
-    parts = []
-    for what, finite in per_output:
-        bad = [str(level) for level, ok in enumerate(finite) if not ok]
-        if bad:
-            parts.append(f"{what} at level{'s' * (len(bad) > 1)} {', '.join(bad)}")
-    return "; ".join(parts)
-
-
-def check_finite_outputs(cls_scores, bbox_preds, cause):
-    """NonFiniteError naming the non-finite outputs, before they reach the loss (whose
-    cross-entropy would stop on a range check) or the decoding (whose sorts would order NaN,
-    or report numbers computed from it)."""
-    bad = non_finite_outputs(cls_scores, bbox_preds)
-    if bad:
-        raise NonFiniteError(f"the network's outputs hold NaN or infinity ({bad}), {cause}")
+def check_outputs(cls_scores, bbox_preds, cause):
+    """NonFiniteError unless every output of the head is finite (one host read)."""
+    flags = finite_flags([*cls_scores, *bbox_preds])
+    check_finite_outputs(flags[:len(cls_scores)], flags[len(cls_scores):], cause)
 
 
 class GFocalV2(nn.Module):
@@ -69,7 +47,7 @@ class GFocalV2(nn.Module):
     def loss(self, batch):
         """Losses of a shared-pipeline batch: loss_cls, loss_bbox, loss_dfl and their sum."""
         cls_scores, bbox_preds = self(tensor(batch["imgs"]))
-        check_finite_outputs(cls_scores, bbox_preds, TRAINING_CAUSE)
+        check_outputs(cls_scores, bbox_preds, TRAINING_CAUSE)
         losses = self.loss_fn(cls_scores, bbox_preds,
                               [tensor(b) for b in batch["gt_bboxes"]],
                               [tensor(lb) for lb in batch["gt_labels"]],
@@ -81,6 +59,6 @@ class GFocalV2(nn.Module):
         """Per image: numpy boxes (original-image pixels), scores and labels."""
         with jt.no_grad():
             cls_scores, bbox_preds = inference_network(self)(tensor(batch["imgs"]))
-            check_finite_outputs(cls_scores, bbox_preds, INFERENCE_CAUSE)
+            check_outputs(cls_scores, bbox_preds, INFERENCE_CAUSE)
             return self.postprocess(cls_scores, bbox_preds, batch["img_metas"],
                                     self.bbox_head.integral)
