@@ -1,10 +1,12 @@
-"""Fixtures shared by the unit tests: a tiny COCO-format data set and a tiny config."""
+"""Fixtures shared by the unit tests: a tiny COCO-format data set and a tiny config; file
+systems that refuse writes for real (a read-only one, a small one to fill)."""
 import os
 
 import pytest
 
 from gfocal.data.subset import make_subset
 from gfocal.data.synthetic import ensure_mini_coco
+from tests.tmpfs import mounted_tmpfs
 
 TINY_MODEL = dict(depth=18, num_classes=6, feat_channels=32, fpn_channels=32, stacked_convs=1,
                   gn_groups=8)
@@ -35,3 +37,18 @@ def tiny_config(tiny_coco, tmp_path):
                     "optim = dict(warmup_iters=5, epochs=1)\n"
                     "train = dict(eval_interval=0)\n")
     return str(path)
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A directory on a read-only file system (we run as root, whom permission bits do not
+    stop)."""
+    with mounted_tmpfs(tmp_path / "read_only", "ro,size=64k") as path:
+        yield path
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A file system of its own (tmpfs, 512 MiB) at tmp_path/disk, to fill."""
+    with mounted_tmpfs(tmp_path / "disk", "size=512m") as path:
+        yield path

@@ -176,16 +176,6 @@ def test_a_bad_choice_on_the_command_line_is_one_line_and_exit_2(command, option
 
 
 # ---- outputs that cannot be written: one line naming the path, exit 2, before the work ----
-@pytest.fixture
-def read_only_dir(tmp_path):
-    """A directory on a read-only file system."""
-    from tests.tmpfs import mounted_tmpfs
-    path = tmp_path / "read_only"
-    path.mkdir()
-    with mounted_tmpfs(path, "ro,size=64k"):
-        yield path
-
-
 def unwritable(kind, tmp_path, request):
     """(an output path that cannot be written, words the error names it with)."""
     if kind == "a file":

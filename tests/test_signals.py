@@ -101,16 +101,6 @@ def test_sigint_saves_latest_and_the_handlers_are_put_back(torch_port, tiny_conf
     assert {s: signal.getsignal(s) for s in before} == before
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A file system of its own (tmpfs, 512 MiB) at tmp_path/disk."""
-    from tests.tmpfs import mounted_tmpfs
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    with mounted_tmpfs(disk, "size=512m"):
-        yield disk
-
-
 def fill(directory, leave=64 << 10):
     """Take the free space of `directory`'s file system but `leave` bytes."""
     stat = os.statvfs(directory)

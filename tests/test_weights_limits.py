@@ -3,7 +3,6 @@ is refused before torch.load reads it; NaN is refused at every load and never wr
 file that is a directory, empty, a truncated Jittor pickle or neither format is called what
 it is; gfocal-convert checks where it writes before it reads. One line each, exit 2."""
 import os
-import subprocess
 import warnings
 import zipfile
 
@@ -210,18 +209,6 @@ def test_gfocal_convert_says_what_a_bad_checkpoint_is(case, tmp_path, capsys):
 
 
 # ---- where gfocal-convert writes, checked before it reads ----------------------------------
-@pytest.fixture
-def read_only_dir(tmp_path):
-    """A read-only file system (we run as root, whom permission bits do not stop)."""
-    path = tmp_path / "ro"
-    path.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(path)],
-                      capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a read-only tmpfs here (needs root)")
-    yield str(path)
-    subprocess.run(["umount", str(path)], check=True)
-
-
 @pytest.mark.parametrize("where", ["a directory", "a read-only place"])
 def test_gfocal_convert_checks_its_output_before_reading(where, tmp_path, request, capsys):
     """Before: a traceback, exit 1, after reading and checking the weights. The source here

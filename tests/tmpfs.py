@@ -8,8 +8,9 @@ import pytest
 
 @contextlib.contextmanager
 def mounted_tmpfs(path, options):
-    """Mount a tmpfs with `options` (e.g. "ro,size=64k") on the existing directory `path`
-    for the duration; skips the test, saying why, where mounting is refused."""
+    """Mount a tmpfs with `options` (e.g. "ro,size=64k") on the directory `path` (made if
+    missing) for the duration; skips the test, saying why, where mounting is refused."""
+    path.mkdir(exist_ok=True)
     mount = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
                            capture_output=True, text=True)
     if mount.returncode:
