@@ -123,3 +123,23 @@ def test_an_existing_empty_output_folder_is_used(src, tmp_path):
     (tmp_path / "o" / "val2017").mkdir(parents=True)
     make_subset(ann_file, img_dir, 2, tmp_path / "o")
     assert len(os.listdir(tmp_path / "o" / "val2017")) == 2
+
+
+@pytest.mark.parametrize("where", ["read-only", "full"])
+def test_an_output_that_cannot_be_written_is_one_line(src, tmp_path, capsys, request, where):
+    """A read-only place is refused before anything is copied; a disk that fills half way
+    names the file it could not write. Before: an OSError traceback."""
+    root, ann_file, img_dir, data = src
+    if where == "read-only":
+        out = request.getfixturevalue("read_only_dir") / "subset"
+        said = f"{out}: {out.parent} is not writable"
+    else:
+        out = request.getfixturevalue("small_disk")
+        with open(out / "filler", "wb") as f:  # leave room for about one image
+            f.write(bytes(os.statvfs(out).f_bavail * os.statvfs(out).f_frsize
+                          - os.path.getsize(os.path.join(img_dir, data["images"][0]["file_name"]))
+                          - 8192))
+        said = "cannot write (No space left on device)"
+    assert main([root, "--num-images", "8", "--output-dir", str(out), "--split", "val2017"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("gfocal-subset: error: ") and "\n" not in err and said in err, err

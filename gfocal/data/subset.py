@@ -14,7 +14,7 @@ import sys
 
 import numpy as np
 
-from gfocal.atomic import atomic_path
+from gfocal.atomic import OutputError, atomic_path, check_output_dir, output_error
 from gfocal.data.coco import DatasetError, read_annotation_json
 
 
@@ -41,11 +41,14 @@ def make_subset(ann_file, img_dir, num_images, output_dir, split="val2017", seed
         src = os.path.join(img_dir, img["file_name"])
         if not os.path.isfile(src):
             raise DatasetError(f"{src}: image file not found (listed in {ann_file})")
-    os.makedirs(out_img_dir, exist_ok=True)
+    check_output_dir(output_dir)
     for img in kept:
         dst = os.path.join(out_img_dir, img["file_name"])
-        os.makedirs(os.path.dirname(dst), exist_ok=True)
-        shutil.copyfile(os.path.join(img_dir, img["file_name"]), dst)
+        try:
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            shutil.copyfile(os.path.join(img_dir, img["file_name"]), dst)
+        except OSError as exc:  # a full disk half way: name the file
+            raise output_error(dst, exc) from None
     kept_ids = {img["id"] for img in kept}
     subset = {key: value for key, value in data.items()
               if key not in ("images", "annotations")}
@@ -83,7 +86,7 @@ def main(argv=None):
     try:
         out = make_subset(ann_file, img_dir, args.num_images, args.output_dir,
                           split=args.split, seed=args.seed)
-    except DatasetError as exc:
+    except (DatasetError, OutputError) as exc:
         print(f"gfocal-subset: error: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {args.num_images} images to {os.path.join(args.output_dir, args.split)} "
