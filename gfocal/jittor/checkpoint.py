@@ -42,3 +42,4 @@ def load_optimizer_state_numpy(model, optimizer, momentum):
     for name, p in named_trainable_parameters(model):
         if name in momentum and id(p) in values:
             values[id(p)].update(jt.array(np.ascontiguousarray(momentum[name])).stop_grad())
+    jt.sync(list(values.values()))  # stored, as train_step leaves them

@@ -24,6 +24,16 @@ def train_step(model, optimizer, batch, scaler=None):
         optimizer.step(losses["loss"])
     else:
         scaler.step(losses["loss"], optimizer)
+    # One sync of the whole model state and the momentum, so that every step starts from
+    # stored values as a resumed run does. Left lazy, this step's backward and update ran
+    # inside the next step's first graph (or the checkpoint's one-Var-at-a-time reads), and
+    # the frozen BatchNorms' weights and every running statistic stayed pending constant
+    # initialisers fused into each forward: kernels fused differently round differently
+    # (-Ofast), and a run resumed from `latest` went 1 ulp off the straight one
+    # (tests/test_seed.py, docs/MODEL.md section 10).
+    detector = getattr(model, "module", model)  # distributed.DataParallel holds it
+    jt.sync(list(detector.state_dict().values())
+            + [v for group in optimizer.param_groups for v in group.get("values", ())])
     return {k: float(v.item()) for k, v in losses.items()}
 
 
