@@ -175,6 +175,7 @@ def run_pytest(storage, *options):
                           cwd=storage.parent, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.ci  # a child pytest session (both frameworks imported): seconds each
 def test_compare_without_a_saved_run_stops_before_anything_runs(tmp_path):
     """--benchmark-compare with an empty storage: one line and a usage error at once, not
     the whole timed suite followed by a warning (or, with --benchmark-compare-fail, a
@@ -190,6 +191,7 @@ def test_compare_without_a_saved_run_stops_before_anything_runs(tmp_path):
     assert "passed" not in run.stdout and "collected" not in run.stdout  # nothing ran
 
 
+@pytest.mark.ci  # a child pytest session (both frameworks imported): seconds each
 def test_compare_with_a_saved_run_runs(tmp_path):
     storage = tmp_path / "benchmarks"
     storage.mkdir()

@@ -217,6 +217,7 @@ def test_test_with_an_unwritable_out_stops_before_the_model(kind, tiny_config, t
     assert str(out) in line and words in line and "missing.pth" not in line
 
 
+@pytest.mark.ci  # a child process evaluating under a file-size limit
 def test_test_whose_results_write_fails_prints_the_statistics_first(tiny_config, tmp_path):
     """The file system refuses the results file only at the end (a file size limit, as a
     full disk would): the 12 statistics are printed, then one error line, exit 2."""

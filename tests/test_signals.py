@@ -42,6 +42,7 @@ def wait_for_iteration(process, log, iteration, limit_s=300):
                          f"{process.poll()})")
 
 
+@pytest.mark.ci  # a real `gfocal train` process, two resumes (in-process: the SIGINT test)
 def test_sigterm_saves_latest_says_so_and_the_run_resumes(torch_port, tiny_config, tmp_path,
                                                          capsys):
     """A real `gfocal train` process sent a real SIGTERM after its first epoch checkpoint:
