@@ -132,8 +132,7 @@ def own_work_dir(work_dir):
     try:
         os.makedirs(work_dir, exist_ok=True)
     except OSError as exc:
-        raise OutputError(exc.errno, f"{work_dir}: cannot create ({os.strerror(exc.errno)})"
-                          ) from None
+        raise output_error(work_dir, exc, "cannot create") from None
     lock = os.path.join(work_dir, LOCK_NAME)
     try:
         fd = _open_lock(work_dir)
