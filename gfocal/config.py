@@ -11,8 +11,14 @@ import math
 import os
 import runpy
 
+# model.head: which GFL head the detector has (docs/MODEL.md sections 3 and 15).
+HEADS = {"gfl_v2": "GFocalV2: class probability x DGQP quality (the paper, official code)",
+         "gfl_v1": "GFL V1 as mmdetection 3.x: class logits, no quality branch"}
+GFL_V1 = "gfl_v1"
+
 DEFAULTS = {
     "model": {
+        "head": "gfl_v2",            # one of HEADS
         "depth": 50,                 # ResNet depth: 18, 34, 50, 101
         "num_classes": 80,
         "frozen_stages": 1,
@@ -36,6 +42,8 @@ DEFAULTS = {
         "score_thr": 0.05,
         "iou_thr": 0.6,
         "max_per_img": 100,
+        "min_bbox_size": -1.0,       # test time: drop boxes whose width or height (original
+                                     # pixels) is not above this before NMS; < 0: off
     },
     "data": {
         "root": "",                  # "" = the bundled mini COCO (generated on first use)
@@ -210,6 +218,9 @@ def _check(section_name, given, defaults, source):
 def _validate_values(cfg, source):
     """What RULES cannot say: choices, and rules that relate two keys."""
     m = cfg["model"]
+    if m["head"] not in HEADS:
+        raise ConfigError(f"{source}: 'model.head' = {m['head']!r} (must be one of "
+                          f"{', '.join(map(repr, HEADS))})")
     if m["depth"] not in (18, 34, 50, 101):
         raise ConfigError(f"{source}: 'model.depth' = {m['depth']} (must be 18, 34, 50 or 101)")
     if len(m["strides"]) != m["num_outs"]:

@@ -1,9 +1,12 @@
-"""GFL head with the Distribution-Guided Quality Predictor, GFocalV2 (docs/MODEL.md section 3)."""
+"""GFL head: GFocalV2's with the Distribution-Guided Quality Predictor (docs/MODEL.md section 3),
+or GFL V1's without it (class logits, section 15)."""
 import math
 
 import jittor as jt
 import numpy as np
 from jittor import nn
+
+from gfocal.config import GFL_V1, HEADS
 
 from .fpn import ConvModule, GroupNorm
 from .precision import Conv2d
@@ -21,6 +24,11 @@ def top_values(x, k, dim):
     keys = jt.ternary(jt.isnan(x), jt.full_like(x, float("inf")), x)
     order = jt.argsort(keys, dim=dim, descending=True)[0]
     return jt.gather(x, dim, order[(slice(None),) * dim + (slice(0, k),)])
+
+
+def class_probabilities(cls_out, head):
+    """The head's class output as probabilities: V1 gives logits, V2 probabilities already."""
+    return cls_out.sigmoid() if head == GFL_V1 else cls_out
 
 
 class Scale(nn.Module):
@@ -57,13 +65,16 @@ class Integral(nn.Module):
 
 class GFLHead(nn.Module):
     """Shared cls/reg towers over the pyramid levels; `forward(feats)` returns per level the
-    class scores (sigmoid * DGQP quality: probabilities, N x C x H x W) and the scaled reg
-    logits (N x 4*(reg_max+1) x H x W, channel = side * (reg_max+1) + bin)."""
+    class scores (N x C x H x W) and the scaled reg logits (N x 4*(reg_max+1) x H x W,
+    channel = side * (reg_max+1) + bin). The class scores are, with head "gfl_v2",
+    sigmoid * DGQP quality (probabilities); with "gfl_v1", logits (no `reg_conf` branch)."""
 
     def __init__(self, num_classes, in_channels, feat_channels=256, stacked_convs=4,
                  gn_groups=32, reg_max=16, reg_topk=4, reg_channels=64,
-                 strides=(8, 16, 32, 64, 128)):
+                 strides=(8, 16, 32, 64, 128), head="gfl_v2"):
         super().__init__()
+        if head not in HEADS:
+            raise ValueError(f"GFLHead head = {head!r} (must be one of {', '.join(HEADS)})")
         if num_classes < 1:
             raise ValueError(f"GFLHead num_classes = {num_classes} (must be >= 1)")
         if not 1 <= reg_topk <= reg_max + 1:
@@ -76,12 +87,13 @@ class GFLHead(nn.Module):
         self.reg_max = reg_max
         self.reg_topk = reg_topk
         self.strides = tuple(strides)
+        self.head = head
         self.cls_convs = self._tower(in_channels, feat_channels, stacked_convs, gn_groups)
         self.reg_convs = self._tower(in_channels, feat_channels, stacked_convs, gn_groups)
         tower_out = feat_channels if stacked_convs else in_channels
         self.gfl_cls = Conv2d(tower_out, num_classes, 3, padding=1)
         self.gfl_reg = Conv2d(tower_out, 4 * (reg_max + 1), 3, padding=1)
-        self.reg_conf = nn.Sequential(
+        self.reg_conf = None if head == GFL_V1 else nn.Sequential(
             Conv2d(4 * (reg_topk + 1), reg_channels, 1),
             nn.ReLU(),
             Conv2d(reg_channels, 1, 1),
@@ -131,11 +143,15 @@ class GFLHead(nn.Module):
         record(f"head.reg_tower.{level}", reg_feat)
         bbox_pred = scale(self.gfl_reg(reg_feat))
         record(f"head.reg_logits.{level}", bbox_pred)
+        cls_logits = self.gfl_cls(cls_feat)
+        if self.reg_conf is None:  # GFL V1
+            record(f"head.cls_logits.{level}", cls_logits)
+            return cls_logits, bbox_pred
         stat = self.dgqp_features(bbox_pred)
         record(f"head.dgqp_feat.{level}", stat)
         quality = self.reg_conf(stat)
         record(f"head.quality.{level}", quality)
-        cls_score = self.gfl_cls(cls_feat).sigmoid() * quality
+        cls_score = cls_logits.sigmoid() * quality
         record(f"head.cls_score.{level}", cls_score)
         return cls_score, bbox_pred
 

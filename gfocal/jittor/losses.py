@@ -1,4 +1,5 @@
-"""GFL losses, per element (no reduction): Quality Focal, Distribution Focal and GIoU."""
+"""GFL losses, per element (no reduction): Quality Focal (on probabilities for V2, on logits
+for V1), Distribution Focal and GIoU."""
 import jittor as jt
 
 from .box_ops import bbox_overlaps
@@ -24,6 +25,26 @@ _BCE_CUDA = """
         }
     }
     bce_kernel<<<(in0_shape0 + 255) / 256, 256>>>(@ARGS);
+"""
+# PyTorch's binary_cross_entropy_with_logits, element by element (its log_sigmoid form).
+_BCE_LOGITS_CPU = """
+    for (int64 i = 0; i < in0_shape0; i++) {
+        out0_type x = @in0(i), t = @in1(i);
+        out0_type log_sig = std::min((out0_type)0, x) - std::log1p(std::exp(-std::abs(x)));
+        @out0(i) = (1 - t) * x - log_sig;
+    }
+"""
+_BCE_LOGITS_CUDA = """
+    __global__ static void bce_logits_kernel(@ARGS_DEF) {
+        @PRECALC
+        for (int64 i = blockIdx.x * blockDim.x + threadIdx.x; i < in0_shape0;
+             i += blockDim.x * gridDim.x) {
+            out0_type x = @in0(i), t = @in1(i);
+            out0_type log_sig = ::min((out0_type)0, x) - ::log1p(::exp(-::abs(x)));
+            @out0(i) = (1 - t) * x - log_sig;
+        }
+    }
+    bce_logits_kernel<<<(in0_shape0 + 255) / 256, 256>>>(@ARGS);
 """
 _BCE_EPS = 1e-12  # PyTorch's floor on p * (1 - p) in the gradient
 
@@ -53,18 +74,58 @@ def binary_cross_entropy(p, target):
     return BinaryCrossEntropy.apply(p, target.cast(p.dtype).detach())
 
 
-def quality_focal_loss(pred_prob, label, score, beta=2.0):
-    """QFL on probabilities (GFocalV2): (N, C) probs, labels (N,) with bg = C, IoU scores (N,).
-
-    Every class is pushed towards 0 with weight p^beta, except the gt class of a positive:
-    towards its IoU score with weight |score - p|^beta. Returns (N,), summed over classes.
-    """
+def qfl_targets(pred_prob, label, score, beta):
+    """QFL's per-(anchor, class) targets and modulating factors: every class towards 0 with
+    weight p^beta, except the gt class of a positive (labels (N,), bg = C): towards its IoU
+    score with weight |score - p|^beta. The factors keep their gradient."""
     num_classes = pred_prob.shape[1]
     classes = jt.arange(num_classes, dtype="int64")
     is_target = label.int64()[:, None] == classes[None, :]  # bg (= C) matches none
     target = jt.where(is_target, score[:, None].cast(pred_prob.dtype), jt.zeros_like(pred_prob))
     modulation = jt.where(is_target, (target - pred_prob).abs().pow(beta), pred_prob.pow(beta))
+    return target, modulation
+
+
+def quality_focal_loss(pred_prob, label, score, beta=2.0):
+    """QFL on probabilities (GFocalV2): (N, C) probs, labels (N,) with bg = C, IoU scores (N,)
+    -> (N,), summed over classes (targets and factors: `qfl_targets`)."""
+    target, modulation = qfl_targets(pred_prob, label, score, beta)
     loss = binary_cross_entropy(pred_prob, target) * modulation
+    return loss.sum(dim=1)
+
+
+class BinaryCrossEntropyWithLogits(jt.Function):
+    """Logit-input BCE with PyTorch's formulas: (1 - t) * x - log_sigmoid(x), log_sigmoid(x) =
+    min(0, x) - log1p(exp(-|x|)); gradient (sigmoid(x) - t) (target: no grad)."""
+
+    def execute(self, logits, target):
+        self.logits, self.target = logits, target
+        flat_x, flat_t = logits.reshape(-1), target.reshape(-1)
+        if flat_x.shape[0] == 0:
+            return jt.zeros(logits.shape, dtype=logits.dtype)
+        loss = jt.code(flat_x.shape, flat_x.dtype, [flat_x, flat_t],
+                       cpu_header="#include <cmath>\n#include <algorithm>",
+                       cpu_src=_BCE_LOGITS_CPU, cuda_src=_BCE_LOGITS_CUDA)
+        return loss.reshape(logits.shape)
+
+    def grad(self, grad_output):
+        return grad_output * (self.logits.sigmoid() - self.target), None
+
+
+def binary_cross_entropy_with_logits(logits, target):
+    """Element-wise BCE of sigmoid(`logits`) against `target`, computed from the logits (no
+    log1p in Jittor: the kernel calls the C library's, as PyTorch's scalar path does)."""
+    if tuple(logits.shape) != tuple(target.shape):
+        raise ValueError(f"logits {tuple(logits.shape)} and target {tuple(target.shape)} "
+                         "differ in shape")
+    return BinaryCrossEntropyWithLogits.apply(logits, target.cast(logits.dtype).detach())
+
+
+def quality_focal_loss_with_logits(logits, label, score, beta=2.0):
+    """QFL on logits (GFL V1, mmdetection's `use_sigmoid=True`): p = sigmoid(logits) in the
+    factors, the cross entropy taken from the logits. (N, C) logits -> (N,)."""
+    target, modulation = qfl_targets(logits.sigmoid(), label, score, beta)
+    loss = binary_cross_entropy_with_logits(logits, target) * modulation
     return loss.sum(dim=1)
 
 

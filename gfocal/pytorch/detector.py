@@ -1,4 +1,5 @@
-"""GFocalV2 = ResNet + FPN + GFL head (DGQP), with the loss and the test-time decoding."""
+"""GFocalV2 = ResNet + FPN + GFL head (DGQP), with the loss and the test-time decoding; with
+model.head = "gfl_v1" the same detector without DGQP: GFL V1 (docs/MODEL.md section 15)."""
 import torch
 from torch import nn
 
@@ -36,12 +37,14 @@ class GFocalV2(nn.Module):
                                  feat_channels=m["feat_channels"],
                                  stacked_convs=m["stacked_convs"], gn_groups=m["gn_groups"],
                                  reg_max=m["reg_max"], reg_topk=m["reg_topk"],
-                                 reg_channels=m["reg_channels"], strides=m["strides"])
+                                 reg_channels=m["reg_channels"], strides=m["strides"],
+                                 head=m["head"])
         self.loss_fn = GFLLoss(m)
         self.postprocess = GFLPostProcess(m)
 
     def forward(self, imgs):
-        """imgs (N, 3, H, W) -> per-level class scores (probabilities) and reg logits."""
+        """imgs (N, 3, H, W) -> per-level class scores (V2: probabilities, V1: logits) and reg
+        logits."""
         return self.bbox_head(self.neck(self.backbone(imgs)))
 
     def loss(self, batch):

@@ -1,16 +1,26 @@
-"""The GFocalV2 training loss: ATSS targets, then QFL + GIoU + DFL per FPN level.
+"""The GFL training loss: ATSS targets, then QFL + GIoU + DFL per FPN level.
 
-Follows the official head (implus/GFocalV2, mmdetection 2.6 `loss` / `loss_single`);
-docs/MODEL.md section 6. A plain object, not a Module, so it adds no parameters to the detector.
+V2 follows the official head (implus/GFocalV2, mmdetection 2.6 `loss` / `loss_single`),
+docs/MODEL.md section 6; V1 mmdetection 3.x's `GFLHead.loss_by_feat` (section 15). A plain
+object, not a Module, so it adds no parameters to the detector.
 """
+import numpy as np
 import torch
+
+from gfocal.config import GFL_V1
 
 from .anchors import AnchorGenerator
 from .atss import ATSSAssigner
 from .box_ops import bbox2distance, bbox_centers, bbox_overlaps, distance2bbox, unmap
 from .distributed import reduce_mean
-from .losses import distribution_focal_loss, giou_loss, quality_focal_loss
+from .gfl_head import class_probabilities
+from .losses import (distribution_focal_loss, giou_loss, quality_focal_loss,
+                     quality_focal_loss_with_logits)
 from .probes import is_active, record
+
+# mmdetection 3.x divides every averaged loss by (its normaliser + this), float32's epsilon
+# (`mmdet/models/losses/utils.py: weight_reduce_loss`); the official V2 code adds nothing.
+FLOAT32_EPS = float(np.finfo(np.float32).eps)
 
 
 class GFLLoss:
@@ -24,12 +34,16 @@ class GFLLoss:
         self.loss_bbox_weight = m["loss_bbox_weight"]
         self.loss_dfl_weight = m["loss_dfl_weight"]
         self.qfl_beta = m["qfl_beta"]
+        self.head = m["head"]
+        self.quality_focal_loss = (quality_focal_loss_with_logits if self.head == GFL_V1
+                                   else quality_focal_loss)
+        self.mean_eps = FLOAT32_EPS if self.head == GFL_V1 else 0.0
         self.anchor_generator = AnchorGenerator(self.strides, m["octave_base_scale"])
         self.assigner = ATSSAssigner(m["atss_topk"])
 
     def __call__(self, cls_scores, bbox_preds, gt_bboxes, gt_labels, img_metas, integral):
-        """Per-level class probabilities (B, C, H, W) and reg logits (B, 4*(reg_max+1), H, W)
-        -> dict(loss_cls, loss_bbox, loss_dfl) of scalar tensors."""
+        """Per-level class outputs (B, C, H, W: V2's probabilities, V1's logits) and reg logits
+        (B, 4*(reg_max+1), H, W) -> dict(loss_cls, loss_bbox, loss_dfl) of scalar tensors."""
         if not (len(cls_scores) == len(bbox_preds) == len(self.strides)):
             raise ValueError(f"{len(cls_scores)} class-score levels and {len(bbox_preds)} "
                              f"box levels for strides {self.strides}")
@@ -56,12 +70,10 @@ class GFLLoss:
             losses_bbox.append(loss_bbox)
             losses_dfl.append(loss_dfl)
             weight_sums.append(weight_sum)
-        # Official: a plain number (no gradient), not clamped. With no positive at all the
-        # box terms are exactly 0 (still in the graph) and stay undivided instead of 0/0.
-        avg_factor = reduce_mean([float(sum(weight_sums))])[0]
+        avg_factor = self.avg_factor(weight_sums)
         if is_active():  # a host number: made into a tensor only for a capture
             record("loss.avg_factor", torch.tensor(avg_factor, dtype=torch.float64))
-        if avg_factor > 0:
+        if avg_factor > 0:  # V2 with no positive at all: the box terms are 0, left undivided
             losses_bbox = [loss / avg_factor for loss in losses_bbox]
             losses_dfl = [loss / avg_factor for loss in losses_dfl]
         for level in range(len(self.strides)):
@@ -71,10 +83,21 @@ class GFLLoss:
         return {"loss_cls": sum(losses_cls), "loss_bbox": sum(losses_bbox),
                 "loss_dfl": sum(losses_dfl)}
 
+    def avg_factor(self, weight_sums):
+        """The box terms' normaliser, a plain number (no gradient), from the per-level sums of
+        the positives' weight targets (0-d tensors), averaged over the processes.
+
+        V2 (official): the level sums added as Python floats, not clamped (0 without any
+        positive). V1 (mmdetection 3.x): added as tensors, in the loss's precision, and
+        clamped to at least 1."""
+        if self.head == GFL_V1:
+            return max(reduce_mean([float(sum(weight_sums).item())])[0], 1.0)
+        return reduce_mean([float(sum(w.item() for w in weight_sums))])[0]
+
     def loss_single(self, level, anchors, cls_score, bbox_pred, labels, label_weights,
                     bbox_targets, stride, num_total_samples, integral):
         """One level -> loss_cls, loss_bbox and loss_dfl (box terms not yet divided by the
-        avg factor) and the sum of the positives' weight targets (a Python float)."""
+        avg factor) and the sum of the positives' weight targets (a 0-d tensor)."""
         num_imgs = cls_score.shape[0]
         anchors = anchors.reshape(-1, 4)
         cls_score = cls_score.permute(0, 2, 3, 1).reshape(-1, self.num_classes)
@@ -91,7 +114,7 @@ class GFLLoss:
             pos_bbox_targets = bbox_targets[pos]
             pos_bbox_pred = bbox_pred[pos]
             pos_anchor_centers = bbox_centers(anchors[pos]) / stride
-            weight_targets = cls_score.detach().amax(dim=1)[pos]
+            weight_targets = class_probabilities(cls_score.detach(), self.head).amax(dim=1)[pos]
             pos_decode_bbox_pred = distance2bbox(pos_anchor_centers, pred_corners[pos])
             pos_decode_bbox_targets = pos_bbox_targets / stride
             pos_score = bbox_overlaps(pos_decode_bbox_pred.detach(), pos_decode_bbox_targets,
@@ -100,25 +123,26 @@ class GFLLoss:
             pos_pred_corners = pos_bbox_pred.reshape(-1, self.reg_max + 1)
             target_corners = bbox2distance(pos_anchor_centers, pos_decode_bbox_targets,
                                            self.reg_max).reshape(-1)
-            loss_bbox = self.loss_bbox_weight * (
-                giou_loss(pos_decode_bbox_pred, pos_decode_bbox_targets) * weight_targets).sum()
+            # V1 averages over 1.0 + eps (mmdetection 3.x); for V2, / 1.0 is exact.
+            loss_bbox = self.loss_bbox_weight * ((
+                giou_loss(pos_decode_bbox_pred, pos_decode_bbox_targets) * weight_targets
+            ).sum() / (1.0 + self.mean_eps))
             dfl_weights = weight_targets[:, None].expand(-1, 4).reshape(-1)
             loss_dfl = self.loss_dfl_weight * ((
                 distribution_focal_loss(pos_pred_corners, target_corners) * dfl_weights
-            ).sum() / 4.0)
-            weight_sum = weight_targets.sum().item()
+            ).sum() / (4.0 + self.mean_eps))
         else:
             score = torch.zeros_like(label_weights)
             weight_targets = score[:0]
             loss_bbox = bbox_pred.sum() * 0
             loss_dfl = bbox_pred.sum() * 0
-            weight_sum = 0.0
         record(f"loss.score.{level}", score)
         record(f"loss.weight_targets.{level}", weight_targets)
+        weight_sum = weight_targets.sum()
 
         loss_cls = self.loss_cls_weight * ((
-            quality_focal_loss(cls_score, labels, score, beta=self.qfl_beta) * label_weights
-        ).sum() / num_total_samples)
+            self.quality_focal_loss(cls_score, labels, score, beta=self.qfl_beta) * label_weights
+        ).sum() / (num_total_samples + self.mean_eps))
         return loss_cls, loss_bbox, loss_dfl, weight_sum
 
     def _record_targets(self, targets):

@@ -1,11 +1,16 @@
 """Test-time decoding of the GFL head (docs/MODEL.md section 7): per-level top-k, distances to boxes,
-score threshold per (anchor, class) pair, class-aware NMS, at most max_per_img detections."""
+score threshold per (anchor, class) pair, class-aware NMS, at most max_per_img detections.
+GFL V1 (section 15): sigmoid of the logits, and per level the threshold first, then the top-k
+of the surviving (anchor, class) pairs (mmdetection 3.x's `filter_scores_and_topk`)."""
 import numpy as np
 import torch
 import torchvision
 
+from gfocal.config import GFL_V1
+
 from .anchors import AnchorGenerator
 from .box_ops import bbox_centers, distance2bbox, stable_argsort
+from .gfl_head import class_probabilities
 from .probes import record
 
 
@@ -24,6 +29,40 @@ def batched_nms(boxes, scores, labels, iou_thr):
     return order[keep]
 
 
+def pairs_above_threshold(scores, score_thr):
+    """(M, C) scores -> anchor indices and labels (int64) of the (anchor, class) pairs with a
+    score above `score_thr`, in pair order (anchor-major, then class)."""
+    return torch.nonzero(scores > score_thr, as_tuple=True)
+
+
+def filter_scores_and_topk(scores, score_thr, topk):
+    """(M, C) scores -> anchor indices, labels and scores of the (anchor, class) pairs with a
+    score above `score_thr`, at most the `topk` highest of them (all when topk <= 0), by score
+    descending; equal scores keep pair order."""
+    anchor_idx, labels = pairs_above_threshold(scores, score_thr)
+    kept = scores[anchor_idx, labels]
+    order = stable_argsort(kept, descending=True)
+    if topk > 0:
+        order = order[:topk]
+    return anchor_idx[order], labels[order], kept[order]
+
+
+def boxes_above_threshold(boxes, scores, score_thr):
+    """(M, 4) boxes and (M, C) scores -> boxes, scores and labels of every (anchor, class)
+    pair with a score above `score_thr`, in pair order."""
+    anchor_idx, labels = pairs_above_threshold(scores, score_thr)
+    return boxes[anchor_idx], scores[anchor_idx, labels], labels
+
+
+def drop_small_boxes(boxes, scores, labels, min_size):
+    """Only the boxes wider and taller than `min_size` (all of them when min_size < 0)."""
+    if min_size < 0:
+        return boxes, scores, labels
+    keep = torch.nonzero((boxes[:, 2] - boxes[:, 0] > min_size)
+                         & (boxes[:, 3] - boxes[:, 1] > min_size), as_tuple=True)[0]
+    return boxes[keep], scores[keep], labels[keep]
+
+
 def empty_result():
     return {"boxes": np.zeros((0, 4), np.float32), "scores": np.zeros(0, np.float32),
             "labels": np.zeros(0, np.int64)}
@@ -40,10 +79,12 @@ class GFLPostProcess:
         self.score_thr = m["score_thr"]
         self.iou_thr = m["iou_thr"]
         self.max_per_img = m["max_per_img"]
+        self.min_bbox_size = m["min_bbox_size"]
+        self.head = m["head"]
         self.anchor_generator = AnchorGenerator(self.strides, m["octave_base_scale"])
 
     def __call__(self, cls_scores, bbox_preds, img_metas, integral, rescale=True):
-        """Per-level probabilities (B, C, H, W) and reg logits -> per image a dict of numpy
+        """Per-level class outputs (B, C, H, W) and reg logits -> per image a dict of numpy
         `boxes` (K, 4) x1y1x2y2 (original-image pixels when rescale), `scores`, `labels`."""
         if not (len(cls_scores) == len(bbox_preds) == len(self.strides)):
             raise ValueError(f"{len(cls_scores)} class-score levels and {len(bbox_preds)} "
@@ -53,8 +94,8 @@ class GFLPostProcess:
         level_scores, level_dists = [], []
         for level, (cls_score, bbox_pred) in enumerate(zip(cls_scores, bbox_preds)):
             num_imgs = cls_score.shape[0]
-            level_scores.append(cls_score.permute(0, 2, 3, 1).reshape(num_imgs, -1,
-                                                                       self.num_classes))
+            scores = cls_score.permute(0, 2, 3, 1).reshape(num_imgs, -1, self.num_classes)
+            level_scores.append(class_probabilities(scores, self.head))
             dists = integral(bbox_pred.permute(0, 2, 3, 1).reshape(num_imgs, -1,
                                                                    4 * (self.reg_max + 1)))
             record(f"head.integral.{level}", dists)
@@ -66,28 +107,50 @@ class GFLPostProcess:
     def get_bboxes_single(self, scores_per_level, dists_per_level, anchors_per_level,
                           img_meta, rescale=True):
         """One image: (H*W, C) scores and (H*W, 4) stride-unit distances per level."""
-        mlvl_boxes, mlvl_scores = [], []
+        mlvl_boxes, mlvl_scores, mlvl_labels = [], [], []
         for scores, dists, anchors, stride in zip(scores_per_level, dists_per_level,
                                                   anchors_per_level, self.strides):
             dists = dists * stride
-            if 0 < self.nms_pre < scores.shape[0]:
-                top = stable_argsort(scores.amax(dim=1), descending=True)[:self.nms_pre]
-                anchors, dists, scores = anchors[top], dists[top], scores[top]
+            anchors, dists, scores, labels = self.level_candidates(scores, dists, anchors)
             mlvl_boxes.append(distance2bbox(bbox_centers(anchors), dists,
                                             max_shape=img_meta["img_shape"]))
             mlvl_scores.append(scores)
+            mlvl_labels.append(labels)
         boxes = torch.cat(mlvl_boxes, dim=0)
         scores = torch.cat(mlvl_scores, dim=0)
         if rescale:
-            scale_factor = np.asarray(img_meta["scale_factor"], np.float32).reshape(-1)
-            boxes = boxes / torch.from_numpy(scale_factor).to(boxes.device)
-
-        candidate = scores > self.score_thr  # (M, C): every (anchor, class) pair
-        if not bool(candidate.any()):
+            boxes = self.rescale(boxes, img_meta["scale_factor"])
+        if self.head == GFL_V1:
+            labels = torch.cat(mlvl_labels, dim=0)
+        else:
+            boxes, scores, labels = boxes_above_threshold(boxes, scores, self.score_thr)
+        boxes, scores, labels = drop_small_boxes(boxes, scores, labels, self.min_bbox_size)
+        if boxes.shape[0] == 0:
             return empty_result()
-        anchor_idx, labels = torch.nonzero(candidate, as_tuple=True)
-        boxes, scores = boxes[anchor_idx], scores[anchor_idx, labels]
         keep = batched_nms(boxes, scores, labels, self.iou_thr)[:self.max_per_img]
         return {"boxes": boxes[keep].detach().cpu().numpy(),
                 "scores": scores[keep].detach().cpu().numpy(),
                 "labels": labels[keep].to(torch.int64).cpu().numpy()}
+
+    def level_candidates(self, scores, dists, anchors):
+        """One level's (H*W, C) scores -> its candidates' anchors, distances and scores, and
+        their labels. V2: the nms_pre locations of highest maximum score, whole score rows
+        (labels None: the threshold comes after all levels). V1: the (anchor, class) pairs
+        of `filter_scores_and_topk`."""
+        if self.head == GFL_V1:
+            anchor_idx, labels, scores = filter_scores_and_topk(scores, self.score_thr,
+                                                                self.nms_pre)
+            return anchors[anchor_idx], dists[anchor_idx], scores, labels
+        if 0 < self.nms_pre < scores.shape[0]:
+            top = stable_argsort(scores.amax(dim=1), descending=True)[:self.nms_pre]
+            anchors, dists, scores = anchors[top], dists[top], scores[top]
+        return anchors, dists, scores, None
+
+    def rescale(self, boxes, scale_factor):
+        """Boxes back to original-image pixels: V2 divides by the scale factor (official),
+        V1 multiplies by its reciprocal, taken in float64 (mmdetection 3.x `scale_boxes`)."""
+        if self.head == GFL_V1:
+            reciprocal = 1.0 / np.asarray(scale_factor, np.float64).reshape(-1)
+            return boxes * torch.from_numpy(reciprocal).to(boxes.device, boxes.dtype)
+        scale_factor = np.asarray(scale_factor, np.float32).reshape(-1)
+        return boxes / torch.from_numpy(scale_factor).to(boxes.device)
