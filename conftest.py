@@ -37,6 +37,19 @@ def pytest_addoption(parser):
                      help="parity_tests: the speed setting of the ports under test (default or "
                           "tuned; default: default). perf_tests: the settings timed "
                           "(comma-separated, of default, tuned; default: default)")
+    parser.addoption("--subject", action="append", default=None,
+                     help="parity_tests: an implementation to judge, repeatable: a built-in "
+                          "name (torch, jittor, torch@DEVICE) or pkg.module:factory "
+                          "(docs/SUBJECTS.md); default: jittor (and torch@DEVICE with --device)")
+    parser.addoption("--reference", default=None,
+                     help="parity_tests: what the subjects are judged against (a --subject "
+                          "form that runs in float64; default torch: our PyTorch port, CPU)")
+    parser.addoption("--weights", default=None,
+                     help="parity_tests: start every subject from this checkpoint (any format "
+                          "the converter reads) instead of the built-in initialisation")
+    parser.addoption("--head", default=None,
+                     help="parity_tests: the model, gfl_v2 or gfl_v1 (default: the one the "
+                          "subjects implement, else gfl_v2)")
     parser.addoption("--parity-cases", default=None,
                      help="parity_tests: run only these input cases (comma-separated names of "
                           "parity_tests/conftest.py's CASES)")

@@ -1,175 +1,39 @@
-"""Shared set-up of the parity suite: one small model in both ports with identical weights,
-the input cases, and a session cache of every captured run so each probe test only compares.
+"""Shared set-up of the parity suite: the reference and the subjects under test (built-in
+ports or `--subject pkg.module:factory`, parity_tests/subject.py), built from identical
+weights, the input cases, and a session cache of every captured run so each probe test only
+compares.
 
-Tests ask for the fixtures `case`, `mode`, `forward_probe`, `target_probe`, `loss_probe`;
-`pytest_generate_tests` below parametrises them, so there is one test function per kind of
-check, never a copied test per layer.
+Tests ask for the fixtures `subject`, `case`, `mode`, `forward_probe`, `target_probe`,
+`loss_probe`; `pytest_generate_tests` below parametrises them, so there is one test function
+per kind of check, never a copied test per layer. A check a subject does not offer is skipped
+as "not offered" and reads so in its verdict table (`require`).
 """
 import contextlib
-import copy
 import importlib
 import os
 
 import numpy as np
 import pytest
 
-from gfocal.config import from_dict
-from gfocal.precision import INIT_SCALE, uses_loss_scale
-from parity_tests import judge, kinks, ledger, regimes
-from parity_tests.judge import FORWARD_PROBES, LOSS_PROBES, TARGET_PROBES
+from parity_tests import judge, ledger, regimes
+from parity_tests.cases import CASES, make_case, selected_cases, small_config  # noqa: F401
+from parity_tests.port_subject import PortSubject
+from parity_tests.runs import ParityRuns
+from parity_tests.subject import HEADS, SubjectError, load_subject, offers
 
-# The small model of the default run (ResNet-18, 32-64 channels, GN 8, 2 convs).
-SMALL_MODEL = dict(depth=18, num_classes=6, feat_channels=32, fpn_channels=32,
-                   stacked_convs=2, gn_groups=8)
-MODES = ("eval", "train")
-# name -> how the batch is made; at least two image sizes, one not a multiple of 32 (the
-# random cases are raw tensors, not padded), batch sizes 1 and 2.
-CASES = {
-    "coco_b2": dict(kind="coco", img_scale=[128, 96], batch_size=2, first=0),
-    "coco_b1": dict(kind="coco", img_scale=[100, 75], batch_size=1, first=8),  # a crowd box
-    "random_b1": dict(kind="random", shape=(1, 3, 75, 100), seed=1),
-    "random_b2": dict(kind="random", shape=(2, 3, 83, 61), seed=2),
-    # a batch whose second image has no boxes (its targets are all background)
-    "random_b2_empty": dict(kind="random", shape=(2, 3, 64, 80), seed=3, empty=(1,)),
-    # one image without boxes: the loss normaliser num_total_pos is at its floor of 1
-    "random_b1_empty": dict(kind="random", shape=(1, 3, 64, 80), seed=4, empty=(0,)),
-}
-
-
-def selected_cases(config):
-    """CASES, or the ones --parity-cases names (a comma-separated list)."""
-    names = config.getoption("--parity-cases")
-    if not names:
-        return list(CASES)
-    chosen = [n.strip() for n in names.split(",") if n.strip()]
-    unknown = [n for n in chosen if n not in CASES]
-    if unknown:
-        raise pytest.UsageError(f"--parity-cases: unknown {', '.join(unknown)} "
-                                f"(known: {', '.join(CASES)})")
-    return chosen
-
-
-def small_config(img_scale=(128, 96), batch_size=2, **model):
-    return from_dict({"model": dict(SMALL_MODEL, **model),
-                      "data": dict(img_scale=list(img_scale), batch_size=batch_size,
-                                   val_batch_size=batch_size),
-                      "optim": dict(warmup_iters=500)},
-                     source="parity small model")
+SESSION = pytest.StashKey[dict]()
 
 
 def pytest_generate_tests(metafunc):
-    params = {"case": selected_cases(metafunc.config), "mode": list(MODES), "forward_probe": FORWARD_PROBES,
-              "target_probe": TARGET_PROBES, "loss_probe": LOSS_PROBES,
-              "subject": subjects(metafunc.config)}
+    session = parity_session(metafunc.config)
+    head = session["head"]
+    params = {"case": selected_cases(metafunc.config), "mode": ["eval", "train"],
+              "forward_probe": judge.forward_probes(head),
+              "target_probe": judge.TARGET_PROBES, "loss_probe": judge.LOSS_PROBES,
+              "subject": list(session["subjects"])}
     for name, values in params.items():
         if name in metafunc.fixturenames:
             metafunc.parametrize(name, values)
-
-
-# ---------------------------------------------------------------- input cases
-def coco_batch(spec):
-    """The first `batch_size` val images with boxes from index `first` on, through the
-    shared pipeline (resize, normalise, pad to 32, no flip)."""
-    from gfocal.data.loader import build_dataloader, collate
-    loader = build_dataloader(small_config(spec["img_scale"], spec["batch_size"]), "val")
-    samples, idx = [], spec["first"]
-    while len(samples) < spec["batch_size"]:
-        sample = loader.prepare(idx, False)
-        if len(sample["gt_bboxes"]):
-            samples.append(sample)
-        idx += 1
-    return collate(samples)
-
-
-def random_boxes(rng, img_h, img_w, n):
-    """n boxes inside the image, sizes from 2 px up to most of the image."""
-    x1 = rng.uniform(0, img_w - 3, n)
-    y1 = rng.uniform(0, img_h - 3, n)
-    w = rng.uniform(2, img_w - x1)
-    h = rng.uniform(2, img_h - y1)
-    return np.stack([x1, y1, x1 + w, y1 + h], axis=1).astype(np.float32)
-
-
-def random_batch(spec):
-    """Raw random images (not padded to 32) with random boxes plus deliberate ties.
-
-    Tie makers: a box centred half-way between anchor centres (equal distances), two
-    identical boxes (equal IoUs, the smaller gt index must win) and a box touching the
-    image border.
-    """
-    rng = np.random.default_rng(spec["seed"])
-    n_img, _, height, width = spec["shape"]
-    imgs = rng.standard_normal(spec["shape"]).astype(np.float32)
-    gt_bboxes, gt_labels, metas = [], [], []
-    for i in range(n_img):
-        # the second image of a batch is smaller than the tensor: its padding is invalid
-        img_h, img_w = (height, width) if i == 0 else (height - 19, width - 13)
-        imgs[i, :, img_h:, :] = 0
-        imgs[i, :, :, img_w:] = 0
-        boxes = [random_boxes(rng, img_h, img_w, 4),
-                 np.array([[4, 4, 20, 20], [30, 10, 54, 40], [30, 10, 54, 40],
-                           [img_w - 25, img_h - 30, img_w, img_h]], dtype=np.float32)]
-        boxes = np.concatenate(boxes)
-        if i in spec.get("empty", ()):
-            boxes = boxes[:0]
-        gt_bboxes.append(boxes)
-        gt_labels.append(rng.integers(0, SMALL_MODEL["num_classes"], len(boxes)).astype(np.int64))
-        metas.append({"img_id": i, "file_name": f"random_{i}.png", "ori_shape": (img_h, img_w),
-                      "img_shape": (img_h, img_w), "pad_shape": (img_h, img_w),
-                      "scale_factor": np.ones(4, dtype=np.float32), "flip": False})
-    return {"imgs": imgs, "gt_bboxes": gt_bboxes, "gt_labels": gt_labels,
-            "gt_bboxes_ignore": [np.zeros((0, 4), np.float32) for _ in range(n_img)],
-            "img_metas": metas}
-
-
-def make_case(name):
-    spec = CASES[name]
-    return coco_batch(spec) if spec["kind"] == "coco" else random_batch(spec)
-
-
-def as_float64(batch):
-    out = dict(batch)
-    out["imgs"] = batch["imgs"].astype(np.float64)
-    out["gt_bboxes"] = [b.astype(np.float64) for b in batch["gt_bboxes"]]
-    return out
-
-
-# ---------------------------------------------------------------- models and runs
-def build_pair(model_cfg, seed=0):
-    """(torch model, jittor model or None where Jittor is not installed, state) with the
-    torch port's seeded weights in both."""
-    import torch
-
-    from gfocal.ports import load_port
-    tp = load_port("torch")
-    torch.manual_seed(seed)
-    tmodel = tp.build_detector(model_cfg)
-    state = tp.checkpoint.state_dict_numpy(tmodel)
-    jmodel = None
-    if jittor_installed():
-        jp = load_port("jittor")
-        jmodel = jp.build_detector(model_cfg)
-        jp.checkpoint.load_state_dict_numpy(jmodel, state)
-    return tmodel, jmodel, state
-
-
-def run_loss(port, model, batch, mode, grads, device="cpu", relu_masks=None, amp="off"):
-    """Captured probes (+ loss totals, + gradients by name and the input of every ReLU call)
-    of one loss evaluation on `device` (the model is already there) in precision `amp`
-    (gfocal/precision.py; fp16's gradients through the loss scale, as training takes
-    them); `relu_masks`: see parity_tests/kinks.py."""
-    model.train() if mode == "train" else model.eval()
-    scale = INIT_SCALE if uses_loss_scale(amp) else 1.0
-    with port.on_device(device), port.precision.mixed_precision(amp, device):
-        with port.probes.capture() as probes, \
-                port.probes.relu_calls(model, relu_masks) as relus:
-            losses = model.loss(batch)
-        out = {"probes": dict(probes), "losses": {k: port.numpy(v) for k, v in losses.items()}}
-        if grads:
-            scaled = port.train.gradients_numpy(model, losses["loss"] * scale)
-            out["grads"] = {n: g / np.float32(scale) for n, g in scaled.items()}
-            out["relu_inputs"] = [(name, port.numpy(x)) for name, x in relus]
-    return out
 
 
 def jittor_installed():
@@ -192,138 +56,123 @@ def jittor_device(device):
         return "cpu"
 
 
-def subjects(config):
-    """The ports under test, each compared with the PyTorch port on the CPU (float32):
-    Jittor (where installed) and, given --device D, the PyTorch port on D (with D = cpu the
-    same numbers by the same code path as on a GPU: how the GPU check is tried on a CPU)."""
+def builtin_subjects(config):
+    """{name: factory} of the ports: torch (the default reference, CPU), jittor (where
+    installed: on --device when its CUDA build works, else the CPU) and torch@DEVICE."""
+    device = config.getoption("--device")
+    found = {"torch": lambda: PortSubject("torch")}
+    if jittor_installed():
+        found["jittor"] = lambda: PortSubject("jittor", jittor_device(device or "cpu"),
+                                              port_checks=True)
+    if device:
+        found[f"torch@{device}"] = lambda: PortSubject("torch", device, name=f"torch@{device}")
+    return found
+
+
+def default_subjects(config):
+    """Jittor (where installed) and, given --device D, the PyTorch port on D (with D = cpu
+    the same numbers by the same code path as on a GPU: how the GPU check is tried on a CPU)."""
     device = config.getoption("--device")
     found = (["jittor"] if jittor_installed() else []) + ([f"torch@{device}"] if device else [])
     if not found:
         raise pytest.UsageError("parity_tests: Jittor is not installed and --device is cpu: "
-                                "there is nothing to compare (give --device cuda)")
+                                "there is nothing to compare (give --device cuda or --subject)")
     return found
 
 
-class ParityRuns:
-    """Runs every (case, mode) once per subject and once for the reference, the PyTorch port
-    in float32 (or in the mixed precision `amp`) on the CPU, plus its float64 run (the live
-    noise). Subjects: "jittor" (on `device` when its CUDA build works, else the CPU) and,
-    given a `device`, "torch@<device>"."""
-
-    def __init__(self, model_cfg, weights_from_converter=None, device=None, amp="off"):
-        self.amp = amp
-        from gfocal.ports import load_port
-        self.torch = load_port("torch")
-        self.cfg = model_cfg
-        self.tmodel, self.jmodel, self.state = build_pair(model_cfg)
-        self.jittor = load_port("jittor") if self.jmodel is not None else None
-        if weights_from_converter is not None and self.jittor is not None:
-            self.jittor.checkpoint.load_state_dict_numpy(self.jmodel, weights_from_converter)
-        self.tmodel64 = copy.deepcopy(self.tmodel).double()
-        self.subjects = {}  # name -> (port, model, device)
-        if self.jittor is not None:
-            self.subjects["jittor"] = (self.jittor, self.jmodel, jittor_device(device or "cpu"))
-        if device is not None:
-            with self.torch.on_device(device):
-                self.subjects[f"torch@{device}"] = (
-                    self.torch, copy.deepcopy(self.tmodel).to(device), device)
-        self.batches, self._runs = {}, {}
-        self.float64_error = None
-
-    def batch(self, case):
-        if case not in self.batches:
-            self.batches[case] = make_case(case)
-        return self.batches[case]
-
-    def get(self, case, mode):
-        key = (case, mode)
-        if key not in self._runs:
-            batch = self.batch(case)
-            grads = mode == "train"
-            # train first: its float64 reference serves both modes (they compute the same
-            # numbers: BN frozen, GN per sample)
-            train = None if grads else self.get(case, "train")
-            run = {"torch": run_loss(self.torch, self.tmodel, batch, mode, grads, amp=self.amp)}
-            for name, (port, model, device) in self.subjects.items():
-                run[name] = run_loss(port, model, batch, mode, grads, device, amp=self.amp)
-            if grads:
-                run["float64"], run["noise"] = self.float64_reference(batch, run["torch"])
-                run["kinks"] = {name: self.kink_resolved(batch, run, name)
-                                for name in self.subjects}
-                for part in run.values():  # every ReLU input is kept only as long as needed
-                    if isinstance(part, dict):
-                        part.pop("relu_inputs", None)
-            else:
-                run["float64"], run["noise"] = train["float64"], train["noise"]
-            self._runs[key] = run
-        return self._runs[key]
-
-    def kink_resolved(self, batch, run, subject):
-        """Where the subject takes the other side of a ReLU kink than the PyTorch port
-        (parity_tests/kinks.py): the rows holding those ReLU inputs to the forward tolerance
-        and the PyTorch port's float32 run, with its float64 noise, recomputed on the
-        subject's side of each kink; None where there is none."""
-        found = kinks.kinks(run["torch"]["relu_inputs"], run[subject]["relu_inputs"])
-        if not found:
-            return None
-        rows = kinks.rows(found, run["torch"]["relu_inputs"], run[subject]["relu_inputs"],
-                          run["float64"].get("relu_inputs") or run["torch"]["relu_inputs"])
-        masks = kinks.masks(run[subject]["relu_inputs"], found)
-        resolved = run_loss(self.torch, self.tmodel, batch, "train", True, relu_masks=masks,
-                            amp=self.amp)
-        _, noise = self.float64_reference(batch, resolved, masks)
-        return {"rows": rows, "torch": resolved, "noise": noise}
-
-    def float64_reference(self, batch, run32, relu_masks=None):
-        """The PyTorch port in float64 (train mode, with gradients) and the float32-vs-float64
-        noise per probe, loss and gradient."""
-        try:
-            run64 = run_loss(self.torch, self.tmodel64, as_float64(batch), "train", True,
-                             relu_masks=relu_masks)
-        except Exception as exc:  # a port that cannot run in float64: forward noise only
-            self.float64_error = f"{type(exc).__name__}: {exc}"
-            self.tmodel64.train()
-            with self.torch.probes.capture() as probes:
-                self.tmodel64(self.torch.tensor(batch["imgs"].astype(np.float64)))
-            run64 = {"probes": dict(probes), "losses": {}, "grads": {}}
-        return run64, judge.noise_of(run32, run64)
+def session_head(config, subjects):
+    """--head, else the head the subjects that are not our ports implement (one), else gfl_v2;
+    our ports are set to it."""
+    given = config.getoption("--head")
+    if given is not None and given not in HEADS:
+        raise pytest.UsageError(f"--head {given!r}: choose {', '.join(HEADS)}")
+    declared = {s.head for s in subjects if not isinstance(s, PortSubject)}
+    if len(declared) > 1:
+        raise pytest.UsageError(f"parity_tests: the subjects implement different models "
+                                f"({', '.join(sorted(declared))}): judge them in separate runs")
+    head = given or (declared.pop() if declared else "gfl_v2")
+    for s in subjects:
+        if isinstance(s, PortSubject):
+            s.head = head
+        elif s.head != head:
+            raise pytest.UsageError(f"--subject {s.name}: it implements {s.head}, the session "
+                                    f"runs {head} (--head)")
+    return head
 
 
-@pytest.fixture(scope="session")
-def pair_builder():
-    """build_pair(model_cfg, seed=0) -> (torch model, jittor model, state); `.ports` holds
-    (torch port, jittor port). Skips where Jittor is not installed."""
-    if not jittor_installed():
-        pytest.skip("Jittor is not installed (a PyTorch-only parity run)")
+def user_weights(config):
+    """(model config, canonical state) of --weights, or None."""
+    path = config.getoption("--weights")
+    if path is None:
+        return None
+    from gfocal.errors import USER_ERRORS
+    from gfocal.checkpoint_io import load_any
+    from weights_converter.convert import infer_model_cfg
+    try:
+        state = load_any(path)
+        return infer_model_cfg(state), state
+    except USER_ERRORS as exc:
+        raise pytest.UsageError(f"--weights: {exc}") from None
+
+
+def parity_session(config):
+    """The session's reference, subjects {name: subject} and head, made once; a subject that
+    cannot be made stops the session with one line (pytest's usage error, exit 4)."""
+    if SESSION in config.stash:
+        return config.stash[SESSION]
+    builtins = builtin_subjects(config)
+    try:
+        subjects = [load_subject(spec, builtins)
+                    for spec in config.getoption("--subject") or default_subjects(config)]
+        reference = load_subject(config.getoption("--reference") or "torch", builtins)
+    except SubjectError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    names = [s.name for s in subjects]
+    if len(set(names)) != len(names) or reference.name in names:
+        raise pytest.UsageError(f"parity_tests: subject names must differ from each other and "
+                                f"from the reference {reference.name!r}: {', '.join(names)}")
+    weights = user_weights(config)
+    if weights is not None:
+        config.option.head = config.getoption("--head") or weights[0].get("head", "gfl_v2")
+    head = session_head(config, [reference, *subjects])
+    config.stash[SESSION] = {"reference": reference, "head": head, "weights": weights,
+                             "subjects": {s.name: s for s in subjects}}
+    return config.stash[SESSION]
+
+
+# ---------------------------------------------------------------- weights, runs, offers
+def seeded_state(model_cfg, seed=0):
+    """The PyTorch port's initial weights after torch.manual_seed(seed) (numpy, canonical)."""
+    import torch
+
     from gfocal.ports import load_port
-
-    def build(model_cfg, seed=0):
-        return build_pair(model_cfg, seed)
-    build.ports = (load_port("torch"), load_port("jittor"))
-    return build
+    port = load_port("torch")
+    torch.manual_seed(seed)
+    return port.checkpoint.state_dict_numpy(port.build_detector(model_cfg))
 
 
 @pytest.fixture(scope="session")
-def small_cfg():
-    return small_config()
+def parity(request):
+    """The session's reference, subjects and head (parity_session)."""
+    return parity_session(request.config)
+
+
+@pytest.fixture(scope="session")
+def small_cfg(parity):
+    """The small model of the default run, in the session's head."""
+    return small_config(**({} if parity["head"] == "gfl_v2" else {"head": parity["head"]}))
 
 
 @pytest.fixture(scope="session")
 def converted_weights(small_cfg, tmp_path_factory):
     """The torch port's initial weights written as a .pth and converted by the converter
-    files to a Jittor checkpoint; returns the state dict read back from the .pkl (None
-    where Jittor is not installed)."""
-    import torch
-
+    files to a Jittor checkpoint; returns the state dict read back from the .pkl (the seeded
+    state itself where Jittor is not installed)."""
+    state = seeded_state(small_cfg["model"])
     if not jittor_installed():
-        return None
-
-    from gfocal.ports import load_port
+        return state
     from gfocal.checkpoint_io import read, write
     from weights_converter.convert import convert
-    tp, jp = load_port("torch"), load_port("jittor")
-    torch.manual_seed(0)
-    state = tp.checkpoint.state_dict_numpy(tp.build_detector(small_cfg["model"]))
     folder = tmp_path_factory.mktemp("weights")
     src, dst = str(folder / "init.pth"), str(folder / "init.pkl")
     write(src, state, "torch")
@@ -337,9 +186,75 @@ def converted_weights(small_cfg, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def runs(small_cfg, converted_weights, device_option):
-    return ParityRuns(small_cfg["model"], weights_from_converter=converted_weights,
-                      device=device_option)
+def runs(parity, small_cfg, request):
+    """Every subject and the reference, from --weights or the converted initial weights."""
+    if parity["weights"] is not None:
+        model_cfg, state = parity["weights"]
+    else:
+        model_cfg, state = small_cfg["model"], request.getfixturevalue("converted_weights")
+    return ParityRuns(model_cfg, state, parity["reference"], parity["subjects"])
+
+
+@pytest.fixture(scope="session")
+def require(parity):
+    """require(subject, what, check): skip as "not offered" (and say so in the subject's
+    verdict table, line `check` of judge.CHECKS) unless the subject offers `what`."""
+    def check_offer(subject, what, check=None):
+        if not offers(parity["subjects"][subject], what):
+            judge.record_not_offered(subject, check or judge.CHECK_OF_OFFER.get(what, what))
+            pytest.skip(f"not offered: {subject} does not offer {what!r} "
+                        f"({judge.OFFER_TEXT.get(what, what)})")
+    return check_offer
+
+
+@pytest.fixture(scope="session")
+def port_subject(parity):
+    """The name of the subject whose gfocal port module the function-level checks drive
+    (offer "port": our Jittor port); the other subjects' verdicts read "not offered"."""
+    for name, subject in parity["subjects"].items():
+        if offers(subject, "port"):
+            return name
+    pytest.skip("not offered: no subject offers 'port' (the function-level checks drive a "
+                "gfocal port module)")
+
+
+@pytest.fixture(scope="session")
+def subject_port(parity, port_subject, request):
+    not_offered = ledger.of(request.config).not_offered
+    for name, subject in parity["subjects"].items():
+        if not offers(subject, "port"):
+            not_offered.setdefault(name, set()).add(judge.CHECK_OF_OFFER["port"])
+    return parity["subjects"][port_subject].port
+
+
+@pytest.fixture(scope="session")
+def reference_port(parity):
+    """The reference's gfocal port module (our PyTorch port unless --reference names another
+    port)."""
+    port = getattr(parity["reference"], "port", None)
+    if port is None:
+        pytest.skip(f"not offered: the reference {parity['reference'].name} is not a gfocal port")
+    return port
+
+
+@pytest.fixture(scope="session")
+def pair_builder(parity, port_subject, reference_port):
+    """build(model_cfg, seed=0) -> (reference model, subject model, state) from the seeded
+    weights, for the checks that drive the ports' training functions themselves; `.ports`
+    holds (reference port, subject port), `.subject` the subject's name."""
+    subject_port = parity["subjects"][port_subject].port
+
+    def build(model_cfg, seed=0):
+        state = seeded_state(model_cfg, seed)
+        models = []
+        for port in (reference_port, subject_port):
+            model = port.build_detector(model_cfg)
+            port.checkpoint.load_state_dict_numpy(model, state)
+            models.append(model)
+        return models[0], models[1], state
+    build.ports = (reference_port, subject_port)
+    build.subject = port_subject
+    return build
 
 
 @pytest.fixture
@@ -375,17 +290,21 @@ def pytest_report_header(config):
     jittor = f"on {jittor_device(device)}" if jittor_installed() else "not installed"
     setting = parity_setting(config)
     tuned = "" if setting == "default" else f"; every port in the {setting} speed setting"
-    return (f"parity: reference the PyTorch port on cpu (float32, float64 for the noise); "
-            f"subjects: {', '.join(subjects(config))} (Jittor {jittor}){tuned}")
+    session = parity_session(config)
+    return (f"parity: {session['head']}; reference {session['reference'].name} (float32, "
+            f"float64 for the noise); subjects: {', '.join(session['subjects'])} "
+            f"(Jittor {jittor}){tuned}")
 
 
 def pytest_terminal_summary(terminalreporter):
     measured = ledger.of(terminalreporter.config)
-    if measured.verdict:
+    if measured.verdict or measured.not_offered:
         setting = parity_setting(terminalreporter.config)
         terminalreporter.write_sep("=", "parity verdict" + (
             "" if setting == "default" else f" (--tuning {setting}: both ports {setting})"))
-        terminalreporter.write_line(judge.verdict_text(measured.verdict.values()))
+        terminalreporter.write_line(judge.verdict_text(
+            measured.verdict.values(), measured.not_offered,
+            parity_session(terminalreporter.config)["reference"].name))
         terminalreporter.write_line(judge.VERDICT_NOTE)
     if measured.hits:
         terminalreporter.write_sep("=", "parity regime coverage")
@@ -394,8 +313,9 @@ def pytest_terminal_summary(terminalreporter):
 
 def pytest_html_results_summary(prefix, summary, postfix, session):
     measured = ledger.of(session.config)
-    if measured.verdict:
-        prefix.append(judge.verdict_html(measured.verdict.values()))
+    if measured.verdict or measured.not_offered:
+        prefix.append(judge.verdict_html(measured.verdict.values(), measured.not_offered,
+                                         parity_session(session.config)["reference"].name))
     if measured.hits:
         prefix.append(regimes.html_table(measured.hits))
 
@@ -404,6 +324,7 @@ def pytest_html_results_summary(prefix, summary, postfix, session):
 def pytest_configure(config):
     selected_cases(config)  # a bad --parity-cases stops the session with one line
     parity_setting(config)
+    parity_session(config)  # so does a subject that cannot be made
     ledger.install(config)
 
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from gfocal.tables import html_table as render_html_table, markdown_table, text_table
 from parity_tests import ledger
+from parity_tests.subject import OFFERS
 
 TINY = 1e-12
 # Probe names of docs/ARCHITECTURE.md in forward order (the order the report walks).
@@ -31,6 +32,19 @@ HEAD_PROBES = [f"head.{what}.{lvl}" for lvl in range(NUM_LEVELS)
                             "cls_score")]
 INTEGRAL_PROBES = [f"head.integral.{lvl}" for lvl in range(NUM_LEVELS)]
 FORWARD_PROBES = BACKBONE_PROBES + NECK_PROBES + HEAD_PROBES + INTEGRAL_PROBES
+# GFL V1 (mmdetection 3.x GFLHead, docs/MODEL.md): no DGQP; the head returns class logits.
+HEAD_PROBES_V1 = [f"head.{what}.{lvl}" for lvl in range(NUM_LEVELS)
+                  for what in ("cls_tower", "reg_tower", "reg_logits", "cls_logits")]
+FORWARD_PROBES_V1 = BACKBONE_PROBES + NECK_PROBES + HEAD_PROBES_V1 + INTEGRAL_PROBES
+
+
+def forward_probes(head="gfl_v2"):
+    """The forward probes of model `head` (gfl_v2 or gfl_v1), in forward order."""
+    return FORWARD_PROBES_V1 if head == "gfl_v1" else FORWARD_PROBES
+
+
+def all_probes(head="gfl_v2"):
+    return forward_probes(head) + TARGET_PROBES + LOSS_PROBES
 TARGET_PROBES = (["targets.labels", "targets.label_weights", "targets.bbox_targets",
                   "targets.assigned_gt_inds", "targets.num_pos"]
                  + [f"loss.{what}.{lvl}" for lvl in range(NUM_LEVELS)
@@ -306,7 +320,7 @@ def assert_rows(rows, context, subject="jittor"):
 # One line per kind of check, over every tensor asserted in this run (compare.assert_rows),
 # for the top of the HTML report and the end of the terminal output.
 CHECKS = ("forward probes", "targets and assignment", "losses", "gradients", "SGD steps",
-          "detections", "COCO statistics")
+          "detections", "COCO statistics", "training recipe")
 CHECK_OF_KIND = {"forward": "forward probes", "targets": "targets and assignment",
                  "loss": "losses", "grad": "gradients", "optim": "SGD steps"}
 
@@ -318,6 +332,18 @@ def check_of(name):
     if name.startswith("detections."):
         return "detections"
     return CHECK_OF_KIND[probe_kind(name)]
+
+
+# What a subject must offer for each verdict line (parity_tests/subject.py OFFERS).
+CHECK_OF_OFFER = {"probes": "forward probes", "losses": "losses", "gradients": "gradients",
+                  "sgd": "SGD steps", "predict": "detections", "recipe": "training recipe",
+                  "port": "port functions", "amp": "mixed precision"}
+OFFER_TEXT = OFFERS
+
+
+def record_not_offered(subject, check):
+    """A check the subject does not offer: its verdict line reads "not offered"."""
+    ledger.active().not_offered.setdefault(subject, set()).add(check)
 
 
 def record_verdict(rows, context, subject="jittor"):
@@ -335,10 +361,11 @@ VERDICT_HEADER = ["check", "tensors", "exact (elements differing)", "max err", "
                   "tolerance in force", "failed", "verdict"]
 
 
-def verdict_lines(records):
-    """One dict per check of CHECKS (in that order) from verdict records."""
+def verdict_lines(records, not_offered=()):
+    """One dict per check of CHECKS (in that order) from verdict records, plus the checks
+    `not_offered` by the subject (verdict "not offered", never a pass)."""
     out = []
-    for check in CHECKS:
+    for check in CHECKS + tuple(sorted(set(not_offered) - set(CHECKS))):
         rows = [r for r in records if r["check"] == check]
         close = [r for r in rows if not r["exact"]]
         rels = [r["rel"] for r in close if r["rel"] is not None]
@@ -352,7 +379,8 @@ def verdict_lines(records):
             "median": float(np.median(rels)) if rels else None,
             "tol_min": tols[0] if tols else None, "tol_max": tols[-1] if tols else None,
             "nonfinite": len(close) - len(rels), "failed": failed,
-            "verdict": "not run" if not rows else ("FAIL" if failed else "PASS")})
+            "verdict": ("not offered" if check in not_offered else "not run") if not rows
+            else ("FAIL" if failed else "PASS")})
     return out
 
 
@@ -373,51 +401,62 @@ def _verdict_cells(line):
             str(line["failed"]), line["verdict"]]
 
 
-def by_subject(records):
-    """{subject: its records}, jittor first: one verdict table per port under test."""
+def by_subject(records, not_offered=None):
+    """{subject: its records}, jittor first: one verdict table per subject (a subject that
+    offered none of the checks run has a table too)."""
     out = {}
     for r in sorted(records, key=lambda r: r.get("subject", "jittor") != "jittor"):
         out.setdefault(r.get("subject", "jittor"), []).append(r)
+    for subject in (not_offered or {}):
+        out.setdefault(subject, [])
     return out
 
 
-def subject_title(subject):
+REFERENCE = "the PyTorch port on the CPU"
+
+
+def subject_title(subject, reference="torch"):
     """jittor, torch@cuda: against float32; jittor/bf16: both in that mixed precision;
     jittor/tuned: the port's tuned inference against its default (parity_tests/test_tuned.py)."""
+    against = REFERENCE if reference == "torch" else reference
     port, _, amp = subject.partition("/")
     if amp == "tuned":
         return f"{port} tuned against the {port} port in its default setting (float32)"
     if amp:
-        return f"{port} in {amp} against the PyTorch port on the CPU in {amp}"
-    return f"{subject} against the PyTorch port on the CPU (float32)"
+        return f"{port} in {amp} against {against} in {amp}"
+    return f"{subject} against {against} (float32)"
 
 
-def _verdict_table_text(records):
-    return text_table(VERDICT_HEADER, [_verdict_cells(line) for line in verdict_lines(records)])
+def _verdict_table_text(records, not_offered=()):
+    return text_table(VERDICT_HEADER, [_verdict_cells(line)
+                                       for line in verdict_lines(records, not_offered)])
 
 
-def verdict_text(records):
-    groups = by_subject(records)
-    if list(groups) == ["jittor"]:
-        return _verdict_table_text(groups["jittor"])
-    return "\n\n".join(f"{subject_title(s)}:\n{_verdict_table_text(r)}"
+def verdict_text(records, not_offered=None, reference="torch"):
+    not_offered = not_offered or {}
+    groups = by_subject(records, not_offered)
+    if list(groups) == ["jittor"] and reference == "torch":
+        return _verdict_table_text(groups["jittor"], not_offered.get("jittor", ()))
+    return "\n\n".join(f"{subject_title(s, reference)}:\n"
+                        f"{_verdict_table_text(r, not_offered.get(s, ()))}"
                         for s, r in groups.items())
 
 
-VERDICT_NOTE = ("Errors are relative (max |subject - torch| / max |torch| per tensor, subject: "
-                "jittor or torch@cuda; COCO statistics: absolute difference). Tolerances: "
-                "parity_tests/TOLERANCES.md.")
+VERDICT_NOTE = ("Errors are relative (max |subject - reference| / max |reference| per tensor; "
+                "COCO statistics: absolute difference). Tolerances: parity_tests/TOLERANCES.md. "
+                "\"not offered\": a check the subject does not offer (docs/SUBJECTS.md).")
 
 
-def verdict_html(records):
+def verdict_html(records, not_offered=None, reference="torch"):
     """The verdict table(s): id parity-verdict for Jittor, parity-verdict-<subject> else."""
-    colour = {"PASS": "#cfc", "FAIL": "#f88", "not run": "#eee"}
+    not_offered = not_offered or {}
+    colour = {"PASS": "#cfc", "FAIL": "#f88", "not run": "#eee", "not offered": "#ffd"}
     out = ["<h2>Parity verdict</h2>"]
-    for subject, rows in by_subject(records).items():
+    for subject, rows in by_subject(records, not_offered).items():
         suffix = "" if subject == "jittor" else "-" + "".join(
             c if c.isalnum() else "-" for c in subject)
-        lines = verdict_lines(rows)
-        out += [f"<h3>{html.escape(subject_title(subject))}</h3>",
+        lines = verdict_lines(rows, not_offered.get(subject, ()))
+        out += [f"<h3>{html.escape(subject_title(subject, reference))}</h3>",
                 render_html_table(VERDICT_HEADER, [_verdict_cells(line) for line in lines],
                                   attrs=f" id='parity-verdict{suffix}'{TABLE_ATTRS}",
                                   row_attrs=[f" style='background:{colour[line['verdict']]}'"

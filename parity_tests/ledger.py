@@ -17,6 +17,7 @@ class Ledger:
     verdict: dict = field(default_factory=dict)   # (subject, context, name) -> row dict
     measured: dict = field(default_factory=dict)  # context -> rows as dicts
     hits: dict = field(default_factory=dict)      # regime -> elements counted
+    not_offered: dict = field(default_factory=dict)  # subject -> {verdict check: offer}
 
 
 KEY = pytest.StashKey[Ledger]()

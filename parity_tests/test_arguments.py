@@ -52,10 +52,10 @@ def refusal(port, what, kwargs):
 
 
 @pytest.mark.parametrize("what, kwargs, accepted", CASES, ids=lambda v: str(v))
-def test_both_ports_draw_the_same_bounds(torch_port, jittor_port, what, kwargs, accepted):
+def test_both_ports_draw_the_same_bounds(reference_port, subject_port, what, kwargs, accepted):
     """The same verdict, and for a refusal the same message (it names the bound)."""
-    message = refusal(torch_port, what, kwargs)
-    assert refusal(jittor_port, what, kwargs) == message
+    message = refusal(reference_port, what, kwargs)
+    assert refusal(subject_port, what, kwargs) == message
     assert (message is None) == accepted, message
 
 
@@ -85,12 +85,12 @@ def signatures(port):
 
 
 def test_both_ports_give_their_classes_and_functions_the_same_parameters_and_defaults(
-        torch_port, jittor_port):
+        reference_port, subject_port):
     """The same call must mean the same in both ports: every class and function the two
     define under one name takes the same parameters (constructors) with the same literal
     defaults (a default that differs, say frozen_stages or the head's strides, changes what
     a model built without it computes in one port only)."""
-    ours, theirs = signatures(torch_port), signatures(jittor_port)
+    ours, theirs = signatures(reference_port), signatures(subject_port)
     shared = sorted(set(ours) & set(theirs))
     assert len(shared) > 50, shared  # the comparison covers the modules, not a few names
     for key in shared:
@@ -122,19 +122,19 @@ def constants(port):
             if name.isupper() and isinstance(value, (*LITERALS, dict, list))}
 
 
-def test_both_ports_hold_the_same_constants(torch_port, jittor_port):
+def test_both_ports_hold_the_same_constants(reference_port, subject_port):
     """Markers, thresholds and switches a module defines once (ATSS's NOT_POSITIVE, the NMS
     offset trick's size limits, ...) have the same value in both ports: many are too close
     to their neighbours (-1e8 vs -99999999) or too far from the parity inputs (the CUDA
     limit on a CPU run) for any computed tensor to show a change."""
-    ours, theirs = constants(torch_port), constants(jittor_port)
+    ours, theirs = constants(reference_port), constants(subject_port)
     shared = sorted(set(ours) & set(theirs) - {"checkpoint.EXTENSION"})  # .pth / .pkl
     assert {"atss.NOT_POSITIVE", "atss.MIN_INSIDE", "backbone.ARCH_SETTINGS"} <= set(shared)
     for key in shared:
         assert ours[key] == theirs[key], (key, ours[key], theirs[key])
 
 
-def test_the_nms_offset_switch_follows_torchvision(jittor_port):
+def test_the_nms_offset_switch_follows_torchvision(subject_port):
     """The PyTorch port calls torchvision's batched_nms, which offsets boxes per class up to
     a size limit per device and loops over classes above it; the Jittor port switches at
     the same limits (read from torchvision's source: they are not exported)."""
@@ -146,30 +146,30 @@ def test_the_nms_offset_switch_follows_torchvision(jittor_port):
                       r"(\d[\d_]*)\)", source)
     assert found, "torchvision's batched_nms no longer has the switch this test reads"
     limits = {"cpu": int(found[1]), "cuda": int(found[2])}
-    assert jittor_port.postprocess.OFFSET_TRICK_MAX_NUMEL == limits
+    assert subject_port.postprocess.OFFSET_TRICK_MAX_NUMEL == limits
 
 
-def test_a_group_norm_given_the_wrong_width_refuses_in_both_ports(torch_port, jittor_port):
+def test_a_group_norm_given_the_wrong_width_refuses_in_both_ports(reference_port, subject_port):
     """One channel against GroupNorm(4, 8) would broadcast through the affine weights in
     silence; both ports refuse it."""
-    for port in (torch_port, jittor_port):
+    for port in (reference_port, subject_port):
         norm = port.fpn.ConvModule(8, 8, 3, padding=1, norm="gn", gn_groups=4).gn
         with pytest.raises((ValueError, RuntimeError)):
             norm(port.tensor(np.ones((1, 1, 2, 2), np.float32)))
 
 
-def test_a_head_whose_input_width_differs_from_its_own_computes_the_same(torch_port,
-                                                                         jittor_port):
+def test_a_head_whose_input_width_differs_from_its_own_computes_the_same(reference_port,
+                                                                         subject_port):
     """in_channels (the FPN's width) need not equal feat_channels: the first convolution of
     each tower takes in_channels, the others feat_channels."""
     kwargs = dict(SMALL_HEAD, in_channels=4, feat_channels=8, stacked_convs=2)
     rng = np.random.default_rng(0)
     feats = [rng.standard_normal((1, 4, 2, 2)).astype(np.float32) for _ in range(5)]
-    heads = [port.gfl_head.GFLHead(**kwargs) for port in (torch_port, jittor_port)]
-    state = torch_port.checkpoint.state_dict_numpy(heads[0])
-    jittor_port.checkpoint.load_state_dict_numpy(heads[1], state, strict=True)
+    heads = [port.gfl_head.GFLHead(**kwargs) for port in (reference_port, subject_port)]
+    state = reference_port.checkpoint.state_dict_numpy(heads[0])
+    subject_port.checkpoint.load_state_dict_numpy(heads[1], state, strict=True)
     outs = []
-    for port, head in zip((torch_port, jittor_port), heads):
+    for port, head in zip((reference_port, subject_port), heads):
         with port.no_grad():
             cls_scores, bbox_preds = head([port.tensor(f) for f in feats])
         outs.append([port.numpy(t) for t in (*cls_scores, *bbox_preds)])

@@ -21,22 +21,24 @@ def prefixed(prefix, arrays):
     return {prefix + name: value for name, value in arrays.items()}
 
 
-def test_same_trainable_parameters(runs, subject):
+def test_same_trainable_parameters(runs, subject, require):
+    require(subject, "gradients")
     run = runs.get("coco_b2", "train")
-    torch_names, jittor_names = list(run["torch"]["grads"]), list(run[subject]["grads"])
+    torch_names, jittor_names = list(run["reference"]["grads"]), list(run[subject]["grads"])
     assert torch_names == jittor_names
     frozen = [n for n in torch_names if n.startswith(("backbone.conv1", "backbone.bn1",
                                                       "backbone.layer1."))]
     assert not frozen, f"frozen_stages=1 must freeze the stem and layer1, trainable: {frozen}"
 
 
-def test_gradients(runs, subject, case, report_table):
+def test_gradients(runs, subject, case, report_table, require):
     """d loss / d parameter for every trainable parameter, compared by name; where the ports
     take different sides of a ReLU kink, against the PyTorch port on the subject's side of
     it, after the ReLU inputs there are held to the forward tolerance (parity_tests/kinks.py)."""
+    require(subject, "gradients")
     run = runs.get(case, "train")
-    resolved = run["kinks"][subject] or {"rows": [], "torch": run["torch"], "noise": run["noise"]}
-    ref = prefixed("grad.", resolved["torch"]["grads"])
+    resolved = run["kinks"][subject] or {"rows": [], "reference": run["reference"], "noise": run["noise"]}
+    ref = prefixed("grad.", resolved["reference"]["grads"])
     got = prefixed("grad.", run[subject]["grads"])
     rows = resolved["rows"] + judge.compare_all(list(ref), got, ref, resolved["noise"])
     report_table(rows, f"{subject} {case}: gradients by parameter", judge.first_failure(rows))

@@ -40,25 +40,25 @@ def output_weights(outs, seed):
 
 
 @pytest.fixture(scope="module")
-def r50_state(torch_port):
-    return benchmark_weights(torch_port.checkpoint.state_dict_numpy(
-        torch_port.backbone.ResNet(50)))
+def r50_state(reference_port):
+    return benchmark_weights(reference_port.checkpoint.state_dict_numpy(
+        reference_port.backbone.ResNet(50)))
 
 
 @pytest.mark.parametrize("batch", [1, 2])
-def test_r50_stages_and_gradients(torch_port, jittor_port, r50_state, batch):
+def test_r50_stages_and_gradients(reference_port, subject_port, r50_state, batch):
     imgs = np.random.default_rng(batch).standard_normal((batch, 3, 70, 54)).astype(np.float32)
-    run32 = run_port(torch_port, r50_state, imgs, batch)
-    run64 = run_port(torch_port, r50_state, imgs, batch, float64=True)
-    subject = run_port(jittor_port, r50_state, imgs, batch)
+    run32 = run_port(reference_port, r50_state, imgs, batch)
+    run64 = run_port(reference_port, r50_state, imgs, batch, float64=True)
+    subject = run_port(subject_port, r50_state, imgs, batch)
     assert len(subject["grads"]) == len(run32["grads"]) > 100  # layer2..layer4, every parameter
     found = kinks.kinks(run32["relu_inputs"], subject["relu_inputs"])
     kink_rows = kinks.rows(found, run32["relu_inputs"], subject["relu_inputs"],
                            run64["relu_inputs"])
     if found:  # the reference (and its noise) recomputed on the subject's side of each kink
         masks = kinks.masks(subject["relu_inputs"], found)
-        run32 = run_port(torch_port, r50_state, imgs, batch, relu_masks=masks)
-        run64 = run_port(torch_port, r50_state, imgs, batch, float64=True, relu_masks=masks)
+        run32 = run_port(reference_port, r50_state, imgs, batch, relu_masks=masks)
+        run64 = run_port(reference_port, r50_state, imgs, batch, float64=True, relu_masks=masks)
     noise = judge.noise_of(run32, run64)
     ref = dict(run32["probes"], **{"grad." + k: v for k, v in run32["grads"].items()})
     got = dict(subject["probes"], **{"grad." + k: v for k, v in subject["grads"].items()})

@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 
-from parity_tests.conftest import small_config
+from parity_tests.cases import small_config
 
 # Level of the KS test, for the whole family of random tensors (Bonferroni: each tensor is
 # tested at FAMILY_LEVEL / number of tensors). The draws are seeded, so a run is
@@ -43,7 +43,7 @@ def is_constant(value):
 
 
 @pytest.fixture(scope="module")
-def own_inits(torch_port, jittor_port):
+def own_inits(reference_port, subject_port):
     import jittor as jt
     import torch
 
@@ -51,7 +51,7 @@ def own_inits(torch_port, jittor_port):
     torch.manual_seed(0)
     jt.set_global_seed(0)
     return {port.FRAMEWORK: port.checkpoint.state_dict_numpy(port.build_detector(cfg))
-            for port in (torch_port, jittor_port)}
+            for port in (reference_port, subject_port)}
 
 
 def test_same_tensors(own_inits):
@@ -107,7 +107,7 @@ def test_ks_statistic_on_known_samples():
 
 
 @pytest.mark.parametrize("depth", [18, 34, 50, 101])
-def test_every_resnet_depth_has_torchvisions_layout_in_both_ports(torch_port, jittor_port,
+def test_every_resnet_depth_has_torchvisions_layout_in_both_ports(reference_port, subject_port,
                                                                   depth):
     """Each depth the config accepts, not only the small model's 18: the backbone's tensors
     (names and shapes) are torchvision's ResNet's without its classifier, in both ports."""
@@ -115,7 +115,7 @@ def test_every_resnet_depth_has_torchvisions_layout_in_both_ports(torch_port, ji
     reference = torchvision.models.get_model(f"resnet{depth}", weights=None).state_dict()
     want = {k: tuple(v.shape) for k, v in reference.items()
             if not k.startswith("fc.") and not k.endswith("num_batches_tracked")}
-    for port in (torch_port, jittor_port):
+    for port in (reference_port, subject_port):
         got = {k: tuple(v.shape) for k, v in port.backbone.ResNet(depth).state_dict().items()
                if not k.endswith("num_batches_tracked")}
         assert got == want, (port.FRAMEWORK, sorted(set(got) ^ set(want))[:5])

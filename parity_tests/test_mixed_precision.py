@@ -14,7 +14,7 @@ import pytest
 from gfocal.precision import AMP_CHOICES, INIT_SCALE
 from gfocal.schedule import learning_rate
 from parity_tests import judge
-from parity_tests.conftest import ParityRuns
+from parity_tests.runs import ParityRuns
 from parity_tests.test_backward_optim import optim_rows, step_all
 from parity_tests.test_forward import recorded_order
 
@@ -35,10 +35,10 @@ def pytest_generate_tests(metafunc):
 
 
 @pytest.fixture(scope="module")
-def amp_runs(amp, small_cfg, converted_weights, device_option):
-    """The parity runs in `amp`: Jittor and, given --device, the PyTorch port there."""
-    return ParityRuns(small_cfg["model"], weights_from_converter=converted_weights,
-                      device=device_option, amp=amp)
+def amp_runs(amp, runs):
+    """The parity runs in `amp`: the session's subjects that offer the policy (Jittor and,
+    given --device, the PyTorch port there) against the reference in `amp`."""
+    return ParityRuns(runs.cfg, runs.state, runs.reference, runs.subjects, amp=amp)
 
 
 # PyTorch's CPU half convolution backward must sum in float32 and round once, as the policy
@@ -50,12 +50,12 @@ POLICY_BACKWARD_MAX_DIFFERING = 0.01
 
 
 @functools.cache  # one measurement per precision and session
-def backward_off_policy(torch_port, amp):
+def backward_off_policy(reference_port, amp):
     """Why PyTorch's CPU `amp` convolution backward cannot be the gradient reference here
     (None: it follows the policy): the fraction of one convolution's input gradient that
     differs from the float32 sum rounded once to the half type."""
     import torch
-    half = torch_port.precision.HALF_TYPES[amp]
+    half = reference_port.precision.HALF_TYPES[amp]
     rng = np.random.default_rng(7)
     x, w, g = (torch.tensor(rng.standard_normal(shape).astype(np.float32)).to(half)
                for shape in ((2, 64, 16, 16), (64, 64, 3, 3), (2, 64, 16, 16)))
@@ -78,28 +78,30 @@ def subject_of(subject, amp):
     return f"{subject}/{amp}"
 
 
-def test_forward_targets_losses(amp_runs, amp, subject, amp_case, report_table):
+def test_forward_targets_losses(amp_runs, amp, subject, amp_case, report_table, require):
     """Every probe in forward order and the loss totals, train mode (which computes the
     same numbers as eval: BN frozen, GN per sample)."""
+    require(subject, "amp")
     run = amp_runs.get(amp_case, "train")
     rows = judge.compare_all(recorded_order(run), run[subject]["probes"],
-                             run["torch"]["probes"], run["noise"], amp=amp)
+                             run["reference"]["probes"], run["noise"], amp=amp)
     rows += judge.compare_all(judge.LOSS_TOTALS, run[subject]["losses"],
-                              run["torch"]["losses"], run["noise"], amp=amp)
+                              run["reference"]["losses"], run["noise"], amp=amp)
     report_table(rows, f"{subject} {amp} {amp_case}: every probe", judge.first_failure(rows))
     judge.assert_rows(rows, f"{amp_case}/{amp}", subject_of(subject, amp))
 
 
-def test_gradients(amp_runs, amp, subject, amp_case, report_table, torch_port):
+def test_gradients(amp_runs, amp, subject, amp_case, report_table, reference_port, require):
     """Every trainable parameter's gradient (fp16: through the loss scale); ReLU kinks as
     in float32 (parity_tests/kinks.py)."""
-    reason = backward_off_policy(torch_port, amp)
+    require(subject, "amp")
+    reason = backward_off_policy(reference_port, amp)
     if reason:
         pytest.skip(reason)
     run = amp_runs.get(amp_case, "train")
-    resolved = run["kinks"][subject] or {"rows": [], "torch": run["torch"],
+    resolved = run["kinks"][subject] or {"rows": [], "reference": run["reference"],
                                          "noise": run["noise"]}
-    ref = {"grad." + n: g for n, g in resolved["torch"]["grads"].items()}
+    ref = {"grad." + n: g for n, g in resolved["reference"]["grads"].items()}
     got = {"grad." + n: g for n, g in run[subject]["grads"].items()}
     for row in resolved["rows"]:
         row.tolerance = judge.tolerance(row.name, row.noise, kind="forward", amp=amp)
@@ -108,13 +110,13 @@ def test_gradients(amp_runs, amp, subject, amp_case, report_table, torch_port):
     judge.assert_rows(rows, f"{amp_case}/{amp} gradients", subject_of(subject, amp))
 
 
-def test_one_training_step(amp, pair_builder, small_cfg, report_table, torch_port):
+def test_one_training_step(amp, pair_builder, small_cfg, report_table, reference_port):
     """One train_step of each port from the same weights at the recipe's learning rate
     (fp16: through each port's loss scaler), against the PyTorch port in float64; the
     PyTorch runs take the Jittor port's side of each ReLU, the kinks' inputs held to the
     forward tolerance (as in test_backward_optim.py)."""
     from gfocal.data.loader import build_dataloader
-    reason = backward_off_policy(torch_port, amp)
+    reason = backward_off_policy(reference_port, amp)
     if reason:
         pytest.skip(reason)
     tp, jp = pair_builder.ports
@@ -159,8 +161,8 @@ def _conv_case(channels, seed=0):
 
 
 @pytest.mark.parametrize("channels", [8, 256])
-def test_jittor_native_half_convolution_accumulates_in_the_half_type(jittor_port,
-                                                                     torch_port, channels):
+def test_jittor_native_half_convolution_accumulates_in_the_half_type(subject_port,
+                                                                     reference_port, channels):
     """Pins the reason for the Jittor port's CPU emulation (gfocal/jittor/precision.py):
     Jittor's own bf16 / fp16 CPU convolution sums in the half type, so its error grows with
     the reduction length (measured 2026-12-04: bf16 0.13 of max |y| at 8 channels, 0.89 at
@@ -172,15 +174,15 @@ def test_jittor_native_half_convolution_accumulates_in_the_half_type(jittor_port
     x, w = _conv_case(channels)
     for amp, jt_half, bound, native_min in (("bf16", jt.bfloat16, 2.0 ** -8, 0.05),
                                             ("fp16", jt.float16, 2.0 ** -11, 1e-3)):
-        torch_half = torch_port.precision.HALF_TYPES[amp]
+        torch_half = reference_port.precision.HALF_TYPES[amp]
         xr = torch.tensor(x).to(torch_half).double()
         wr = torch.tensor(w).to(torch_half).double()
         exact = torch.nn.functional.conv2d(xr, wr, padding=1).numpy()  # of the rounded inputs
         scale = np.abs(exact).max()
         native = jt.nn.conv2d(jt.array(x).cast(jt_half), jt.array(w).cast(jt_half),
                               padding=1).cast(jt.float32).numpy()
-        with jittor_port.precision.mixed_precision(amp):
-            policy = jittor_port.precision.half_op(
+        with subject_port.precision.mixed_precision(amp):
+            policy = subject_port.precision.half_op(
                 lambda a, b: jt.nn.conv2d(a, b, padding=1), jt.array(x), jt.array(w)).numpy()
         torch_out = torch.nn.functional.conv2d(torch.tensor(x).to(torch_half),
                                                torch.tensor(w).to(torch_half),
@@ -193,8 +195,8 @@ def test_jittor_native_half_convolution_accumulates_in_the_half_type(jittor_port
                 "emulation in gfocal/jittor/precision.py may be dropped"
 
 
-def test_jittor_bfloat16_conversion_truncates_and_the_port_rounds_to_nearest(jittor_port,
-                                                                               torch_port):
+def test_jittor_bfloat16_conversion_truncates_and_the_port_rounds_to_nearest(subject_port,
+                                                                               reference_port):
     """Jittor's CPU float32 -> bfloat16 conversion drops the low 16 bits (half of the values
     of N(0, 1) data land one unit lower in magnitude than PyTorch's round-to-nearest-even);
     the port's round_to_half equals PyTorch's conversion bit for bit, ties, signed zeros,
@@ -216,8 +218,8 @@ def test_jittor_bfloat16_conversion_truncates_and_the_port_rounds_to_nearest(jit
     low = (x.view(np.uint32) & 0xFFFF0000).view(np.float32)
     assert np.array_equal(truncated, low, equal_nan=True), "Jittor's bf16 cast now rounds"
     for amp in ("bf16", "fp16"):
-        ours = jittor_port.precision.round_to_half(jt.array(x), amp).numpy()
-        want = torch.tensor(x).to(torch_port.precision.HALF_TYPES[amp]).float().numpy()
+        ours = subject_port.precision.round_to_half(jt.array(x), amp).numpy()
+        want = torch.tensor(x).to(reference_port.precision.HALF_TYPES[amp]).float().numpy()
         assert np.array_equal(ours.view(np.uint32)[~np.isnan(x)],
                               want.view(np.uint32)[~np.isnan(x)]), amp
         assert np.isnan(ours[np.isnan(x)]).all(), amp

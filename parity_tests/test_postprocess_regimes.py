@@ -71,16 +71,16 @@ def neighbour_ious(regs):
     return inter / (area(a) + area(b) - inter)
 
 
-def test_postprocessing_near_its_thresholds(torch_port, jittor_port):
+def test_postprocessing_near_its_thresholds(reference_port, subject_port):
     """Both ports keep the same detections, every one of them compared (max_per_img
     unbounded), so that each regime is credited only with the elements whose fate the
     compared output shows: a kept score just above score_thr, a level whose nms_pre cut
     changes what is kept (against the same run uncut), a neighbour pair near the NMS
     threshold with both boxes past the cut."""
     every = dict(MODEL, max_per_img=10**6)
-    out = postprocess_both(torch_port, jittor_port, every)
+    out = postprocess_both(reference_port, subject_port, every)
     assert_same_full_detections(out, None)
-    uncut = postprocess_both(torch_port, jittor_port, dict(every, nms_pre=0))
+    uncut = postprocess_both(reference_port, subject_port, dict(every, nms_pre=0))
     _, regs = head_outputs()
     regimes.count("class score within 1e-3 of score_thr", kept_near_score_thr(out["torch"]))
     cut_levels = sum(h * w > MODEL["nms_pre"] for h, w in LEVELS)
@@ -99,11 +99,11 @@ def kept_near_score_thr(detections):
     return sum(int(np.sum(d["scores"] < MODEL["score_thr"] + SCORE_MARGIN)) for d in detections)
 
 
-def test_the_top_detections_alone_show_no_score_near_score_thr(torch_port, jittor_port):
+def test_the_top_detections_alone_show_no_score_near_score_thr(reference_port, subject_port):
     """Why the regimes above are counted on the unbounded output: the default top
     max_per_img detections are all high scores, so a comparison of those alone would credit
     nothing to "class score within 1e-3 of score_thr"."""
-    top = postprocess_both(torch_port, jittor_port, MODEL)
+    top = postprocess_both(reference_port, subject_port, MODEL)
     assert_same_full_detections(top)
     assert kept_near_score_thr(top["torch"]) == 0
 
@@ -117,13 +117,13 @@ def past_the_cut(pairs):
     return pairs & (index < MODEL["nms_pre"])
 
 
-def postprocess_both(torch_port, jittor_port, model, scores=None, regs=None):
+def postprocess_both(reference_port, subject_port, model, scores=None, regs=None):
     """GFLPostProcess(model) of both ports on head_outputs() (or the given scores / regs)."""
     default_scores, default_regs = head_outputs()
     scores = default_scores if scores is None else scores
     regs = default_regs if regs is None else regs
     out = {}
-    for port in (torch_port, jittor_port):
+    for port in (reference_port, subject_port):
         post = port.postprocess.GFLPostProcess(model)
         integral = port.gfl_head.Integral(MODEL["reg_max"])
         out[port.FRAMEWORK] = post([port.tensor(s) for s in scores],
@@ -142,27 +142,27 @@ def assert_same_full_detections(out, count=MODEL["max_per_img"]):
                                    err_msg=f"image {i}")
 
 
-def test_postprocessing_with_other_nms_pre(torch_port, jittor_port):
+def test_postprocessing_with_other_nms_pre(reference_port, subject_port):
     """nms_pre = 0 or -1 keeps every location of every level (no per-level top-k: with
     max_per_img unbounded, the same detections); nms_pre = 30 cuts levels 0-2 hard enough to
     change the detections left. Both ports keep the same."""
-    uncut = postprocess_both(torch_port, jittor_port, dict(MODEL, nms_pre=0))
+    uncut = postprocess_both(reference_port, subject_port, dict(MODEL, nms_pre=0))
     assert_same_full_detections(uncut)
     # -1 (mmdetection's "all") is 0; every detection kept, so that no location may be lost
-    every = {nms_pre: postprocess_both(torch_port, jittor_port,
+    every = {nms_pre: postprocess_both(reference_port, subject_port,
                                        dict(MODEL, nms_pre=nms_pre, max_per_img=10**6))
              for nms_pre in (0, -1)}
     for out in every.values():
         assert_same_full_detections(out, None)
     for a, b in zip(every[0]["torch"], every[-1]["torch"]):
         assert len(a["scores"]) == len(b["scores"]) > MODEL["max_per_img"]
-    cut = postprocess_both(torch_port, jittor_port, dict(MODEL, nms_pre=30))
+    cut = postprocess_both(reference_port, subject_port, dict(MODEL, nms_pre=30))
     assert_same_full_detections(cut)
     for i, (a, b) in enumerate(zip(uncut["torch"], cut["torch"])):
         assert not np.array_equal(a["scores"], b["scores"]), f"image {i}: the cut changes nothing"
 
 
-def test_images_without_any_score_above_score_thr(torch_port, jittor_port):
+def test_images_without_any_score_above_score_thr(reference_port, subject_port):
     """Image 0: every score below score_thr; image 1: every score exactly score_thr (in
     float32; the test is strict). Both ports return the same empty result, with shapes
     (0, 4), (0,), (0,) and the dtypes of a non-empty one."""
@@ -171,7 +171,7 @@ def test_images_without_any_score_above_score_thr(torch_port, jittor_port):
     for s in scores:
         s[0] = np.random.default_rng(3).uniform(0, thr * 0.99, s[0].shape)
         s[1] = thr
-    out = postprocess_both(torch_port, jittor_port, MODEL, scores)
+    out = postprocess_both(reference_port, subject_port, MODEL, scores)
     for i, (t, j) in enumerate(zip(out["torch"], out["jittor"])):
         for key, shape, dtype in (("boxes", (0, 4), np.float32), ("scores", (0,), np.float32),
                                   ("labels", (0,), np.int64)):
@@ -181,7 +181,7 @@ def test_images_without_any_score_above_score_thr(torch_port, jittor_port):
     regimes.check(["image without any score above score_thr (one at it)"])
 
 
-def test_boxes_at_the_left_and_top_border_narrower_than_a_pixel(torch_port, jittor_port):
+def test_boxes_at_the_left_and_top_border_narrower_than_a_pixel(reference_port, subject_port):
     """Anchors of column 0 and row 0 sit on the border (centre 0), so a predicted distance
     under 1 / stride bins puts x2 (y2) inside the first pixel: the clamp to the image must
     keep it there (a port that clamped at 1 would not). Level 0, class 0 only on the border
@@ -198,7 +198,7 @@ def test_boxes_at_the_left_and_top_border_narrower_than_a_pixel(torch_port, jitt
             probs[:, :, 0], probs[:, :, 1] = 0.95, 0.05
             regs[level] = np.log(probs).reshape(IMAGES, 4 * bins, h, w).astype(np.float32)
     every = dict(MODEL, max_per_img=10**6)
-    out = postprocess_both(torch_port, jittor_port, every, scores, regs)
+    out = postprocess_both(reference_port, subject_port, every, scores, regs)
     assert_same_full_detections(out, None)
     boxes = np.concatenate([d["boxes"] for d in out["torch"]])
     thin = (boxes[:, 2] < 1) | (boxes[:, 3] < 1)
@@ -254,13 +254,13 @@ def offset_sensitive_input(n, seed=5):
     return boxes, scores, labels, len(pairs)
 
 
-def test_nms_on_both_sides_of_the_offset_switch(torch_port, jittor_port):
+def test_nms_on_both_sides_of_the_offset_switch(reference_port, subject_port):
     """Both ports keep the same boxes on every size, and the PyTorch port's pairs follow the
     offsets up to 1000 boxes and the raw coordinates above (so the input sees the switch)."""
     for n in NMS_SIZES:
         boxes, scores, labels, pairs = offset_sensitive_input(n)
         kept = {}
-        for port in (torch_port, jittor_port):
+        for port in (reference_port, subject_port):
             kept[port.FRAMEWORK] = port.numpy(port.postprocess.batched_nms(
                 port.tensor(boxes), port.tensor(scores), port.tensor(labels),
                 MODEL["iou_thr"])).tolist()

@@ -27,8 +27,8 @@ def floats(low, high):
 
 
 @pytest.fixture(scope="module")
-def ports(torch_port, jittor_port):
-    return {"torch": torch_port, "jittor": jittor_port}
+def ports(reference_port, subject_port):
+    return {"torch": reference_port, "jittor": subject_port}
 
 
 def each_port(ports, fn):

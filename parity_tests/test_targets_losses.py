@@ -8,27 +8,30 @@ import numpy as np
 import pytest
 
 from parity_tests import judge, regimes
-from parity_tests.conftest import selected_cases
+from parity_tests.cases import selected_cases
 
 
-def test_target_probe(runs, subject, case, mode, target_probe):
+def test_target_probe(runs, subject, case, mode, target_probe, require):
+    require(subject, "probes", "targets and assignment")
     run = runs.get(case, mode)
-    rows = judge.compare_all([target_probe], run[subject]["probes"], run["torch"]["probes"],
+    rows = judge.compare_all([target_probe], run[subject]["probes"], run["reference"]["probes"],
                                run["noise"])
     judge.assert_rows(rows, f"{case}/{mode}", subject)
 
 
-def test_loss_probe(runs, subject, case, mode, loss_probe):
+def test_loss_probe(runs, subject, case, mode, loss_probe, require):
+    require(subject, "probes", "losses")
     run = runs.get(case, mode)
-    rows = judge.compare_all([loss_probe], run[subject]["probes"], run["torch"]["probes"],
+    rows = judge.compare_all([loss_probe], run[subject]["probes"], run["reference"]["probes"],
                                run["noise"])
     judge.assert_rows(rows, f"{case}/{mode}", subject)
 
 
-def test_loss_totals(runs, subject, case, mode, report_table):
+def test_loss_totals(runs, subject, case, mode, report_table, require):
+    require(subject, "losses")
     run = runs.get(case, mode)
     rows = judge.compare_all(judge.LOSS_TOTALS, run[subject]["losses"],
-                               run["torch"]["losses"], run["noise"])
+                               run["reference"]["losses"], run["noise"])
     report_table(rows, f"{subject} {case} / {mode}: loss totals")
     judge.assert_rows(rows, f"{case}/{mode} loss totals", subject)
 
@@ -38,10 +41,12 @@ def scalar(array):
     return float(np.asarray(array).reshape(-1)[0])
 
 
-def test_totals_are_the_sums_of_the_levels(runs, subject, case):
+def test_totals_are_the_sums_of_the_levels(runs, subject, case, require):
     """Per-level probes and returned totals tell the same story (in each port)."""
+    require(subject, "probes")
+    require(subject, "losses")
     run = runs.get(case, "train")
-    for port in ("torch", subject):
+    for port in ("reference", subject):
         probes = run[port]["probes"]
         losses = {k: scalar(v) for k, v in run[port]["losses"].items()}
         for what in ("loss_cls", "loss_bbox", "loss_dfl"):
@@ -62,12 +67,12 @@ def test_cases_have_positives(runs, case):
     """A case without positive anchors would make the box-target comparisons vacuous; only
     a case whose images all lack boxes has none (its losses still compare)."""
     run = runs.get(case, "train")
-    num_pos = scalar(run["torch"]["probes"]["targets.num_pos"])
+    num_pos = scalar(run["reference"]["probes"]["targets.num_pos"])
     if not has_boxes(runs, case):
         assert num_pos == 1  # the floor: mmdetection counts at least one positive an image
         return
     assert num_pos > 0
-    assert scalar(run["torch"]["probes"]["loss.avg_factor"]) > 0
+    assert scalar(run["reference"]["probes"]["loss.avg_factor"]) > 0
 
 
 # ------------------------------------------------------------- direct calls of the pieces
@@ -133,7 +138,7 @@ def test_atss_equal_ious_go_to_the_smallest_gt_index(port):
     assert set(inds[inds > 0].tolist()) == {1} and set(labels[inds > 0].tolist()) == {1}
 
 
-def test_atss_random_boxes_identical_assignment(torch_port, jittor_port):
+def test_atss_random_boxes_identical_assignment(reference_port, subject_port):
     """Many random gts on integer coordinates (ties everywhere), all levels: the assigned gt
     and label of every anchor must be identical in both ports."""
     rng = np.random.default_rng(5)
@@ -146,8 +151,8 @@ def test_atss_random_boxes_identical_assignment(torch_port, jittor_port):
         wh = rng.integers(1, 80, (n, 2))
         gts = np.concatenate([xy, xy + wh], axis=1).astype(np.float32)
         labels = rng.integers(0, 6, n)
-        t = assign(torch_port, anchors, nums, gts, labels)
-        j = assign(jittor_port, anchors, nums, gts, labels)
+        t = assign(reference_port, anchors, nums, gts, labels)
+        j = assign(subject_port, anchors, nums, gts, labels)
         assert np.array_equal(t[0], j[0]), f"trial {trial}: assigned gt differs at " \
             f"{np.flatnonzero(t[0] != j[0]).tolist()}"
         assert np.array_equal(t[2], j[2]), f"trial {trial}: labels differ"
@@ -155,13 +160,13 @@ def test_atss_random_boxes_identical_assignment(torch_port, jittor_port):
         np.testing.assert_allclose(j[1][pos], t[1][pos], rtol=1e-6)
 
 
-def test_distance_targets(runs, case):
+def test_distance_targets(runs, case, reference_port, subject_port):
     """bbox2distance of each port on the positives of the case (anchor centres and gt boxes in
     stride units, clamped to [0, reg_max - 0.1]) against a numpy reference."""
     if not has_boxes(runs, case):
         pytest.skip(f"{case} has no boxes, so no distance targets")
     run = runs.get(case, "train")
-    probes = run["torch"]["probes"]
+    probes = run["reference"]["probes"]
     labels = probes["targets.labels"]              # (images, anchors of all levels)
     boxes = probes["targets.bbox_targets"]         # (images, anchors of all levels, 4)
     sizes = [probes[f"neck.p{lvl + 3}"].shape[2:] for lvl in range(judge.NUM_LEVELS)]
@@ -179,7 +184,7 @@ def test_distance_targets(runs, case):
     want = np.clip(np.stack([centres[:, 0] - gts[:, 0], centres[:, 1] - gts[:, 1],
                              gts[:, 2] - centres[:, 0], gts[:, 3] - centres[:, 1]], 1),
                    0, max_dis - 0.1)
-    for port in (p for p in (runs.torch, runs.jittor) if p is not None):
+    for port in (reference_port, subject_port):
         got = port.numpy(port.box_ops.bbox2distance(port.tensor(centres), port.tensor(gts),
                                                     max_dis))
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * max_dis)
@@ -230,7 +235,7 @@ def shifted_threshold(delta):
     return staticmethod(above)
 
 
-def test_atss_dense_assignment_near_the_threshold(torch_port, jittor_port, monkeypatch):
+def test_atss_dense_assignment_near_the_threshold(reference_port, subject_port, monkeypatch):
     """DENSE_IMAGES x 300 gts of every size on a 512 x 512 input: identical assignments in
     both ports, on inputs where moving the threshold by 1 % of the std changes assignments
     (a port whose threshold is off by that much, e.g. a biased std, fails)."""
@@ -248,16 +253,16 @@ def test_atss_dense_assignment_near_the_threshold(torch_port, jittor_port, monke
         several += int(np.sum(positive.sum(1) >= 2))
         levels = [set(level_of[positive[:, i]]) for i in range(len(gts))]
         one_level += sum(len(held) == 1 for held in levels)
-        t = assign(torch_port, anchors, nums, gts, labels)
-        j = assign(jittor_port, anchors, nums, gts, labels)
+        t = assign(reference_port, anchors, nums, gts, labels)
+        j = assign(subject_port, anchors, nums, gts, labels)
         differ = np.flatnonzero(t[0] != j[0])
         assert differ.size == 0, (f"image {image}: assigned gt differs at {differ.size} "
                                   f"anchors: {differ[:10]}")
         assert np.array_equal(t[2], j[2])
         for delta in (-THRESHOLD_MARGIN, THRESHOLD_MARGIN):
-            monkeypatch.setattr(torch_port.atss.ATSSAssigner, "_above_mean_plus_std",
+            monkeypatch.setattr(reference_port.atss.ATSSAssigner, "_above_mean_plus_std",
                                 shifted_threshold(delta))
-            near += int(np.sum(assign(torch_port, anchors, nums, gts, labels)[0] != t[0]))
+            near += int(np.sum(assign(reference_port, anchors, nums, gts, labels)[0] != t[0]))
             monkeypatch.undo()
     hits = {"ATSS candidate within 1% x std of its threshold": near,
             "anchor positive for several gts": several,
@@ -267,7 +272,7 @@ def test_atss_dense_assignment_near_the_threshold(torch_port, jittor_port, monke
     regimes.check(hits)
 
 
-def test_a_level_of_one_anchor_gives_it_as_a_candidate(torch_port, jittor_port):
+def test_a_level_of_one_anchor_gives_it_as_a_candidate(reference_port, subject_port):
     """A 128 x 128 input leaves P7 a single anchor: k = min(topk, 1) = 1 candidate there,
     whose IoU enters each gt's candidate mean and std; both ports assign alike (a port that
     skipped a level of fewer than two anchors would move those thresholds)."""
@@ -279,9 +284,9 @@ def test_a_level_of_one_anchor_gives_it_as_a_candidate(torch_port, jittor_port):
     gts = np.concatenate([xy, np.minimum(xy + rng.uniform(30, 128, (40, 2)), 128)],
                          axis=1).astype(np.float32)
     labels = rng.integers(0, 3, 40)
-    t = assign(torch_port, anchors, nums, gts, labels)
-    j = assign(jittor_port, anchors, nums, gts, labels)
-    without_p7 = assign(torch_port, anchors[:-1], nums[:-1], gts, labels)
+    t = assign(reference_port, anchors, nums, gts, labels)
+    j = assign(subject_port, anchors, nums, gts, labels)
+    without_p7 = assign(reference_port, anchors[:-1], nums[:-1], gts, labels)
     assert not np.array_equal(t[0][:-1], without_p7[0]), \
         "these inputs must depend on the P7 candidate to test it"
     assert np.array_equal(t[0], j[0]) and np.array_equal(t[2], j[2])
@@ -290,7 +295,7 @@ def test_a_level_of_one_anchor_gives_it_as_a_candidate(torch_port, jittor_port):
 REG_MAX = 16
 
 
-def test_distance_targets_at_the_clamp_and_on_integer_bins(torch_port, jittor_port):
+def test_distance_targets_at_the_clamp_and_on_integer_bins(reference_port, subject_port):
     """bbox2distance in units of the stride, for DFL's bins: distances exactly on integer
     bins, just below, at and above the clamp reg_max - 0.1 = 15.9, and below 0, in both
     ports, equal."""
@@ -322,7 +327,7 @@ def test_distance_targets_at_the_clamp_and_on_integer_bins(torch_port, jittor_po
         regimes.count(regime, n)
     regimes.check(hits)
     out = {port.FRAMEWORK: port.numpy(port.box_ops.bbox2distance(
-        port.tensor(points), port.tensor(boxes), REG_MAX)) for port in (torch_port, jittor_port)}
+        port.tensor(points), port.tensor(boxes), REG_MAX)) for port in (reference_port, subject_port)}
     assert np.array_equal(out["jittor"], out["torch"]), \
         f"{int(np.sum(out['jittor'] != out['torch']))} distance targets differ"
     assert float(out["torch"].max()) == float(clamp) and float(out["torch"].min()) >= 0
@@ -341,7 +346,7 @@ def test_the_cases_reach_their_regimes(runs, request):
     each regime of CASE_REGIMES must reach its stated minimum (parity_tests/regimes.py)."""
     for case in selected_cases(request.config):
         batch = runs.batch(case)
-        label_weights = runs.get(case, "train")["torch"]["probes"]["targets.label_weights"]
+        label_weights = runs.get(case, "train")["reference"]["probes"]["targets.label_weights"]
         regimes.count("anchor outside the valid (padded) area", np.sum(label_weights == 0))
         regimes.count("batch of one image without boxes (loss normaliser at its floor 1)",
                       len(batch["gt_bboxes"]) == 1 and len(batch["gt_bboxes"][0]) == 0)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from parity_tests import judge
-from parity_tests.conftest import make_case
+from parity_tests.cases import make_case
 from parity_tests.test_inference_coco import at_boundary, match_detections
 
 OUTPUT_PROBES = [f"head.{what}.{lvl}" for lvl in range(judge.NUM_LEVELS)
@@ -52,7 +52,7 @@ def models(pair_builder, small_cfg):
 
 
 @pytest.mark.parametrize("batch_case", CASES)
-def test_tuned_inference_matches_the_default(port, torch_port, models, batch_case):
+def test_tuned_inference_matches_the_default(port, reference_port, models, batch_case):
     import torch
     model = models[port.FRAMEWORK]
     batch = make_case(batch_case)
@@ -61,8 +61,8 @@ def test_tuned_inference_matches_the_default(port, torch_port, models, batch_cas
         default = outputs(port, port.tuning.inference_network(model), imgs)
         default_dets = model.predict(batch)
     # the live noise: the PyTorch port's float32 vs float64 outputs
-    ref64 = outputs(torch_port, models["float64"], torch.from_numpy(batch["imgs"]).double())
-    ref32 = outputs(torch_port, models["torch"], torch_port.tensor(batch["imgs"]))
+    ref64 = outputs(reference_port, models["float64"], torch.from_numpy(batch["imgs"]).double())
+    ref32 = outputs(reference_port, models["torch"], reference_port.tensor(batch["imgs"]))
     noise = {name: judge.error_stats(name, ref32[name], ref64[name]).rel for name in ref64}
     with port.tuning.speed_setting("tuned"):
         network = port.tuning.inference_network(model)
