@@ -192,7 +192,10 @@ def runs(parity, small_cfg, request):
         model_cfg, state = parity["weights"]
     else:
         model_cfg, state = small_cfg["model"], request.getfixturevalue("converted_weights")
-    return ParityRuns(model_cfg, state, parity["reference"], parity["subjects"])
+    try:
+        return ParityRuns(model_cfg, state, parity["reference"], parity["subjects"])
+    except SubjectError as exc:  # e.g. a key map that leaves weights unassigned: one line
+        pytest.fail(str(exc), pytrace=False)
 
 
 @pytest.fixture(scope="session")

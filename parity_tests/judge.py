@@ -329,6 +329,8 @@ def check_of(name):
     """The verdict line a compared tensor belongs to."""
     if name.startswith("coco."):
         return "COCO statistics"
+    if name.startswith("recipe."):
+        return "training recipe"
     if name.startswith("detections."):
         return "detections"
     return CHECK_OF_KIND[probe_kind(name)]

@@ -18,14 +18,16 @@ the canonical state dict (weights, gradients), so the suite never reaches into a
                "train" or "eval" mode -> {"probes": {canonical probe: array},
                "losses": {"loss_cls", "loss_bbox", "loss_dfl", "loss": array},
                "grads": {canonical parameter: array}}  (grads only when `gradients`)
-    sgd_steps(batch, optim_cfg, steps)
-               `steps` SGD steps on one batch with gfocal/config.py's `optim` section ->
-               per step {"param.NAME", "momentum.NAME": array, "lr": float}
+    sgd_steps(batch, optim_cfg, steps, start)
+               `steps` SGD steps on one batch with gfocal/config.py's `optim` section, from
+               schedule iteration `start` -> per step {"param.NAME", "momentum.NAME": array,
+               "lr": float} (the suite rebuilds the subject afterwards)
     predict(batch)
                per image {"boxes" (K, 4) original-image x1y1x2y2, "scores" (K,), "labels" (K,)}
     recipe(optim_cfg, iterations, batch_size)
-               what its own training loop applies at each iteration of `iterations` ->
-               {iteration: {"lr", "momentum", "weight_decay", "batch_size"}}
+               what its own training loop applies at each (iteration, epoch) of `iterations`
+               given that config and batch size -> {(iteration, epoch): {"lr", "momentum",
+               "weight_decay", "batch_size"}}
 """
 import importlib
 
@@ -73,7 +75,7 @@ class Subject:
     def run(self, batch, mode, gradients=False):
         raise NotOffered(f"{self.name}: run")
 
-    def sgd_steps(self, batch, optim_cfg, steps):
+    def sgd_steps(self, batch, optim_cfg, steps, start=0):
         raise NotOffered(f"{self.name}: sgd")
 
     def predict(self, batch):

@@ -9,6 +9,7 @@ import pytest
 
 from gfocal.schedule import learning_rate
 from parity_tests import judge, kinks
+from parity_tests.subject import offers
 from gfocal.ports import FRAMEWORKS
 
 STEPS_CHECKED = (1, 5)
@@ -231,3 +232,42 @@ def test_each_step_from_one_state_eager_jittor(resynced_steps, step, report_tabl
                f"the same parameters and momentum, Jittor eager")
     report_table(rows, context, judge.first_failure(rows))
     judge.assert_rows(rows, context)
+
+
+def test_one_sgd_step_of_a_subject(runs, subject, require, small_cfg, report_table):
+    """One SGD step at the recipe's full learning rate through the subject's own `sgd_steps`
+    (an outside implementation's optimizer), parameters and momentum against the
+    reference's, at the one-step tolerance. Both are rebuilt from the session's weights
+    afterwards (the other checks share them)."""
+    require(subject, "sgd")
+    if offers(runs.subjects[subject], "port"):
+        pytest.skip(f"{subject} is a port: test_parameters_momentum_lr_after_sgd_steps drives "
+                    f"its optimizer step by step, with its ReLU kinks resolved")
+    batch, optim = runs.batch("coco_b2"), small_cfg["optim"]
+    start = optim["warmup_iters"]
+    try:
+        snaps = {key: who.sgd_steps(batch, optim, 1, start=start)[0]
+                 for key, who in (("reference", runs.reference),
+                                  (subject, runs.subjects[subject]))}
+    finally:
+        for who in (runs.reference, runs.subjects[subject]):
+            who.build(runs.cfg, runs.state)
+    ref, got = snaps["reference"], snaps[subject]
+    rows = []
+    for name in (n for n in ref if n.startswith(("param.", "momentum."))):
+        if name.endswith(("running_mean", "running_var")):
+            continue
+        if name not in got:
+            rows.append(judge.compare_all([name], got, ref)[0])
+            continue
+        if name.startswith("param."):
+            init = runs.state[name[len("param."):]]
+            row = judge.update_stats(f"delta.{name[len('param.'):]}", got[name], ref[name],
+                                     init, 1)
+        else:
+            row = judge.error_stats(name, got[name], ref[name])
+        row.tolerance = judge.tolerance(row.name, None, kind="optim")
+        rows.append(row)
+    context = f"one SGD step from iteration {start}"
+    report_table(rows, f"{subject} {context}", judge.first_failure(rows))
+    judge.assert_rows(rows, context, subject)

@@ -1,7 +1,7 @@
 """Inference parity: post-processed detections per image, and the 12 COCO statistics.
 
-What this proves. Both ports start from identical weights and predict the whole bundled val
-split; the tests require (a) identical detection sets per image (same count, same labels,
+What this proves. Every subject that offers `predict` and the reference start from identical
+weights and predict the whole bundled val split; the tests require (a) identical detection sets per image (same count, same labels,
 boxes and scores close, matched one to one) and (b) the 12 COCO statistics of each port's
 detections equal to 3 decimals. Together they show that the two ports decode, threshold,
 run NMS and truncate identically, and that evaluation sees the same thing.
@@ -21,7 +21,7 @@ import pytest
 from gfocal.config import from_dict
 from gfocal.schedule import learning_rate
 from parity_tests import judge
-from gfocal.ports import FRAMEWORKS
+from parity_tests.subject import offers
 
 DATA = dict(img_scale=[128, 96], batch_size=4, val_batch_size=8)
 TRAIN_ITERS = 200        # slow test only
@@ -36,35 +36,53 @@ def coco_config(small_cfg, **model):
                       "optim": dict(lr=0.02, warmup_iters=20)}, source="parity COCO test")
 
 
-def predict_both(cfg, ports, tmodel, jmodel):
+def predict_all(cfg, predictors):
+    """{name: detections per val image} of every predictor {name: subject}, plus the
+    dataset, the config and the image ids."""
     from gfocal.data.loader import build_dataloader
-    from gfocal.engine import predict_dataset
     val = build_dataloader(cfg, "val")
-    out = {"dataset": val.dataset, "cfg": cfg}
-    for port, model in zip(ports, (tmodel, jmodel)):
-        out[port.FRAMEWORK], out["img_ids"] = predict_dataset(port, model, val)
+    out = {"dataset": val.dataset, "cfg": cfg, "img_ids": [], "subjects": {}}
+    for batch in val:
+        out["img_ids"].extend(meta["img_id"] for meta in batch["img_metas"])
+        for name, subject in predictors.items():
+            out["subjects"].setdefault(name, []).extend(subject.predict(batch))
     return out
 
 
+def predict_from(runs, cfg, state):
+    """The reference's and every predicting subject's detections on the val split from
+    `state`; each is rebuilt from the session's weights afterwards (the other parity files
+    share them)."""
+    predictors = {"reference": runs.reference}
+    predictors.update({n: s for n, s in runs.subjects.items() if offers(s, "predict")})
+    try:
+        for subject in predictors.values():
+            subject.build(cfg["model"], state)
+        return predict_all(cfg, predictors)
+    finally:
+        for subject in predictors.values():
+            subject.build(runs.cfg, runs.state)
+
+
 @pytest.fixture(scope="module")
-def detections(pair_builder, small_cfg):
-    """Both ports' detections on the val split from the same dense-scoring weights."""
+def detections(runs, small_cfg):
+    """Every subject's detections on the val split from the same dense-scoring weights."""
+    from parity_tests.conftest import seeded_state
     cfg = coco_config(small_cfg)
-    tmodel, jmodel, state = pair_builder(cfg["model"])
-    tp, jp = pair_builder.ports
+    state = seeded_state(cfg["model"])
     state["bbox_head.gfl_cls.bias"][:] = 0.0
-    tp.checkpoint.load_state_dict_numpy(tmodel, state)
-    jp.checkpoint.load_state_dict_numpy(jmodel, state)
-    return predict_both(cfg, pair_builder.ports, tmodel, jmodel)
+    return predict_from(runs, cfg, state)
 
 
 @pytest.fixture(scope="module")
-def trained_detections(pair_builder, small_cfg):
-    """Both ports' detections after TRAIN_ITERS SGD iterations of the PyTorch port."""
+def trained_detections(runs, reference_port, small_cfg):
+    """Every subject's detections after TRAIN_ITERS SGD iterations of the reference port."""
     from gfocal.data.loader import build_dataloader
+    from parity_tests.conftest import seeded_state
     cfg = coco_config(small_cfg, feat_channels=64, fpn_channels=64)
-    tmodel, jmodel, _ = pair_builder(cfg["model"])
-    tp, jp = pair_builder.ports
+    tp = reference_port
+    tmodel = tp.build_detector(cfg["model"])
+    tp.checkpoint.load_state_dict_numpy(tmodel, seeded_state(cfg["model"]))
     optimizer = tp.train.build_optimizer(tmodel, cfg["optim"])
     loader = build_dataloader(cfg, "train")
     tmodel.train()
@@ -77,8 +95,7 @@ def trained_detections(pair_builder, small_cfg):
             tp.train.set_lr(optimizer, learning_rate(cfg["optim"], it, 0))
             tp.train.train_step(tmodel, optimizer, batch)
             it += 1
-    jp.checkpoint.load_state_dict_numpy(jmodel, tp.checkpoint.state_dict_numpy(tmodel))
-    return predict_both(cfg, pair_builder.ports, tmodel, jmodel)
+    return predict_from(runs, cfg, tp.checkpoint.state_dict_numpy(tmodel))
 
 
 def match_detections(ref, got, scale):
@@ -128,10 +145,12 @@ def at_boundary(det, idx, model_cfg):
     return full and abs(score - float(det["scores"][-1])) <= SCORE_TOL
 
 
-def test_detection_sets_identical(request, dets):
+def test_detection_sets_identical(request, dets, subject, require):
+    require(subject, "predict")
     model_cfg = dets["cfg"]["model"]
     problems, total, box_err, score_err, ties = [], 0, 0.0, 0.0, 0
-    for img_id, t, j in zip(dets["img_ids"], dets["torch"], dets["jittor"]):
+    for img_id, t, j in zip(dets["img_ids"], dets["subjects"]["reference"],
+                            dets["subjects"][subject]):
         info = dets["dataset"].coco.imgs[img_id]
         scale = max(info["height"], info["width"])
         pairs, miss_t, miss_j = match_detections(t, j, scale)
@@ -143,9 +162,9 @@ def test_detection_sets_identical(request, dets):
         unexplained_j = [i for i in miss_j if not at_boundary(j, i, model_cfg)]
         ties += len(miss_t) + len(miss_j) - len(unexplained_t) - len(unexplained_j)
         if unexplained_t or unexplained_j:
-            problems.append(f"image {img_id}: torch {len(t['scores'])} vs jittor "
-                            f"{len(j['scores'])} detections; only in torch: "
-                            f"{[describe(t, i) for i in unexplained_t][:3]}; only in jittor: "
+            problems.append(f"image {img_id}: reference {len(t['scores'])} vs {subject} "
+                            f"{len(j['scores'])} detections; only in the reference: "
+                            f"{[describe(t, i) for i in unexplained_t][:3]}; only in {subject}: "
                             f"{[describe(j, i) for i in unexplained_j][:3]}")
     assert total > 10 * len(dets["img_ids"]), f"only {total} detections: too few to prove much"
     nan = float("nan")
@@ -155,17 +174,18 @@ def test_detection_sets_identical(request, dets):
                                tolerance=SCORE_TOL),
             judge.ErrorStats("detections.unmatched", (len(dets["img_ids"]),), nan, nan, nan,
                                nan, mismatches=len(problems), tolerance=0.0)]
-    judge.record_verdict(rows, f"detections ({request.node.callspec.id})")
+    context = f"detections ({request.node.callspec.params['dets']})"
+    judge.record_verdict(rows, context, subject)
     assert not problems, "\n".join(problems)
-    judge.assert_rows(rows, f"detections ({request.node.callspec.id})")
+    judge.assert_rows(rows, context, subject)
     print(f"{total} detections matched one to one ({ties} boundary ties); max box err "
           f"{box_err:.2e} of the image size, max score err {score_err:.2e}")
 
 
 def test_detections_are_sorted_and_well_formed(dets):
     model_cfg = dets["cfg"]["model"]
-    for port in FRAMEWORKS:
-        for det in dets[port]:
+    for port, found in dets["subjects"].items():
+        for det in found:
             assert det["boxes"].shape == (len(det["scores"]), 4)
             assert det["labels"].dtype == np.int64
             assert np.all(np.diff(det["scores"]) <= 0), f"{port}: scores not sorted"
@@ -173,26 +193,28 @@ def test_detections_are_sorted_and_well_formed(dets):
             assert len(det["scores"]) <= model_cfg["max_per_img"]
 
 
-def test_coco_statistics_equal(request, dets, report_table):
+def test_coco_statistics_equal(request, dets, report_table, subject, require):
     from gfocal.evaluation.coco_eval import evaluate, results_to_coco
+    require(subject, "predict", "COCO statistics")
     dataset = dets["dataset"]
-    stats = {port: evaluate(dataset.coco, results_to_coco(dets[port], dets["img_ids"],
-                                                          dataset.label_to_cat_id),
-                            img_ids=dets["img_ids"])
-             for port in FRAMEWORKS}
-    lines = [f"{name:6s} torch {stats['torch'][name]:.4f} jittor {stats['jittor'][name]:.4f}"
-             for name in stats["torch"]]
+    stats = {key: evaluate(dataset.coco, results_to_coco(dets["subjects"][name], dets["img_ids"],
+                                                         dataset.label_to_cat_id),
+                           img_ids=dets["img_ids"])
+             for key, name in (("reference", "reference"), ("subject", subject))}
+    lines = [f"{name:6s} reference {stats['reference'][name]:.4f} {subject} "
+             f"{stats['subject'][name]:.4f}" for name in stats["reference"]]
     print("\n".join(lines))
     tol = 0.5 * 10 ** -STAT_DECIMALS
-    rows = [judge.ErrorStats(f"coco.{k}", (), abs(stats["jittor"][k] - stats["torch"][k]),
-                               abs(stats["torch"][k]), abs(stats["jittor"][k] - stats["torch"][k]),
+    rows = [judge.ErrorStats(f"coco.{k}", (), abs(stats["subject"][k] - stats["reference"][k]),
+                               abs(stats["reference"][k]), abs(stats["subject"][k] - stats["reference"][k]),
                                float("nan"), tolerance=tol)
-            for k in stats["torch"]]
-    report_table(rows, "COCO statistics (absolute difference)")
-    judge.record_verdict(rows, f"COCO statistics ({request.node.callspec.id})")
-    assert stats["torch"]["AR100"] > 0, "no true positive at all:\n" + "\n".join(lines)
+            for k in stats["reference"]]
+    report_table(rows, f"{subject} COCO statistics (absolute difference)")
+    judge.record_verdict(rows, f"COCO statistics ({request.node.callspec.params['dets']})",
+                         subject)
+    assert stats["reference"]["AR100"] > 0, "no true positive at all:\n" + "\n".join(lines)
     if "trained" in request.node.callspec.id:
-        assert stats["torch"]["AP50"] >= MIN_AP50, (
+        assert stats["reference"]["AP50"] >= MIN_AP50, (
             "trained weights too weak for a meaningful comparison:\n" + "\n".join(lines))
-    for name in stats["torch"]:
-        assert abs(stats["jittor"][name] - stats["torch"][name]) <= tol, "\n".join(lines)
+    for name in stats["reference"]:
+        assert abs(stats["subject"][name] - stats["reference"][name]) <= tol, "\n".join(lines)
