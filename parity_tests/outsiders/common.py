@@ -28,18 +28,18 @@ def module_probes(model_cfg):
     """{module path: canonical probe name} of the probes that are module outputs ("{call}":
     the head's modules run once per pyramid level)."""
     last = model_cfg["stacked_convs"] - 1  # the tower's output is its last block's
-    probes = {"body.maxpool": "backbone.stem"}
-    probes.update({f"body.layer{i}": f"backbone.layer{i}" for i in range(1, 5)})
-    probes.update({f"pyramid.lateral_convs.{i}": f"neck.lateral.{i}"
+    paths = {"body.maxpool": "backbone.stem"}
+    paths.update({f"body.layer{i}": f"backbone.layer{i}" for i in range(1, 5)})
+    paths.update({f"pyramid.lateral_convs.{i}": f"neck.lateral.{i}"
                    for i in range(NUM_INPUT_LEVELS)})
-    probes.update({f"pyramid.fpn_convs.{i}": f"neck.p{i + 3}"
+    paths.update({f"pyramid.fpn_convs.{i}": f"neck.p{i + 3}"
                    for i in range(model_cfg["num_outs"])})
-    probes.update({f"dense_head.cls_convs.{last}": "head.cls_tower.{call}",
+    paths.update({f"dense_head.cls_convs.{last}": "head.cls_tower.{call}",
                    f"dense_head.reg_convs.{last}": "head.reg_tower.{call}",
                    "dense_head.reg_conf": "head.quality.{call}"})
-    probes.update({f"dense_head.scales.{level}": f"head.reg_logits.{level}"
+    paths.update({f"dense_head.scales.{level}": f"head.reg_logits.{level}"
                    for level in range(len(model_cfg["strides"]))})
-    return probes
+    return paths
 
 
 class ModuleNames:
