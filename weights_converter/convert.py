@@ -14,8 +14,9 @@ from gfocal.state_dict import CheckpointError, diff_state_dicts
 
 
 def infer_model_cfg(state):
-    """The `model` config section that a full detector state dict was made with."""
-    from gfocal.config import DEFAULTS
+    """The `model` config section that a full detector state dict was made with (a GFL V1
+    model when it has no `bbox_head.reg_conf.*`)."""
+    from gfocal.config import DEFAULTS, GFL_V1
     try:
         cfg = dict(DEFAULTS["model"])
         has_conv3 = "backbone.layer1.0.conv3.weight" in state
@@ -30,8 +31,11 @@ def infer_model_cfg(state):
         cfg["stacked_convs"] = len({k.split(".")[2] for k in state
                                     if k.startswith("bbox_head.cls_convs.")})
         cfg["reg_max"] = state["bbox_head.gfl_reg.weight"].shape[0] // 4 - 1
-        cfg["reg_channels"] = state["bbox_head.reg_conf.0.weight"].shape[0]
-        cfg["reg_topk"] = state["bbox_head.reg_conf.0.weight"].shape[1] // 4 - 1
+        if "bbox_head.reg_conf.0.weight" in state:  # the DGQP branch: GFocalV2
+            cfg["reg_channels"] = state["bbox_head.reg_conf.0.weight"].shape[0]
+            cfg["reg_topk"] = state["bbox_head.reg_conf.0.weight"].shape[1] // 4 - 1
+        else:  # without it: GFL V1 (docs/MODEL.md section 15)
+            cfg["head"] = GFL_V1
         cfg["num_outs"] = len({k.split(".")[2] for k in state if k.startswith("bbox_head.scales.")})
         cfg["strides"] = [8 * 2 ** i for i in range(cfg["num_outs"])]
         return cfg
