@@ -146,7 +146,8 @@ def gfl_config(m):
             loss_bbox=dict(type="GIoULoss", loss_weight=m["loss_bbox_weight"])),
         train_cfg=dict(assigner=dict(type="ATSSAssigner", topk=m["atss_topk"]),
                        allowed_border=-1, pos_weight=-1, debug=False),
-        test_cfg=dict(nms_pre=m["nms_pre"], min_bbox_size=0, score_thr=m["score_thr"],
+        test_cfg=dict(nms_pre=m["nms_pre"], min_bbox_size=m.get("min_bbox_size", 0),
+                      score_thr=m["score_thr"],
                       nms=dict(type="nms", iou_threshold=m["iou_thr"]),
                       max_per_img=m["max_per_img"]))
 

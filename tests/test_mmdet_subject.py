@@ -1,0 +1,84 @@
+"""mmdetection 3.3.0's GFL as a parity subject (parity_tests/subjects/mmdet_gfl.py) against our
+PyTorch port, both from the same canonical weights: scripts/mmdet_compare.py in the mmdet
+environment (scripts/mmdet_env.sh, made on first use), one subprocess per head.
+
+Both run the same PyTorch CPU kernels in the same order up to the head, so the shared forward
+probes agree to float32 rounding (measured: bit for bit). In V1 the rest differs only by
+float32 summation order (mmdet's Integral is a matrix product, ours a multiply-and-sum), up to
+~1.3e-6 of the largest gradient; random_b1 is left out of the V1 check: its border box meets
+a distance tie at ATSS's 9th candidate, which mmdet's `topk` breaks towards the higher anchor
+index and our port towards the lower.
+"""
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+import mmdet_compare  # noqa: E402
+
+from parity_tests import judge  # noqa: E402
+from parity_tests.cases import CASES  # noqa: E402
+
+FLOAT32_ORDER = 1e-6    # the same kernels in the same order: float32 rounding at most
+FLOAT32_SUMS = 1e-5     # sums over anchors and pixels taken in another order (V1 losses, grads)
+TIE_CASE = "random_b1"  # the ATSS top-k tie, see above
+
+
+def pypi_reachable():
+    try:
+        socket.create_connection(("pypi.org", 443), timeout=5).close()
+    except OSError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def mmdet_python():
+    made = subprocess.run(["bash", "scripts/mmdet_env.sh"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=1800)
+    if made.returncode:
+        if not pypi_reachable():
+            pytest.skip("PyPI is unreachable: the mmdet environment cannot be made")
+        pytest.fail((made.stderr.strip().splitlines() or ["scripts/mmdet_env.sh failed"])[-1])
+    return made.stdout.strip().splitlines()[-1]
+
+
+def compare(mmdet_python, tmp_path, *args):
+    out = tmp_path / "rows.json"
+    done = subprocess.run([mmdet_python, "-W", "ignore", "scripts/mmdet_compare.py", *args,
+                           "--json", str(out)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=900, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(out.read_text())
+
+
+@pytest.mark.ci
+def test_forward_probes_shared_with_v2_equal_ours(mmdet_python, tmp_path):
+    rows = compare(mmdet_python, tmp_path, "--head", "gfl_v2")
+    shared = [n for n in judge.forward_probes("gfl_v2") if mmdet_compare.SHARED_FORWARD.match(n)]
+    assert list(rows) == shared
+    far = {n: r for n, r in rows.items() if r["rel"] > FLOAT32_ORDER or r["note"]}
+    assert not far, far
+
+
+@pytest.mark.ci
+def test_v1_probes_losses_gradients_detections_equal_ours(mmdet_python, tmp_path):
+    cases = ",".join(c for c in CASES if c != TIE_CASE)
+    rows = compare(mmdet_python, tmp_path, "--head", "gfl_v1", "--cases", cases)
+    assert set(judge.all_probes("gfl_v1")) <= set(rows)
+    assert rows["detections.count"]["rel"] > 0 and rows["detections.count"]["differ"] == 0
+    missing = {n: r["note"] for n, r in rows.items() if r["note"].startswith("missing")}
+    assert not missing, missing
+    exact = {n: r for n, r in rows.items()
+             if (judge.is_exact(n) or n == "detections.labels") and r["differ"]}
+    assert not exact, exact
+    bound = {n: r for n, r in rows.items() if n != "detections.count"
+             and r["rel"] > (FLOAT32_ORDER if n.startswith(("backbone.", "neck.", "head."))
+                             else FLOAT32_SUMS)}
+    assert not bound, bound
