@@ -285,7 +285,8 @@ def _train(run, port, device, rank, world, stop):
                 t_data = time.perf_counter()
             epoch_done = it % iters_per_epoch == 0 and it > 0
             meta = {"iter": it, "epoch": epoch + 1 if epoch_done else epoch, "classes": classes,
-                    "amp": cfg["train"]["amp"], "tuning": cfg["train"]["tuning"]}
+                    "amp": cfg["train"]["amp"], "tuning": cfg["train"]["tuning"],
+                    "model": cfg["model"]}  # what `pytest parity_tests --weights` builds
             if scaler is not None:
                 meta["loss_scale"] = scaler.state()
             if lead:

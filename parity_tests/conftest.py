@@ -101,15 +101,21 @@ def session_head(config, subjects):
 
 
 def user_weights(config):
-    """(model config, canonical state) of --weights, or None."""
+    """(model config, canonical state) of --weights, or None. The model config is the one
+    the file records (our training checkpoints and the converter's output do, checked by the
+    config schema), else inferred from the weights' shapes (gn_groups then mmdetection's 32)."""
     path = config.getoption("--weights")
     if path is None:
         return None
+    from gfocal.checkpoint_io import meta_of, read_any
+    from gfocal.config import from_dict
     from gfocal.errors import USER_ERRORS
-    from gfocal.checkpoint_io import load_any
     from weights_converter.convert import infer_model_cfg
     try:
-        state = load_any(path)
+        _, state, payload = read_any(path)
+        recorded = meta_of(payload).get("model")
+        if isinstance(recorded, dict):
+            return from_dict({"model": recorded}, source=f"{path} (meta model)")["model"], state
         return infer_model_cfg(state), state
     except USER_ERRORS as exc:
         raise pytest.UsageError(f"--weights: {exc}") from None
@@ -211,9 +217,13 @@ def require(parity):
 
 
 @pytest.fixture(scope="session")
-def port_subject(parity):
+def port_subject(parity, request):
     """The name of the subject whose gfocal port module the function-level checks drive
     (offer "port": our Jittor port); the other subjects' verdicts read "not offered"."""
+    not_offered = ledger.of(request.config).not_offered
+    for name, subject in parity["subjects"].items():
+        if not offers(subject, "port"):
+            not_offered.setdefault(name, set()).add(judge.CHECK_OF_OFFER["port"])
     for name, subject in parity["subjects"].items():
         if offers(subject, "port"):
             return name
@@ -222,11 +232,7 @@ def port_subject(parity):
 
 
 @pytest.fixture(scope="session")
-def subject_port(parity, port_subject, request):
-    not_offered = ledger.of(request.config).not_offered
-    for name, subject in parity["subjects"].items():
-        if not offers(subject, "port"):
-            not_offered.setdefault(name, set()).add(judge.CHECK_OF_OFFER["port"])
+def subject_port(parity, port_subject):
     return parity["subjects"][port_subject].port
 
 
@@ -294,8 +300,10 @@ def pytest_report_header(config):
     setting = parity_setting(config)
     tuned = "" if setting == "default" else f"; every port in the {setting} speed setting"
     session = parity_session(config)
-    return (f"parity: {session['head']}; reference {session['reference'].name} (float32, "
-            f"float64 for the noise); subjects: {', '.join(session['subjects'])} "
+    weights = config.getoption("--weights")
+    start = f"weights of {weights}" if weights else "the seeded initialisation"
+    return (f"parity: {session['head']} from {start}; reference {session['reference'].name} "
+            f"(float32, float64 for the noise); subjects: {', '.join(session['subjects'])} "
             f"(Jittor {jittor}){tuned}")
 
 

@@ -101,6 +101,7 @@ class PortSubject(Subject):
     def recipe(self, optim_cfg, iterations, batch_size):
         """What the port's optimizer holds at each iteration once the shared schedule has
         set it (gfocal/engine.py sets the lr from gfocal/schedule.py every iteration)."""
+        self.model.train()  # Jittor's eval() stops every parameter's gradient
         optimizer = self.port.train.build_optimizer(self.model, optim_cfg)
         out = {}
         for it, epoch in iterations:
