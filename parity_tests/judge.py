@@ -323,10 +323,15 @@ CHECKS = ("forward probes", "targets and assignment", "losses", "gradients", "SG
           "detections", "COCO statistics", "training recipe")
 CHECK_OF_KIND = {"forward": "forward probes", "targets": "targets and assignment",
                  "loss": "losses", "grad": "gradients", "optim": "SGD steps"}
+# Shown only where a subject has them: its anchors assigned differently at ATSS ties, where
+# the reference took its side (parity_tests/ties.py), per case and mode.
+TIES_CHECK = "ATSS ties broken differently"
 
 
 def check_of(name):
     """The verdict line a compared tensor belongs to."""
+    if name.startswith("ties."):
+        return TIES_CHECK
     if name.startswith("coco."):
         return "COCO statistics"
     if name.startswith("recipe."):
@@ -367,7 +372,8 @@ def verdict_lines(records, not_offered=()):
     """One dict per check of CHECKS (in that order) from verdict records, plus the checks
     `not_offered` by the subject (verdict "not offered", never a pass)."""
     out = []
-    for check in CHECKS + tuple(sorted(set(not_offered) - set(CHECKS))):
+    noted = (TIES_CHECK,) if any(r["check"] == TIES_CHECK for r in records) else ()
+    for check in CHECKS + noted + tuple(sorted(set(not_offered) - set(CHECKS))):
         rows = [r for r in records if r["check"] == check]
         close = [r for r in rows if not r["exact"]]
         rels = [r["rel"] for r in close if r["rel"] is not None]
@@ -382,7 +388,7 @@ def verdict_lines(records, not_offered=()):
             "tol_min": tols[0] if tols else None, "tol_max": tols[-1] if tols else None,
             "nonfinite": len(close) - len(rels), "failed": failed,
             "verdict": ("not offered" if check in not_offered else "not run") if not rows
-            else ("FAIL" if failed else "PASS")})
+            else ("FAIL" if failed else "noted" if check == TIES_CHECK else "PASS")})
     return out
 
 
@@ -446,13 +452,16 @@ def verdict_text(records, not_offered=None, reference="torch"):
 
 VERDICT_NOTE = ("Errors are relative (max |subject - reference| / max |reference| per tensor; "
                 "COCO statistics: absolute difference). Tolerances: parity_tests/TOLERANCES.md. "
-                "\"not offered\": a check the subject does not offer (docs/SUBJECTS.md).")
+                "\"not offered\": a check the subject does not offer (docs/SUBJECTS.md). "
+                "\"noted\": anchors (elements differing) a subject assigns differently at ATSS "
+                "ties, the reference taking its side (parity_tests/ties.py).")
 
 
 def verdict_html(records, not_offered=None, reference="torch"):
     """The verdict table(s): id parity-verdict for Jittor, parity-verdict-<subject> else."""
     not_offered = not_offered or {}
-    colour = {"PASS": "#cfc", "FAIL": "#f88", "not run": "#eee", "not offered": "#ffd"}
+    colour = {"PASS": "#cfc", "FAIL": "#f88", "not run": "#eee", "not offered": "#ffd",
+              "noted": "#ffd"}
     out = ["<h2>Parity verdict</h2>"]
     for subject, rows in by_subject(records, not_offered).items():
         suffix = "" if subject == "jittor" else "-" + "".join(

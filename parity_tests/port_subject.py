@@ -5,6 +5,7 @@ through the same interface an outside implementation offers (parity_tests/subjec
 They record their probes with their own `probes.capture()` (the ports are ours); an outside
 subject takes them with parity_tests/hook_probes.py instead.
 """
+import contextlib
 import copy
 
 import numpy as np
@@ -46,16 +47,21 @@ class PortSubject(Subject):
             self._model64 = copy.deepcopy(self.model).double()
         return self._model64
 
-    def run(self, batch, mode, gradients=False, relu_masks=None, amp="off", float64=False):
+    def run(self, batch, mode, gradients=False, relu_masks=None, amp="off", float64=False,
+            assigned_gt_inds=None):
         """One loss evaluation: probes, loss totals (+ gradients by name and the input of
         every ReLU call, in call order) in precision `amp` (gfocal/precision.py; fp16's
         gradients through the loss scale, as training takes them); `relu_masks`: see
-        parity_tests/kinks.py; `float64`: on the float64 twin (batch already float64)."""
+        parity_tests/kinks.py; `float64`: on the float64 twin (batch already float64);
+        `assigned_gt_inds`: per image, the ATSS assignment to take instead of its own (gt
+        index + 1 per anchor of all levels, as the probe targets.assigned_gt_inds holds it:
+        the other side of ATSS ties, parity_tests/ties.py)."""
         port = self.port
         model = self.model64() if float64 else self.model
         model.train() if mode == "train" else model.eval()
         scale = INIT_SCALE if uses_loss_scale(amp) else 1.0
-        with port.on_device(self.device), port.precision.mixed_precision(amp, self.device):
+        with port.on_device(self.device), port.precision.mixed_precision(amp, self.device), \
+                assignment(port, model.loss_fn.assigner, assigned_gt_inds):
             with port.probes.capture() as probes, \
                     port.probes.relu_calls(model, relu_masks) as relus:
                 losses = model.loss(batch)
@@ -110,6 +116,41 @@ class PortSubject(Subject):
                                 for key in ("lr", "momentum", "weight_decay")}
             out[(it, epoch)]["batch_size"] = batch_size
         return out
+
+
+@contextlib.contextmanager
+def assignment(port, assigner, per_image):
+    """For the block, `assigner` (a port's ATSSAssigner) gives each image the gt indices of
+    `per_image` (numpy, per anchor of all levels) and their labels instead of its own
+    choice; its IoUs and everything after the assignment stay its own. None: unchanged."""
+    if per_image is None:
+        yield
+        return
+    get_targets, assign = assigner.get_targets, assigner.assign
+    pending = []  # per image, in the order assign sees them: the override on valid anchors
+
+    def wanted_get_targets(anchors_per_level, valid_flags_per_image, *args, **kwargs):
+        if len(valid_flags_per_image) != len(per_image):
+            raise ValueError(f"{len(per_image)} images of assigned_gt_inds for "
+                             f"{len(valid_flags_per_image)} images")
+        for flags, inds in zip(valid_flags_per_image, per_image):
+            valid = np.concatenate([port.numpy(f) for f in flags]).astype(bool)
+            pending.append(np.asarray(inds, np.int64)[valid])
+        return get_targets(anchors_per_level, valid_flags_per_image, *args, **kwargs)
+
+    def wanted_assign(anchors, num_level_anchors, gt_bboxes, gt_labels):
+        _, max_overlaps, _ = assign(anchors, num_level_anchors, gt_bboxes, gt_labels)
+        inds = pending.pop(0)
+        gt_labels = port.numpy(gt_labels).reshape(-1).astype(np.int64)
+        labels = np.full(len(inds), -1, np.int64)
+        labels[inds > 0] = gt_labels[inds[inds > 0] - 1]
+        return port.tensor(inds), max_overlaps, port.tensor(labels)
+
+    assigner.get_targets, assigner.assign = wanted_get_targets, wanted_assign
+    try:
+        yield
+    finally:  # the instance attributes go: the class's methods are back
+        del assigner.get_targets, assigner.assign
 
 
 def _group_value(optimizer, key):

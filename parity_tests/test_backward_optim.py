@@ -35,13 +35,13 @@ def test_same_trainable_parameters(runs, subject, require):
 def test_gradients(runs, subject, case, report_table, require):
     """d loss / d parameter for every trainable parameter, compared by name; where the ports
     take different sides of a ReLU kink, against the PyTorch port on the subject's side of
-    it, after the ReLU inputs there are held to the forward tolerance (parity_tests/kinks.py)."""
+    it, after the ReLU inputs there are held to the forward tolerance (parity_tests/kinks.py);
+    likewise at the subject's ATSS ties (parity_tests/ties.py)."""
     require(subject, "gradients")
-    run = runs.get(case, "train")
-    resolved = run["kinks"][subject] or {"rows": [], "reference": run["reference"], "noise": run["noise"]}
-    ref = prefixed("grad.", resolved["reference"]["grads"])
-    got = prefixed("grad.", run[subject]["grads"])
-    rows = resolved["rows"] + judge.compare_all(list(ref), got, ref, resolved["noise"])
+    resolved = runs.against(subject, case, "train", gradients=True)
+    names = list(prefixed("grad.", resolved["reference"]["grads"]))
+    rows = resolved["rows"] + runs.rows(subject, case, "train", names, part="grads",
+                                        gradients=True)
     report_table(rows, f"{subject} {case}: gradients by parameter", judge.first_failure(rows))
     judge.assert_rows(rows, f"{case} gradients", subject)
 

@@ -20,19 +20,18 @@ def recorded_order(run, head="gfl_v2"):
 
 def test_forward_probe(runs, subject, case, mode, forward_probe, require):
     require(subject, "probes")
-    run = runs.get(case, mode)
-    rows = judge.compare_all([forward_probe], run[subject]["probes"],
-                             run["reference"]["probes"], run["noise"])
+    rows = runs.rows(subject, case, mode, [forward_probe])
     judge.assert_rows(rows, f"{case}/{mode}", subject)
 
 
 def test_first_divergence(runs, subject, case, mode, report_table, require, parity):
     """Every probe (forward, targets, losses) in forward order; the report names the first
-    divergent one and shows the statistics of all the others."""
+    divergent one and shows the statistics of all the others (the ATSS tie row first, where
+    the reference takes the subject's side of its ties: parity_tests/ties.py)."""
     require(subject, "probes")
     run = runs.get(case, mode)
-    rows = judge.compare_all(recorded_order(run, parity["head"]), run[subject]["probes"],
-                             run["reference"]["probes"], run["noise"])
+    rows = (runs.against(subject, case, mode)["rows"]
+            + runs.rows(subject, case, mode, recorded_order(run, parity["head"])))
     mark = judge.first_failure(rows)
     report_table(rows, f"{subject} {case} / {mode}: every probe, forward order", mark)
     judge.assert_rows(rows, f"{case}/{mode}", subject)

@@ -7,31 +7,29 @@ tolerance policy of judge.py.
 import numpy as np
 import pytest
 
-from parity_tests import judge, regimes
+from parity_tests import judge, regimes, ties
 from parity_tests.cases import selected_cases
 
 
 def test_target_probe(runs, subject, case, mode, target_probe, require):
+    """Against the reference taking the subject's side of the ATSS ties where its assignment
+    differs only there (parity_tests/ties.py: the tie row counts those anchors)."""
     require(subject, "probes", "targets and assignment")
-    run = runs.get(case, mode)
-    rows = judge.compare_all([target_probe], run[subject]["probes"], run["reference"]["probes"],
-                               run["noise"])
+    rows = (runs.against(subject, case, mode)["rows"]
+            + runs.rows(subject, case, mode, [target_probe]))
     judge.assert_rows(rows, f"{case}/{mode}", subject)
 
 
 def test_loss_probe(runs, subject, case, mode, loss_probe, require):
     require(subject, "probes", "losses")
-    run = runs.get(case, mode)
-    rows = judge.compare_all([loss_probe], run[subject]["probes"], run["reference"]["probes"],
-                               run["noise"])
+    rows = (runs.against(subject, case, mode)["rows"]
+            + runs.rows(subject, case, mode, [loss_probe]))
     judge.assert_rows(rows, f"{case}/{mode}", subject)
 
 
 def test_loss_totals(runs, subject, case, mode, report_table, require):
     require(subject, "losses")
-    run = runs.get(case, mode)
-    rows = judge.compare_all(judge.LOSS_TOTALS, run[subject]["losses"],
-                               run["reference"]["losses"], run["noise"])
+    rows = runs.rows(subject, case, mode, judge.LOSS_TOTALS, part="losses")
     report_table(rows, f"{subject} {case} / {mode}: loss totals")
     judge.assert_rows(rows, f"{case}/{mode} loss totals", subject)
 
@@ -81,23 +79,13 @@ STRIDES = [8, 16, 32, 64, 128]
 
 
 def reference_anchors(featmap_sizes, strides, octave_base_scale=8):
-    out = []
-    for (h, w), s in zip(featmap_sizes, strides):
-        ys, xs = np.meshgrid(np.arange(h) * s, np.arange(w) * s, indexing="ij")
-        cx, cy = xs.ravel().astype(np.float32), ys.ravel().astype(np.float32)
-        half = octave_base_scale * s / 2
-        out.append(np.stack([cx - half, cy - half, cx + half, cy + half], axis=1))
-    return out
+    """Per level, the anchors of docs/MODEL.md section 4 in float32 (parity_tests/ties.py's
+    numpy ones: exact integers)."""
+    return [a.astype(np.float32) for a in ties.grid_anchors(featmap_sizes, strides,
+                                                            octave_base_scale)]
 
 
-def reference_valid_flags(featmap_sizes, strides, pad_shape):
-    out = []
-    for (h, w), s in zip(featmap_sizes, strides):
-        vh, vw = min(-(-pad_shape[0] // s), h), min(-(-pad_shape[1] // s), w)
-        flags = np.zeros((h, w), bool)
-        flags[:vh, :vw] = True
-        out.append(flags.ravel())
-    return out
+reference_valid_flags = ties.valid_flags
 
 
 def test_anchors_and_valid_flags_exact(port):

@@ -169,6 +169,19 @@ def _dfl_weights_swapped(model, kit):
     model.criterion.ops.distribution_focal_loss = kit.dfl_weights_swapped
 
 
+def _atss_ties_last(model, kit):
+    """Not a bug: ATSS with the other legitimate tie rule (mmdetection's topk may take it)."""
+    names = private_globals(model.criterion.assigner, "assign")
+    ascending_first = names.stable_argsort
+
+    def larger_index_first(x, descending=False):
+        # the descending order (equal keys by ascending index) reversed: ascending keys,
+        # equal keys by descending index
+        order = kit.to_numpy(ascending_first(x, descending=not descending))[::-1]
+        return kit.as_tensor(order.copy())  # a copy: no negative strides left
+    names.stable_argsort = larger_index_first
+
+
 BUGS = {
     "anchors_half_stride": (_anchors_half_stride, "anchor centres at (x + 0.5) * stride"),
     "integral_softmax_axis": (_integral_softmax_axis,
@@ -179,6 +192,9 @@ BUGS = {
     "targets_yx": (_targets_yx, "box targets in (y1, x1, y2, x2) order"),
     "dfl_weights_swapped": (_dfl_weights_swapped,
                             "DFL's left and right bin weights swapped"),
+    # a variant, not a bug: the suite must take its side (parity_tests/ties.py)
+    "atss_ties_last": (_atss_ties_last,
+                       "ATSS candidates at the k-th distance taken larger anchor index first"),
 }
 
 
