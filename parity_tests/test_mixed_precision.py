@@ -78,12 +78,13 @@ def subject_of(subject, amp):
     return f"{subject}/{amp}"
 
 
-def test_forward_targets_losses(amp_runs, amp, subject, amp_case, report_table, require):
+def test_forward_targets_losses(amp_runs, amp, subject, amp_case, report_table, require,
+                                parity):
     """Every probe in forward order and the loss totals, train mode (which computes the
     same numbers as eval: BN frozen, GN per sample)."""
     require(subject, "amp")
     run = amp_runs.get(amp_case, "train")
-    rows = judge.compare_all(recorded_order(run), run[subject]["probes"],
+    rows = judge.compare_all(recorded_order(run, parity["head"]), run[subject]["probes"],
                              run["reference"]["probes"], run["noise"], amp=amp)
     rows += judge.compare_all(judge.LOSS_TOTALS, run[subject]["losses"],
                               run["reference"]["losses"], run["noise"], amp=amp)
