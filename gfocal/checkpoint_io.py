@@ -508,14 +508,18 @@ def read_training_state(path, num_classes=None):
 def canonical_to_mmdet(state):
     """Our canonical state dict in the official GFocalV2 / mmdetection layout.
 
-    Scales become 0-d (mmcv's `Scale`); the classifier gets mmdetection's background channel
-    appended last, with zero weights and a bias of BACKGROUND_BIAS, so its probability is
-    exactly 0 and the official code's detections are those of our num_classes channels.
+    Scales become 0-d (mmcv's `Scale`); a GFocalV2 classifier gets the official config's
+    background channel appended last, with zero weights and a bias of BACKGROUND_BIAS, so its
+    probability is exactly 0 and the official code's detections are those of our num_classes
+    channels. A GFL V1 model (no `reg_conf`: mmdetection 3.x's GFLHead, use_sigmoid) has none.
     """
+    v2 = any(name.startswith("bbox_head.reg_conf.") for name in state)
     out = {}
     for name, value in state.items():
         if name.startswith("bbox_head.scales.") and value.shape == (1,):
             value = value.reshape(())
+        elif not v2:
+            pass
         elif name == "bbox_head.gfl_cls.weight":
             value = np.concatenate([value, np.zeros_like(value[:1])])
         elif name == "bbox_head.gfl_cls.bias":

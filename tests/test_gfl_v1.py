@@ -361,3 +361,8 @@ def test_v1_weights_round_trip_through_the_converter(tmp_path):
         assert set(got) == set(state)
         assert all(np.array_equal(got[k], v) and got[k].dtype == v.dtype
                    for k, v in state.items())
+    # mmdetection 3.x's layout: its sigmoid classifier has no background channel
+    from gfocal.checkpoint_io import load_payload
+    exported = load_payload(mm)["state_dict"]
+    assert tuple(exported["bbox_head.gfl_cls.weight"].shape)[0] == 6
+    assert tuple(exported["bbox_head.scales.0.scale"].shape) == ()

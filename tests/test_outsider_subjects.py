@@ -1,4 +1,4 @@
-"""The parity suite locates bugs in code it does not own (issue 39, item 6).
+"""The parity suite locates bugs in code it does not own (the subject interface's proof of power).
 
 Two outside subjects (parity_tests/outsiders/: a PyTorch and a Jittor GFocalV2 under their
 own module and weight names, probes taken only through hooks) are judged against the
