@@ -113,3 +113,11 @@ def as_float64(batch):
     return out
 
 
+def seeded_state(model_cfg, seed=0):
+    """The PyTorch port's initial weights after torch.manual_seed(seed) (numpy, canonical)."""
+    import torch
+
+    from gfocal.ports import load_port
+    port = load_port("torch")
+    torch.manual_seed(seed)
+    return port.checkpoint.state_dict_numpy(port.build_detector(model_cfg))

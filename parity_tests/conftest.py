@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from parity_tests import judge, ledger, regimes
-from parity_tests.cases import CASES, make_case, selected_cases, small_config  # noqa: F401
+from parity_tests.cases import seeded_state, selected_cases, small_config
 from parity_tests.port_subject import PortSubject
 from parity_tests.runs import ParityRuns
 from parity_tests.subject import HEADS, SubjectError, load_subject, offers
@@ -147,16 +147,6 @@ def parity_session(config):
 
 
 # ---------------------------------------------------------------- weights, runs, offers
-def seeded_state(model_cfg, seed=0):
-    """The PyTorch port's initial weights after torch.manual_seed(seed) (numpy, canonical)."""
-    import torch
-
-    from gfocal.ports import load_port
-    port = load_port("torch")
-    torch.manual_seed(seed)
-    return port.checkpoint.state_dict_numpy(port.build_detector(model_cfg))
-
-
 @pytest.fixture(scope="session")
 def parity(request):
     """The session's reference, subjects and head (parity_session)."""

@@ -67,7 +67,7 @@ def predict_from(runs, cfg, state):
 @pytest.fixture(scope="module")
 def detections(runs, small_cfg):
     """Every subject's detections on the val split from the same dense-scoring weights."""
-    from parity_tests.conftest import seeded_state
+    from parity_tests.cases import seeded_state
     cfg = coco_config(small_cfg)
     state = seeded_state(cfg["model"])
     state["bbox_head.gfl_cls.bias"][:] = 0.0
@@ -78,7 +78,7 @@ def detections(runs, small_cfg):
 def trained_detections(runs, reference_port, small_cfg):
     """Every subject's detections after TRAIN_ITERS SGD iterations of the reference port."""
     from gfocal.data.loader import build_dataloader
-    from parity_tests.conftest import seeded_state
+    from parity_tests.cases import seeded_state
     cfg = coco_config(small_cfg, feat_channels=64, fpn_channels=64)
     tp = reference_port
     tmodel = tp.build_detector(cfg["model"])

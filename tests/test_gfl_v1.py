@@ -10,7 +10,7 @@ import pytest
 from gfocal.config import DEFAULTS, ConfigError, from_dict
 from gfocal.checkpoint_io import read, write
 from tests.conftest import TINY_MODEL
-from tests.test_losses import bce, log_softmax, meta, run_gfl_loss, value_and_grads
+from tests.test_losses import log_softmax, meta, run_gfl_loss, value_and_grads
 from tests.test_network import max_rel_diff, random_state
 from tests.test_postprocess import nms_reference
 from weights_converter.convert import convert, infer_model_cfg

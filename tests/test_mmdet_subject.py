@@ -5,9 +5,9 @@ environment (scripts/mmdet_env.sh, made on first use), one subprocess per head.
 Both run the same PyTorch CPU kernels in the same order up to the head, so the shared forward
 probes agree to float32 rounding (measured: bit for bit). In V1 the rest differs only by
 float32 summation order (mmdet's Integral is a matrix product, ours a multiply-and-sum), up to
-~1.3e-6 of the largest gradient; random_b1 is left out of the V1 check: its border box meets
-a distance tie at ATSS's 9th candidate, which mmdet's `topk` breaks towards the higher anchor
-index and our port towards the lower.
+~1.3e-6 of the largest gradient, and random_b1's border box meets a distance tie at ATSS's 9th
+candidate, which mmdet's `topk` breaks towards the higher anchor index and our port towards
+the lower: the suite notes it (parity_tests/ties.py) and judges the rest on mmdet's side.
 """
 import json
 import os
@@ -23,11 +23,8 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import mmdet_compare  # noqa: E402
 
 from parity_tests import judge  # noqa: E402
-from parity_tests.cases import CASES  # noqa: E402
 
 FLOAT32_ORDER = 1e-6    # the same kernels in the same order: float32 rounding at most
-FLOAT32_SUMS = 1e-5     # sums over anchors and pixels taken in another order (V1 losses, grads)
-TIE_CASE = "random_b1"  # the ATSS top-k tie, see above
 
 
 def pypi_reachable():
@@ -68,17 +65,23 @@ def test_forward_probes_shared_with_v2_equal_ours(mmdet_python, tmp_path):
 
 
 @pytest.mark.ci
-def test_v1_probes_losses_gradients_detections_equal_ours(mmdet_python, tmp_path):
-    cases = ",".join(c for c in CASES if c != TIE_CASE)
-    rows = compare(mmdet_python, tmp_path, "--head", "gfl_v1", "--cases", cases)
-    assert set(judge.all_probes("gfl_v1")) <= set(rows)
-    assert rows["detections.count"]["rel"] > 0 and rows["detections.count"]["differ"] == 0
-    missing = {n: r["note"] for n, r in rows.items() if r["note"].startswith("missing")}
-    assert not missing, missing
-    exact = {n: r for n, r in rows.items()
-             if (judge.is_exact(n) or n == "detections.labels") and r["differ"]}
-    assert not exact, exact
-    bound = {n: r for n, r in rows.items() if n != "detections.count"
-             and r["rel"] > (FLOAT32_ORDER if n.startswith(("backbone.", "neck.", "head."))
-                             else FLOAT32_SUMS)}
-    assert not bound, bound
+def test_the_parity_suite_judges_mmdetection(mmdet_python):
+    """`pytest parity_tests --subject parity_tests.subjects.mmdet_gfl:subject` from the shared
+    environment's python (the adapter joins the mmdet environment itself): every check it
+    offers passes, the others read "not offered", and random_b1's ATSS tie (anchors 88 and
+    127 at the same distance, mmdet's topk takes the higher index) is noted, not failed."""
+    done = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-o",
+                           "addopts=", "-q", "parity_tests", "--subject",
+                           "parity_tests.subjects.mmdet_gfl:subject"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=3000,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    out = done.stdout
+    assert done.returncode == 0, out[-5000:]
+    table = out[out.index("parity verdict"):out.index("Errors are relative")]
+    lines = {line.split("  ")[0]: line.split()[-1] for line in table.splitlines()[2:]}
+    for check in ("forward probes", "targets and assignment", "losses", "gradients",
+                  "detections", "COCO statistics"):
+        assert lines[check] == "PASS", table
+    for check in ("SGD steps", "training recipe", "mixed precision", "port functions"):
+        assert lines[check] == "offered", table  # "not offered"
+    assert lines[judge.TIES_CHECK] == "noted", table

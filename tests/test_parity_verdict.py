@@ -193,7 +193,7 @@ def run_regimes(tmp_path, cases):
 def test_removing_the_case_of_a_regime_fails_the_suite_and_the_report_says_so(tmp_path):
     """Without random_b2_empty no image of a batch lacks boxes: the regime check fails,
     and the coverage table (terminal and HTML summary) marks that regime BELOW."""
-    from parity_tests.conftest import CASES
+    from parity_tests.cases import CASES
     cases = [name for name in CASES if name != "random_b2_empty"]
     run, tables = run_regimes(tmp_path, cases)
     assert run.returncode == 1, run.stdout[-3000:]

@@ -146,7 +146,7 @@ def test_weights_start_the_suite_from_a_users_checkpoint(tmp_path):
     are what every subject starts from; a file that cannot be read is one line, exit 4."""
     from gfocal.checkpoint_io import write
     from parity_tests.cases import small_config
-    from parity_tests.conftest import seeded_state
+    from parity_tests.cases import seeded_state
     model = small_config(num_classes=3)["model"]
     path = str(tmp_path / "mine.pth")
     write(path, seeded_state(model, seed=5), "torch", meta={"model": model})
