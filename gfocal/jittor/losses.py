@@ -49,18 +49,23 @@ _BCE_LOGITS_CUDA = """
 _BCE_EPS = 1e-12  # PyTorch's floor on p * (1 - p) in the gradient
 
 
+def _elementwise(x, target, cpu_src, cuda_src):
+    """One jt.code kernel over x and target of the same shape (an empty input: empty out)."""
+    flat_x, flat_t = x.reshape(-1), target.reshape(-1)
+    if flat_x.shape[0] == 0:
+        return jt.zeros(x.shape, dtype=x.dtype)
+    loss = jt.code(flat_x.shape, flat_x.dtype, [flat_x, flat_t],
+                   cpu_header="#include <cmath>\n#include <algorithm>",
+                   cpu_src=cpu_src, cuda_src=cuda_src)
+    return loss.reshape(x.shape)
+
+
 class BinaryCrossEntropy(jt.Function):
     """Probability-input BCE with PyTorch's forward and backward formulas (target: no grad)."""
 
     def execute(self, p, target):
         self.p, self.target = p, target
-        flat_p, flat_t = p.reshape(-1), target.reshape(-1)
-        if flat_p.shape[0] == 0:
-            return jt.zeros(p.shape, dtype=p.dtype)
-        loss = jt.code(flat_p.shape, flat_p.dtype, [flat_p, flat_t],
-                       cpu_header="#include <cmath>\n#include <algorithm>",
-                       cpu_src=_BCE_CPU, cuda_src=_BCE_CUDA)
-        return loss.reshape(p.shape)
+        return _elementwise(p, target, _BCE_CPU, _BCE_CUDA)
 
     def grad(self, grad_output):
         p, t = self.p, self.target
@@ -100,13 +105,7 @@ class BinaryCrossEntropyWithLogits(jt.Function):
 
     def execute(self, logits, target):
         self.logits, self.target = logits, target
-        flat_x, flat_t = logits.reshape(-1), target.reshape(-1)
-        if flat_x.shape[0] == 0:
-            return jt.zeros(logits.shape, dtype=logits.dtype)
-        loss = jt.code(flat_x.shape, flat_x.dtype, [flat_x, flat_t],
-                       cpu_header="#include <cmath>\n#include <algorithm>",
-                       cpu_src=_BCE_LOGITS_CPU, cuda_src=_BCE_LOGITS_CUDA)
-        return loss.reshape(logits.shape)
+        return _elementwise(logits, target, _BCE_LOGITS_CPU, _BCE_LOGITS_CUDA)
 
     def grad(self, grad_output):
         return grad_output * (self.logits.sigmoid() - self.target), None
