@@ -9,6 +9,11 @@ made on first use). mmcv-lite lacks mmcv's compiled ops, so before mmdet is impo
 `mmcv.ops` is a stand-in: the names in REPLACED_OPS are torchvision's NMS (the GFL path
 calls batched_nms in its post-processing); every other name mmdet imports at load time is a
 placeholder that raises when used (no such name is on the GFL path).
+
+Its training side is mmdetection's own too: the paper config's optim_wrapper,
+param_scheduler, train_cfg and train_dataloader with the numbers of our `optim` section,
+built by mmengine (build_optim_wrapper, the PARAM_SCHEDULERS registry, the config's
+ParamSchedulerHook) and advanced in the order of mmengine's EpochBasedTrainLoop.
 """
 import contextlib
 import importlib.abc
@@ -30,11 +35,28 @@ KEY_MAP = {}
 NOT_WEIGHTS = ("num_batches_tracked",)
 ENV_SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "scripts" / "mmdet_env.sh"
 ENV_TIMEOUT_S = 1800
+# inside the installed mmdet package: its training schedule is read from there, not restated
+PAPER_CONFIG = (".mim", "configs", "gfl", "gfl_r50_fpn_1x_coco.py")
 
 
-def subject():
+def _drop_last_decay(cfg):
+    _scheduler(cfg, "MultiStepLR").milestones.pop()
+
+
+# One-line slips of a training recipe, for proving that the recipe check catches them
+# (tests/test_mmdet_subject.py): each edits the mmengine config after our numbers are in.
+RECIPE_BUGS = {
+    "dropped_decay": _drop_last_decay,
+    "warmup_ratio": lambda cfg: _scheduler(cfg, "LinearLR").update(start_factor=1 / 3),
+    "batch_4": lambda cfg: cfg.train_dataloader.update(batch_size=4),
+}
+
+
+def subject(recipe_bug=None):
     _use_mmdet_env()
-    return MmdetGFL()
+    if recipe_bug is not None and recipe_bug not in RECIPE_BUGS:
+        raise SubjectError(f"recipe_bug {recipe_bug!r}: expected one of {', '.join(RECIPE_BUGS)}")
+    return MmdetGFL(recipe_bug)
 
 
 def _use_mmdet_env():
@@ -180,12 +202,13 @@ def _calls(owner, method, log, tag):
 
 class MmdetGFL(Subject):
     head = "gfl_v1"
-    offers = frozenset({"probes", "losses", "gradients", "predict"})
+    offers = frozenset({"probes", "losses", "gradients", "predict", "sgd", "recipe"})
 
-    def __init__(self):
+    def __init__(self, recipe_bug=None):
         _install_ops_stand_in()
         import mmdet
-        self.name = f"mmdet-{mmdet.__version__}"
+        self.name = f"mmdet-{mmdet.__version__}" + (f"+{recipe_bug}" if recipe_bug else "")
+        self.recipe_bug = recipe_bug
         self.model = None
 
     def build(self, model_cfg, state):
@@ -287,6 +310,42 @@ class MmdetGFL(Subject):
         return {f"head.integral.{level}": np.stack(calls[level::self.levels])
                 for level in range(self.levels)}
 
+    # ------------------------------------------------------------ training
+    def recipe(self, optim_cfg, iterations, batch_size):
+        """What mmdet's optimizer holds at each (iteration, epoch): a fresh optim wrapper and
+        schedulers advanced by `iteration` train iterations, then `epoch` epoch ends. The
+        schedulers are chainable (each multiplies the current lr), so where inside the
+        iterations an epoch ended changes the product only by rounding."""
+        cfg = train_config(optim_cfg, batch_size, self.recipe_bug)
+        out = {}
+        for it, epoch in iterations:
+            loop = _TrainLoop(self.model, cfg)
+            loop.advance(it, epoch)
+            out[(it, epoch)] = dict(loop.hyper_parameters(),
+                                    batch_size=cfg.train_dataloader.batch_size)
+        return out
+
+    def sgd_steps(self, batch, optim_cfg, steps, start=0):
+        """`steps` calls of mmengine's `train_step` (mmdet's loss summed by parse_losses,
+        the optim wrapper's update_params) from schedule iteration `start` of epoch 0."""
+        cfg = train_config(optim_cfg, len(batch["img_metas"]), self.recipe_bug)
+        loop = _TrainLoop(self.model, cfg)
+        loop.advance(start, 0)
+        imgs, samples = self._inputs(batch)
+        out = []
+        for it in range(start, start + steps):
+            lr = loop.hyper_parameters()["lr"]
+            loop.train_iter(it, dict(inputs=imgs, data_samples=samples))
+            snap = {f"param.{self.canonical[k]}": _numpy(v)
+                    for k, v in self.model.state_dict().items() if k in self.canonical}
+            state = loop.wrapper.optimizer.state
+            snap.update({f"momentum.{self.canonical[n]}": _numpy(state[p]["momentum_buffer"])
+                         for n, p in self.model.named_parameters()
+                         if "momentum_buffer" in state.get(p, {})})
+            snap["lr"] = lr
+            out.append(snap)
+        return out
+
     def predict(self, batch):
         import torch
         self.model.eval()
@@ -295,6 +354,82 @@ class MmdetGFL(Subject):
             results = self.model.predict(imgs, samples, rescale=True)
         return [{"boxes": _numpy(r.pred_instances.bboxes), "scores": _numpy(r.pred_instances.scores),
                  "labels": _numpy(r.pred_instances.labels)} for r in results]
+
+
+def train_config(optim_cfg, batch_size, recipe_bug=None):
+    """mmdet's paper config (its schedule_1x and default_runtime) with our `optim` section's
+    numbers and `batch_size` images per iteration, types and structure left as mmdet has
+    them; `recipe_bug`: a RECIPE_BUGS slip on top."""
+    import mmdet
+    from mmengine.config import Config
+    path = pathlib.Path(mmdet.__file__).parent.joinpath(*PAPER_CONFIG)
+    cfg = Config.fromfile(str(path))
+    cfg.optim_wrapper.optimizer.update(lr=optim_cfg["lr"], momentum=optim_cfg["momentum"],
+                                       weight_decay=optim_cfg["weight_decay"])
+    warmup, decay = _scheduler(cfg, "LinearLR"), _scheduler(cfg, "MultiStepLR")
+    warmup.update(start_factor=optim_cfg["warmup_ratio"], end=optim_cfg["warmup_iters"])
+    if optim_cfg["warmup_iters"] == 0:  # mmengine refuses end <= begin: no warmup at all
+        cfg.param_scheduler.remove(warmup)
+    decay.update(milestones=list(optim_cfg["steps"]), gamma=optim_cfg["gamma"],
+                 end=optim_cfg["epochs"])
+    cfg.train_cfg.max_epochs = optim_cfg["epochs"]
+    cfg.train_dataloader.batch_size = batch_size
+    if cfg.auto_scale_lr.enable:  # it would rescale lr by the batch: not in the paper config
+        raise SubjectError(f"{path}: auto_scale_lr is enabled; the subject does not apply it")
+    if recipe_bug:
+        RECIPE_BUGS[recipe_bug](cfg)
+    return cfg
+
+
+def _scheduler(cfg, kind):
+    found = [s for s in cfg.param_scheduler if s.type == kind]
+    if len(found) != 1 or found[0].get("convert_to_iter_based"):
+        raise SubjectError(f"mmdet's paper config: expected one {kind} (not converted to "
+                           f"iterations), found {cfg.param_scheduler}")
+    return found[0]
+
+
+class _TrainLoop:
+    """mmdet's optim wrapper and param schedulers on `model`, built as mmengine's Runner
+    builds them and stepped by the config's own ParamSchedulerHook in the order of
+    EpochBasedTrainLoop: each iteration's optimizer step, then after_train_iter (the
+    iteration-based schedulers); at an epoch's end after_train_epoch (the epoch-based)."""
+
+    def __init__(self, model, cfg):
+        from mmengine.optim import build_optim_wrapper
+        from mmengine.registry import HOOKS, PARAM_SCHEDULERS
+        self.model = model
+        self.wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
+        # the hook reads only the runner's param_schedulers
+        self.runner = types.SimpleNamespace(param_schedulers=[
+            PARAM_SCHEDULERS.build(c, default_args=dict(optimizer=self.wrapper))
+            for c in cfg.param_scheduler])
+        self.hook = HOOKS.build(cfg.default_hooks.param_scheduler)
+
+    def advance(self, iterations, epochs):
+        """`iterations` iterations without gradients (the optimizer step moves nothing),
+        then `epochs` epoch ends."""
+        self.wrapper.zero_grad()
+        for it in range(iterations):
+            self.wrapper.step()
+            self.hook.after_train_iter(self.runner, it)
+        for _ in range(epochs):
+            self.hook.after_train_epoch(self.runner)
+
+    def train_iter(self, idx, data):
+        """EpochBasedTrainLoop.run_iter's two steps that touch the weights and schedule."""
+        self.model.train()
+        self.model.train_step(data, optim_wrapper=self.wrapper)
+        self.hook.after_train_iter(self.runner, idx)
+
+    def hyper_parameters(self):
+        """lr, momentum and weight decay of the optimizer (one value: every group's)."""
+        groups = self.wrapper.optimizer.param_groups
+        out = {key: float(groups[0][key]) for key in ("lr", "momentum", "weight_decay")}
+        if any(float(g[k]) != v for g in groups for k, v in out.items()):
+            raise SubjectError(f"mmdet's optimizer has parameter groups with different "
+                               f"hyper-parameters: {[{k: g[k] for k in out} for g in groups]}")
+        return out
 
 
 def _target_probes(log, num_classes):
