@@ -12,6 +12,7 @@ the lower: the suite notes it (parity_tests/ties.py) and judges the rest on mmde
 import json
 import os
 import pathlib
+import re
 import socket
 import subprocess
 import sys
@@ -80,8 +81,53 @@ def test_the_parity_suite_judges_mmdetection(mmdet_python):
     table = out[out.index("parity verdict"):out.index("Errors are relative")]
     lines = {line.split("  ")[0]: line.split()[-1] for line in table.splitlines()[2:]}
     for check in ("forward probes", "targets and assignment", "losses", "gradients",
-                  "detections", "COCO statistics"):
+                  "SGD steps", "detections", "COCO statistics", "training recipe"):
         assert lines[check] == "PASS", table
-    for check in ("SGD steps", "training recipe", "mixed precision", "port functions"):
+    for check in ("mixed precision", "port functions"):
         assert lines[check] == "offered", table  # "not offered"
     assert lines[judge.TIES_CHECK] == "noted", table
+
+
+RECIPE_BUG_FACTORIES = '''import functools
+from parity_tests.subjects.mmdet_gfl import RECIPE_BUGS, subject
+globals().update({bug: functools.partial(subject, recipe_bug=bug) for bug in RECIPE_BUGS})
+'''
+# test_recipe's chosen points (warmup_iters 40, steps [2, 3], 25 iterations an epoch): where
+# each slip of parity_tests/subjects/mmdet_gfl.py RECIPE_BUGS first changes the recipe
+FIRST_CHANGED = {"dropped_decay": "recipe.lr@it50/ep2", "warmup_ratio": "recipe.lr@it0/ep0",
+                 "batch_4": "recipe.batch_size@it0/ep0"}
+RECIPE_WARMUP_ITERS = 40
+
+
+def failing_recipe_rows(out, subject_name):
+    """The FAIL rows of test_recipe's table for one subject, in the table's order."""
+    start = out.index(f" test_recipe[{subject_name}] ")
+    section = out[start:].split("\n_", 1)[0]
+    rows = (line.lstrip(">").split() for line in section.splitlines())
+    return [row[0] for row in rows if row and row[0].startswith("recipe.") and "FAIL" in row]
+
+
+@pytest.mark.ci
+def test_a_recipe_slip_of_mmdetection_fails_at_its_first_iteration(mmdet_python, tmp_path):
+    """mmdet's recipe with one slip (a decay dropped, a warmup from another ratio, a batch of
+    4) fails test_recipe at the first chosen iteration the slip changes, on top of whatever
+    the unchanged adapter fails (at most the warmup's interior learning rates, where
+    mmengine's LinearLR reaches the full lr one iteration before our warmup formula)."""
+    (tmp_path / "recipe_bugs.py").write_text(RECIPE_BUG_FACTORIES)
+    specs = ["parity_tests.subjects.mmdet_gfl:subject"] + [f"recipe_bugs:{b}"
+                                                           for b in FIRST_CHANGED]
+    done = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-o",
+                           "addopts=", "-q", "parity_tests/test_recipe.py", "-k", "test_recipe",
+                           *[a for spec in specs for a in ("--subject", spec)]],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900,
+                          env=dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{tmp_path}"))
+    out = done.stdout
+    failed = re.findall(r" test_recipe\[([^\]]+)\] ", out)  # a section per failing subject
+    assert failed, out[-5000:]
+    name = failed[0].split("+")[0]  # the unchanged adapter's, e.g. mmdet-3.3.0
+    clean = set(failing_recipe_rows(out, name)) if name in failed else set()
+    warmup_interior = {f"recipe.lr@it{i}/ep0" for i in range(1, RECIPE_WARMUP_ITERS)}
+    assert clean <= warmup_interior, clean
+    for bug, first in FIRST_CHANGED.items():
+        added = [row for row in failing_recipe_rows(out, f"{name}+{bug}") if row not in clean]
+        assert added[:1] == [first], (bug, added)

@@ -39,14 +39,14 @@ ENV_TIMEOUT_S = 1800
 PAPER_CONFIG = (".mim", "configs", "gfl", "gfl_r50_fpn_1x_coco.py")
 
 
-def _drop_last_decay(cfg):
-    _scheduler(cfg, "MultiStepLR").milestones.pop()
+def _drop_first_decay(cfg):
+    _scheduler(cfg, "MultiStepLR").milestones.pop(0)
 
 
 # One-line slips of a training recipe, for proving that the recipe check catches them
 # (tests/test_mmdet_subject.py): each edits the mmengine config after our numbers are in.
 RECIPE_BUGS = {
-    "dropped_decay": _drop_last_decay,
+    "dropped_decay": _drop_first_decay,
     "warmup_ratio": lambda cfg: _scheduler(cfg, "LinearLR").update(start_factor=1 / 3),
     "batch_4": lambda cfg: cfg.train_dataloader.update(batch_size=4),
 }
