@@ -14,6 +14,10 @@ head shared by the pyramid levels runs once per level). A method's entry is such
 (its return value is recorded) or a function of its return value giving {name: tensor}.
 Works for PyTorch (`register_forward_hook`) and Jittor 1.3.11 (`register_forward_hook`:
 one hook per module, so a hook the model had is put back afterwards).
+
+    with calls(model.bbox_head.loss_cls, "forward", log, "qfl"):   # arguments too
+        model.loss(batch)
+    tag, args, kwargs, result = log[0]
 """
 import contextlib
 
@@ -96,17 +100,13 @@ def _forward_hook(module, hook):
 
 
 @contextlib.contextmanager
-def _wrapped(owner, method, record):
-    """`owner.method` records its return value for the block (an instance attribute that
-    shadows the class's method, deleted afterwards)."""
+def _shadowed(owner, method, make_wrapper):
+    """`owner.method` replaced by make_wrapper(original) for the block: an instance
+    attribute shadowing the class's method, deleted afterwards (a module's own function or
+    an instance's own attribute is put back)."""
     original = getattr(owner, method)
     had_own = method in vars(owner)
-
-    def wrapper(*args, **kwargs):
-        out = original(*args, **kwargs)
-        record(out)
-        return out
-    setattr(owner, method, wrapper)
+    setattr(owner, method, make_wrapper(original))
     try:
         yield
     finally:
@@ -114,3 +114,28 @@ def _wrapped(owner, method, record):
             setattr(owner, method, original)
         else:
             delattr(owner, method)
+
+
+def calls(owner, method, log, tag=None):
+    """A block in which `owner.method` appends [tag, args, kwargs, result] to `log`, in the
+    order the calls start (a call made inside another comes after it): what a method entry
+    of HookProbes cannot see, the arguments."""
+    def make(original):
+        def wrapper(*args, **kwargs):
+            entry = [tag, args, kwargs, None]
+            log.append(entry)
+            entry[3] = original(*args, **kwargs)
+            return entry[3]
+        return wrapper
+    return _shadowed(owner, method, make)
+
+
+def _wrapped(owner, method, record):
+    """A block in which `owner.method` records its return value."""
+    def make(original):
+        def wrapper(*args, **kwargs):
+            out = original(*args, **kwargs)
+            record(out)
+            return out
+        return wrapper
+    return _shadowed(owner, method, make)

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from parity_tests.hook_probes import HookProbes
+from parity_tests.hook_probes import HookProbes, calls
 from parity_tests.subject import (SubjectError, UnassignedWeights, assign_weights,
                                   load_subject)
 
@@ -184,3 +184,25 @@ def test_the_whole_parity_suite_in_gfl_v1():
     for check in ("forward probes", "targets and assignment", "losses", "gradients",
                   "SGD steps", "detections"):
         assert lines[check].rstrip().endswith("PASS"), lines[check]
+
+
+def test_calls_records_arguments_in_call_order_and_restores():
+    class Inner:
+        def f(self, x):
+            return x * 2
+
+    class Outer:
+        def __init__(self):
+            self.inner = Inner()
+
+        def g(self, x, scale=1):
+            return self.inner.f(x) * scale
+
+    outer, log = Outer(), []
+    with calls(outer, "g", log, "g"), calls(outer.inner, "f", log, "f"):
+        assert outer.g(3, scale=5) == 30
+    assert [(tag, args, kwargs, result) for tag, args, kwargs, result in log] == [
+        ("g", (3,), {"scale": 5}, 30), ("f", (3,), {}, 6)]
+    assert "g" not in vars(outer) and "f" not in vars(outer.inner)
+    outer.g(1)
+    assert len(log) == 2
