@@ -15,6 +15,9 @@ import runpy
 HEADS = {"gfl_v2": "GFocalV2: class probability x DGQP quality (the paper, official code)",
          "gfl_v1": "GFL V1 as mmdetection 3.x: class logits, no quality branch"}
 GFL_V1 = "gfl_v1"
+# optim.warmup_style: where the linear warmup reaches the full lr (docs/MODEL.md section 8).
+WARMUP_STYLES = {"mmcv": "mmcv 1.x's LrUpdaterHook (the official GFocalV2): at warmup_iters",
+                 "mmengine": "mmengine's LinearLR (mmdetection 3.x): at warmup_iters - 1"}
 
 DEFAULTS = {
     "model": {
@@ -67,6 +70,7 @@ DEFAULTS = {
         "weight_decay": 1e-4,
         "warmup_iters": 500,
         "warmup_ratio": 0.001,
+        "warmup_style": "mmcv",      # one of WARMUP_STYLES
         "steps": [8, 11],            # epochs after which lr *= gamma
         "gamma": 0.1,
         "epochs": 12,
@@ -221,6 +225,10 @@ def _validate_values(cfg, source):
     if m["head"] not in HEADS:
         raise ConfigError(f"{source}: 'model.head' = {m['head']!r} (must be one of "
                           f"{', '.join(map(repr, HEADS))})")
+    style = cfg["optim"]["warmup_style"]
+    if style not in WARMUP_STYLES:
+        raise ConfigError(f"{source}: 'optim.warmup_style' = {style!r} (must be one of "
+                          f"{', '.join(map(repr, WARMUP_STYLES))})")
     if m["depth"] not in (18, 34, 50, 101):
         raise ConfigError(f"{source}: 'model.depth' = {m['depth']} (must be 18, 34, 50 or 101)")
     if len(m["strides"]) != m["num_outs"]:

@@ -37,10 +37,13 @@ def selected_cases(config):
 
 
 def small_config(img_scale=(128, 96), batch_size=2, **model):
+    """The small model's config; in GFL V1 with mmdetection 3.x's warmup (docs/MODEL.md
+    section 15), the recipe a V1 implementation is held to."""
+    v1 = model.get("head") == "gfl_v1"
     return from_dict({"model": dict(SMALL_MODEL, **model),
                       "data": dict(img_scale=list(img_scale), batch_size=batch_size,
                                    val_batch_size=batch_size),
-                      "optim": dict(warmup_iters=500)},
+                      "optim": dict(warmup_iters=500, warmup_style="mmengine" if v1 else "mmcv")},
                      source="parity small model")
 
 

@@ -10,6 +10,7 @@ import pytest
 from gfocal.schedule import learning_rate
 from parity_tests import judge, kinks
 from parity_tests.subject import offers
+from parity_tests.test_recipe import documented_lr
 from gfocal.ports import FRAMEWORKS
 
 STEPS_CHECKED = (1, 5)
@@ -164,8 +165,7 @@ def test_parameters_momentum_lr_after_sgd_steps(sgd_runs, small_cfg, step, repor
     warmup = small_cfg["optim"]
     # the lr of the last step taken (iteration start + step - 1), by the formula of docs/MODEL.md section 8
     last = sgd_runs["start"] + step - 1
-    expected_lr = warmup["lr"] if last >= warmup["warmup_iters"] else warmup["lr"] * (
-        1 - (1 - last / warmup["warmup_iters"]) * (1 - warmup["warmup_ratio"]))
+    expected_lr = documented_lr(warmup, last, 0)
     for key in FRAMEWORKS:
         assert snaps[key]["lr"] == pytest.approx(expected_lr, rel=1e-12), key
     kink_rows = [row for rows in sgd_runs["kinks"][:step] for row in rows]
