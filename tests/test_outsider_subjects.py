@@ -17,13 +17,13 @@ import torch
 from gfocal.pytorch.losses import giou_loss
 from parity_tests import judge
 from parity_tests.cases import small_config
+from gfocal.ports import FRAMEWORKS
 from parity_tests.outsiders import common
 from parity_tests.port_subject import PortSubject
 from parity_tests.runs import ParityRuns
 from parity_tests.subject import SubjectError, UnassignedWeights
 
 CASE, MODE = "random_b1", "train"
-FRAMEWORKS = ("torch", "jittor")
 # Where each bug must first show, reasoned from where it sits in the model (probes are
 # walked in judge's forward order: network, targets, per-level loss terms):
 EXPECTED = {
