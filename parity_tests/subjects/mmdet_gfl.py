@@ -25,7 +25,7 @@ import types
 
 import numpy as np
 
-from parity_tests.hook_probes import HookProbes
+from parity_tests.hook_probes import HookProbes, calls
 from parity_tests.subject import Subject, SubjectError, assign_weights
 
 REPLACED_OPS = ("batched_nms", "nms")
@@ -73,7 +73,8 @@ def _use_mmdet_env():
         last = (made.stderr.strip().splitlines() or ["no output"])[-1]
         raise SubjectError(f"{ENV_SCRIPT} failed: {last}")
     python = made.stdout.strip().splitlines()[-1]
-    site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+    purelib = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+    site = subprocess.run([python, "-c", purelib],
                           capture_output=True, text=True, timeout=60, check=True).stdout.strip()
     sys.path.append(site)
 
@@ -151,7 +152,8 @@ def gfl_config(m):
     return dict(
         type="GFL",
         backbone=dict(type="ResNet", depth=m["depth"], num_stages=4, out_indices=(0, 1, 2, 3),
-                      frozen_stages=m["frozen_stages"], norm_cfg=dict(type="BN", requires_grad=True),
+                      frozen_stages=m["frozen_stages"],
+                      norm_cfg=dict(type="BN", requires_grad=True),
                       norm_eval=m["norm_eval"], style="pytorch"),
         neck=dict(type="FPN", in_channels=stages, out_channels=m["fpn_channels"], start_level=1,
                   add_extra_convs="on_output", num_outs=m["num_outs"]),
@@ -176,28 +178,6 @@ def gfl_config(m):
 
 def _numpy(tensor):
     return tensor.detach().cpu().numpy().copy()
-
-
-@contextlib.contextmanager
-def _calls(owner, method, log, tag):
-    """`owner.method` appends [tag, args, kwargs, result] to `log` for the block (what a
-    HookProbes method entry cannot see: the arguments)."""
-    original = getattr(owner, method)
-    had_own = method in vars(owner)  # a module's function, not a method of a class
-
-    def wrapper(*args, **kwargs):
-        entry = [tag, args, kwargs, None]
-        log.append(entry)
-        entry[3] = original(*args, **kwargs)
-        return entry[3]
-    setattr(owner, method, wrapper)  # else an instance attribute shadowing the class's method
-    try:
-        yield
-    finally:
-        if had_own:
-            setattr(owner, method, original)
-        else:
-            delattr(owner, method)
 
 
 class MmdetGFL(Subject):
@@ -279,7 +259,7 @@ class MmdetGFL(Subject):
         with contextlib.ExitStack() as stack:
             found = stack.enter_context(self.probes.capture())
             for owner, method, tag in watched:
-                stack.enter_context(_calls(owner, method, log, tag))
+                stack.enter_context(calls(owner, method, log, tag))
             losses = model.loss(imgs, samples)
             probes = dict(found)
         probes.update(_target_probes(log, head.num_classes))
@@ -352,7 +332,8 @@ class MmdetGFL(Subject):
         imgs, samples = self._inputs(batch)
         with torch.no_grad():
             results = self.model.predict(imgs, samples, rescale=True)
-        return [{"boxes": _numpy(r.pred_instances.bboxes), "scores": _numpy(r.pred_instances.scores),
+        return [{"boxes": _numpy(r.pred_instances.bboxes),
+                 "scores": _numpy(r.pred_instances.scores),
                  "labels": _numpy(r.pred_instances.labels)} for r in results]
 
 
