@@ -111,6 +111,7 @@ def test_gradients(amp_runs, amp, subject, amp_case, report_table, reference_por
     judge.assert_rows(rows, f"{amp_case}/{amp} gradients", subject_of(subject, amp))
 
 
+@pytest.mark.ci  # a step of each port in each half type (about 10 s)
 def test_one_training_step(amp, pair_builder, small_cfg, report_table, reference_port):
     """One train_step of each port from the same weights at the recipe's learning rate
     (fp16: through each port's loss scaler), against the PyTorch port in float64; the

@@ -13,6 +13,7 @@ def args(**kw):
     return SimpleNamespace(**dict(base, **kw))
 
 
+@pytest.mark.ci  # a whole compare run (about 11 s); test_cli runs a failing one in make test
 def test_compare_on_a_subset_writes_the_report(tiny_config, tiny_coco, tmp_path):
     out_dir = tmp_path / "report"
     out_dir.mkdir()

@@ -119,7 +119,8 @@ class SlowDataset(CocoDataset):
         return super().load(idx)
 
 
-@pytest.mark.parametrize("delay, done", [(1.2, True), (60, False)])
+@pytest.mark.parametrize("delay, done", [(1.2, True),
+                                         pytest.param(60, False, marks=pytest.mark.ci)])
 def test_a_live_worker_is_awaited_up_to_the_timeout(root, delay, done, new_children):
     """Batches slower than the poll but within `timeout` come; one past it ends the
     iteration with one line, and the stuck worker is stopped."""

@@ -131,6 +131,7 @@ def fp16_cfg(tiny_coco, tiny_model):
                       "train": dict(eval_interval=0, amp="fp16")}, source="tiny fp16 config")
 
 
+@pytest.mark.ci  # an fp16 run, its checkpoint and a resume (about 9 s in the torch port)
 def test_fp16_training_logs_checkpoints_and_resumes_its_loss_scale(port, fp16_cfg, tmp_path,
                                                                    capsys):
     from gfocal.checkpoint_io import read_training_state

@@ -65,6 +65,7 @@ def probe(checkout):
     return run.stdout.split("\n")[:4]
 
 
+@pytest.mark.ci  # a second checkout's set-up (the fixture: about 5 s)
 def test_second_checkout_reuses_the_environment(shared_env, other_checkout):
     other, setup_log = other_checkout
     assert env_path(str(other)) == shared_env
@@ -72,6 +73,7 @@ def test_second_checkout_reuses_the_environment(shared_env, other_checkout):
     assert "frameworks already installed" in setup_log
 
 
+@pytest.mark.ci
 def test_each_checkout_runs_its_own_code_on_the_same_kernels(shared_env, other_checkout):
     other, _ = other_checkout
     mine, theirs = probe(ROOT), probe(str(other))

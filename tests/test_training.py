@@ -100,6 +100,7 @@ def test_nan_loss_stops_with_the_iteration(port, cfg, init_weights, tmp_path, mo
     assert [r["iter"] for r in read_log(tmp_path / f"log_{port.FRAMEWORK}.jsonl")] == [1]
 
 
+@pytest.mark.ci  # two training runs and a resume per direction (about 9 s)
 @pytest.mark.parametrize("saved_by, resumed_by", [FRAMEWORKS, FRAMEWORKS[::-1]])
 def test_resume_from_the_other_ports_checkpoint(cfg, init_weights, tmp_path, saved_by,
                                                 resumed_by):
