@@ -225,3 +225,78 @@ def test_jittor_bfloat16_conversion_truncates_and_the_port_rounds_to_nearest(sub
         assert np.array_equal(ours.view(np.uint32)[~np.isnan(x)],
                               want.view(np.uint32)[~np.isnan(x)]), amp
         assert np.isnan(ours[np.isnan(x)]).all(), amp
+
+
+# ------------------------------------- the policy's rounding points, bit for bit, any CPU
+# Inputs whose half-type roundings are known by construction and whose float32 sums are
+# exact (few significant bits), so that the policy's numbers do not depend on a
+# framework's summation order: the Jittor port's convolution must equal them bit for bit.
+# The parity cases above cannot see a missing rounding of the result or of a gradient
+# (bf16: 1e-2 .. 5e-1 tolerances against a 2**-9 rounding), nor run where PyTorch's CPU
+# fp16 backward is off the policy; these need no PyTorch half convolution at all.
+ROUNDING_CHANNELS = 8  # 9 * 8 = 72 products per output: |sum| < 2**19 units, exact in float32
+
+
+def _off_grid(rng, shape, unit):
+    """(t, rounded): `rounded` holds multiples of `unit` up to 63 units (6 significant bits,
+    a bf16 and a float16 value); `t` is it moved by 2**-13 of itself, less than half a unit
+    in the last place of either half type, so that the half type rounds `t` to `rounded`
+    and a missing rounding of `t` shows."""
+    rounded = rng.integers(-63, 64, shape).astype(np.float32) * np.float32(unit)
+    moved = rounded * (1 + rng.choice([-1, 1], shape) * 2.0 ** -13)
+    return moved.astype(np.float32), rounded
+
+
+def _policy_expectation(amp, pairs):
+    """The policy's forward and gradients of a 3x3 convolution (docs/MODEL.md section 13):
+    the exact float64 sums of the rounded inputs (exact in float32 too), each rounded once
+    to the half type by PyTorch's conversion (to nearest, ties to even). The gradients are
+    those of the rounded upstream gradient `gr`, rounded where the forward rounded its
+    inputs: dx = half(conv_transpose(half(g), half(w))), dw and db likewise. `pairs`:
+    _off_grid's (t, rounded) of x, w, b and g."""
+    import torch
+    half = {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+    for moved, rounded in pairs:  # the roundings known by construction, as PyTorch's
+        assert np.array_equal(torch.tensor(moved).to(half).float().numpy(), rounded)
+    xr, wr, br, gr = (rounded for _, rounded in pairs)
+    x, w, b = (torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in (xr, wr, br))
+    y = torch.nn.functional.conv2d(x, w, b, padding=1)
+    y.backward(torch.tensor(gr, dtype=torch.float64))
+    exact = {"y": y.detach(), "dx": x.grad, "dw": w.grad, "db": b.grad}
+    for name, t in exact.items():
+        assert torch.equal(t.float().double(), t), f"{name}: the float32 sum is not exact"
+    return ({k: t.float().numpy() for k, t in exact.items()},
+            {k: t.float().to(half).float().numpy() for k, t in exact.items()})
+
+
+def test_port_convolution_rounds_its_result_and_gradients_bit_for_bit(subject_port, amp):
+    """The Jittor port's precision.Conv2d under `amp` (its CPU emulation): the output is the
+    float32 convolution of the rounded input, weight and bias rounded once to the half type;
+    the gradients w.r.t. input, weight and bias are the float32 sums of the rounded upstream
+    gradient rounded once to the half type (where the forward rounds, its gradient is
+    rounded too). Bit for bit, in both half types, on any CPU."""
+    import jittor as jt
+    rng = np.random.default_rng(11)
+    c = ROUNDING_CHANNELS
+    pairs = [_off_grid(rng, shape, unit) for shape, unit in (((1, c, 10, 10), 2.0 ** -3),
+                                                             ((c, c, 3, 3), 2.0 ** -5),
+                                                             ((c,), 2.0 ** -8),
+                                                             ((1, c, 10, 10), 2.0 ** -4))]
+    (x, _), (w, _), (b, _), (g, _) = pairs
+    exact, want = _policy_expectation(amp, pairs)
+    for name in ("y", "dx", "dw"):  # the roundings to check change most of them
+        assert (want[name] != exact[name]).mean() > 0.3, f"{name}: inputs too coarse"
+    conv = subject_port.precision.Conv2d(c, c, 3, padding=1)
+    conv.weight.assign(jt.array(w))
+    conv.bias.assign(jt.array(b))
+    xj = jt.array(x)
+    with subject_port.precision.mixed_precision(amp):
+        y = conv(xj)
+        dx, dw, db = jt.grad((y * jt.array(g)).sum(), [xj, conv.weight, conv.bias])
+    got = {"y": y.numpy(), "dx": dx.numpy(), "dw": dw.numpy(), "db": db.numpy()}
+    for name, value in got.items():
+        differing = int((value.view(np.uint32) != want[name].view(np.uint32)).sum())
+        assert differing == 0, (
+            f"{amp} {name}: {differing} of {value.size} values are not the policy's "
+            f"(float32 sum of rounded inputs, rounded once to {amp}); "
+            f"{int((value == exact[name]).sum())} equal the unrounded sum")

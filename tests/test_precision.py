@@ -60,7 +60,8 @@ def test_loss_scaler_unscales_and_skips_an_overflowing_step(port):
 
 
 class _Holder:
-    """The smallest thing build_optimizer takes: one trainable parameter."""
+    """The smallest thing build_optimizer and train_step take: one trainable parameter, and
+    as its loss the sum of the parameter times the batch."""
 
     def __init__(self, w):
         self.w = w
@@ -70,6 +71,35 @@ class _Holder:
 
     def parameters(self):
         return [self.w]
+
+    def state_dict(self):
+        return {"w": self.w}
+
+    def loss(self, factor):
+        return {"loss": (self.w * factor).sum()}
+
+
+def test_the_step_after_an_overflow_is_taken(port):
+    """Both ports, through their own train_step: step 1 overflows (an inf gradient) and is
+    skipped; the steps after it update by their own unscaled gradients only. Caught here:
+    a scaler that keeps the overflowed step's gradients, which Jittor's optimizer.backward
+    then adds the next step's to (inf again: every later step skipped)."""
+    w = port.tensor(np.ones(2, np.float32), requires_grad=True)
+    model = _Holder(w)
+    optimizer = port.train.build_optimizer(model, dict(lr=0.5, momentum=0.0,
+                                                       weight_decay=0.0))
+    scaler = port.precision.loss_scaler("fp16")
+    port.train.train_step(model, optimizer, port.tensor(np.array([np.inf, 1.0], np.float32)),
+                          scaler)
+    np.testing.assert_array_equal(port.numpy(w), [1.0, 1.0])
+    for step in (2, 3):
+        port.train.train_step(model, optimizer, port.tensor(np.array([3.0, -1.0], np.float32)),
+                              scaler)
+        np.testing.assert_array_equal(port.numpy(w), [1 - 0.5 * 3 * (step - 1),
+                                                      1 + 0.5 * (step - 1)],
+                                      err_msg=f"step {step}, after an overflow at step 1")
+    assert scaler.state() == {"scale": INIT_SCALE * BACKOFF_FACTOR, "good_steps": 2,
+                              "skipped": 1}
 
 
 def test_half_op_leaves_float32_off_and_float64_alone(port):
