@@ -176,7 +176,7 @@ def test_the_whole_parity_suite_in_gfl_v1():
     head.reg_tower.4 (a 1x1 map, GroupNorm over 4 values) at 1.08e-1 against the cap 1e-1,
     the reference's own bf16-vs-float64 noise there being 8.2e-2 (TOLERANCES.md, "Mixed
     precision")."""
-    code, out = parity_run("parity_tests", "--head", "gfl_v1", "--amp", "fp16", "-q",
+    code, out = parity_run("parity_tests", "--head", "gfl_v1", "--amp", "fp16",
                            timeout=1800)
     assert code == 0, out[-5000:]
     assert "parity: gfl_v1" in out
