@@ -24,6 +24,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import mmdet_compare  # noqa: E402
 
 from parity_tests import judge  # noqa: E402
+from tests.processes import parity_run  # noqa: E402
 
 FLOAT32_ORDER = 1e-6    # the same kernels in the same order: float32 rounding at most
 
@@ -58,7 +59,7 @@ def compare(mmdet_python, tmp_path, *args):
 
 @pytest.mark.ci
 def test_forward_probes_shared_with_v2_equal_ours(mmdet_python, tmp_path):
-    rows = compare(mmdet_python, tmp_path, "--head", "gfl_v2")
+    rows = compare(mmdet_python, tmp_path)
     shared = [n for n in judge.forward_probes("gfl_v2") if mmdet_compare.SHARED_FORWARD.match(n)]
     assert list(rows) == shared
     far = {n: r for n, r in rows.items() if r["rel"] > FLOAT32_ORDER or r["note"]}
@@ -71,13 +72,9 @@ def test_the_parity_suite_judges_mmdetection(mmdet_python):
     environment's python (the adapter joins the mmdet environment itself): every check it
     offers passes, the others read "not offered", and random_b1's ATSS tie (anchors 88 and
     127 at the same distance, mmdet's topk takes the higher index) is noted, not failed."""
-    done = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-o",
-                           "addopts=", "-q", "parity_tests", "--subject",
-                           "parity_tests.subjects.mmdet_gfl:subject"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=3000,
-                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
-    out = done.stdout
-    assert done.returncode == 0, out[-5000:]
+    code, out = parity_run("-q", "parity_tests", "--subject",
+                           "parity_tests.subjects.mmdet_gfl:subject", timeout=3000)
+    assert code == 0, out[-5000:]
     table = out[out.index("parity verdict"):out.index("Errors are relative")]
     lines = {line.split("  ")[0]: line.split()[-1] for line in table.splitlines()[2:]}
     for check in ("forward probes", "targets and assignment", "losses", "gradients",
@@ -114,12 +111,9 @@ def test_a_recipe_slip_of_mmdetection_fails_at_its_first_iteration(mmdet_python,
     (tmp_path / "recipe_bugs.py").write_text(RECIPE_BUG_FACTORIES)
     specs = ["parity_tests.subjects.mmdet_gfl:subject"] + [f"recipe_bugs:{b}"
                                                            for b in FIRST_CHANGED]
-    done = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-o",
-                           "addopts=", "-q", "parity_tests/test_recipe.py", "-k", "test_recipe",
-                           *[a for spec in specs for a in ("--subject", spec)]],
-                          cwd=ROOT, capture_output=True, text=True, timeout=900,
-                          env=dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{tmp_path}"))
-    out = done.stdout
+    _, out = parity_run("-q", "parity_tests/test_recipe.py", "-k", "test_recipe",
+                        *[a for spec in specs for a in ("--subject", spec)], timeout=900,
+                        pythonpath=[tmp_path])
     failed = re.findall(r" test_recipe\[([^\]]+)\] ", out)  # a section per failing subject
     assert sorted(failed) == sorted(f"mmdet-3.3.0+{bug}" for bug in FIRST_CHANGED), out[-5000:]
     for bug, first in FIRST_CHANGED.items():
