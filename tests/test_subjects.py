@@ -2,18 +2,13 @@
 treats a subject that is named wrongly, cannot be made, leaves weights unassigned or does
 not offer a check: one line and exit 4 (pytest's usage error), or a failed check, never a
 pass."""
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
 from parity_tests.hook_probes import HookProbes, calls
 from parity_tests.subject import (SubjectError, UnassignedWeights, assign_weights,
                                   load_subject)
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.processes import parity_run
 
 
 def test_assign_weights_maps_and_names_what_is_left():
@@ -77,16 +72,6 @@ def test_hook_probes_refuse_an_unknown_module(torch_port, tiny_model):
     model = built(torch_port, tiny_model)
     with pytest.raises(KeyError, match="no module bbox_head.nowhere"):
         HookProbes(model, torch_port.numpy, modules={"bbox_head.nowhere": "x"})
-
-
-def parity_run(*args, timeout=600):
-    """pytest on the parity suite in a child process: (exit code, its output: stdout then
-    stderr)."""
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
-                           "-o", "addopts=", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout)
-    return proc.returncode, proc.stdout + proc.stderr
 
 
 def summary(out):
