@@ -19,7 +19,7 @@ from parity_tests import judge, ledger, regimes
 from parity_tests.cases import seeded_state, selected_cases, small_config
 from parity_tests.port_subject import PortSubject
 from parity_tests.runs import ParityRuns
-from parity_tests.subject import HEADS, SubjectError, load_subject, offers
+from parity_tests.subject import HEADS, OFFERS, SubjectError, load_subject, offers
 
 SESSION = pytest.StashKey[dict]()
 
@@ -202,7 +202,7 @@ def require(parity):
         if not offers(parity["subjects"][subject], what):
             judge.record_not_offered(subject, check or judge.CHECK_OF_OFFER.get(what, what))
             pytest.skip(f"not offered: {subject} does not offer {what!r} "
-                        f"({judge.OFFER_TEXT.get(what, what)})")
+                        f"({OFFERS.get(what, what)})")
     return check_offer
 
 

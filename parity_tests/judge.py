@@ -20,7 +20,6 @@ import numpy as np
 
 from gfocal.tables import html_table as render_html_table, markdown_table, text_table
 from parity_tests import ledger
-from parity_tests.subject import OFFERS
 
 TINY = 1e-12
 # Probe names of docs/ARCHITECTURE.md in forward order (the order the report walks).
@@ -345,7 +344,6 @@ def check_of(name):
 CHECK_OF_OFFER = {"probes": "forward probes", "losses": "losses", "gradients": "gradients",
                   "sgd": "SGD steps", "predict": "detections", "recipe": "training recipe",
                   "port": "port functions", "amp": "mixed precision"}
-OFFER_TEXT = OFFERS
 
 
 def record_not_offered(subject, check):

@@ -100,7 +100,7 @@ class PortSubject(Subject):
                         port.checkpoint.state_dict_numpy(self.model).items()}
                 snap.update({f"momentum.{k}": v for k, v in
                              port.checkpoint.optimizer_state_numpy(self.model, optimizer).items()})
-                snap["lr"] = _group_value(optimizer, "lr")
+                snap["lr"] = optimizer_value(optimizer, "lr")
                 out.append(snap)
         return out
 
@@ -112,7 +112,7 @@ class PortSubject(Subject):
         out = {}
         for it, epoch in iterations:
             self.port.train.set_lr(optimizer, learning_rate(optim_cfg, it, epoch))
-            out[(it, epoch)] = {key: _group_value(optimizer, key)
+            out[(it, epoch)] = {key: optimizer_value(optimizer, key)
                                 for key in ("lr", "momentum", "weight_decay")}
             out[(it, epoch)]["batch_size"] = batch_size
         return out
@@ -153,7 +153,7 @@ def assignment(port, assigner, per_image):
         del assigner.get_targets, assigner.assign
 
 
-def _group_value(optimizer, key):
+def optimizer_value(optimizer, key):
     """A hyper-parameter of the (single) parameter group: PyTorch keeps them in
     param_groups, Jittor's SGD on the optimizer itself unless a group sets it."""
     group = optimizer.param_groups[0]

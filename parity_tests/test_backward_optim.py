@@ -9,6 +9,7 @@ import pytest
 
 from gfocal.schedule import learning_rate
 from parity_tests import judge, kinks
+from parity_tests.port_subject import optimizer_value
 from parity_tests.subject import offers
 from parity_tests.test_recipe import documented_lr
 from gfocal.ports import FRAMEWORKS
@@ -47,14 +48,10 @@ def test_gradients(runs, subject, case, report_table, require):
     judge.assert_rows(rows, f"{case} gradients", subject)
 
 
-def lr_of(port, optimizer):
-    return float(optimizer.param_groups[0].get("lr", getattr(optimizer, "lr", np.nan)))
-
-
 def snapshot(port, model, optimizer):
     return {"params": port.checkpoint.state_dict_numpy(model),
             "momentum": port.checkpoint.optimizer_state_numpy(model, optimizer),
-            "lr": lr_of(port, optimizer)}
+            "lr": optimizer_value(optimizer, "lr")}
 
 
 def step_all(runs, optimizers, cfg, it, scalers=None):
