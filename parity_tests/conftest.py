@@ -130,7 +130,8 @@ def parity_session(config):
     try:
         subjects = [load_subject(spec, builtins)
                     for spec in config.getoption("--subject") or default_subjects(config)]
-        reference = load_subject(config.getoption("--reference") or "torch", builtins)
+        reference = load_subject(config.getoption("--reference") or "torch", builtins,
+                                 "--reference")
     except SubjectError as exc:
         raise pytest.UsageError(str(exc)) from None
     names = [s.name for s in subjects]

@@ -110,45 +110,45 @@ def assign_weights(own_names, state, key_map=None, subject="subject"):
     return {own: np.asarray(state[name]) for own, name in canonical.items()}
 
 
-def load_subject(spec, builtins):
-    """The subject named by `spec`: a name of `builtins` {name: factory} or
-    "pkg.module:factory"; SubjectError (one line) when it cannot be made."""
+def load_subject(spec, builtins, option="--subject"):
+    """The subject named by `spec` (given to `option`): a name of `builtins` {name: factory}
+    or "pkg.module:factory"; SubjectError (one line) when it cannot be made."""
     if spec in builtins:
         factory = builtins[spec]
     else:
         module_name, sep, attr = spec.partition(":")
         if not sep or not module_name or not attr:
-            raise SubjectError(f"--subject {spec!r}: expected one of {', '.join(builtins)} or "
+            raise SubjectError(f"{option} {spec!r}: expected one of {', '.join(builtins)} or "
                                f"pkg.module:factory")
         try:
             module = importlib.import_module(module_name)
         except Exception as exc:  # any import failure of someone else's module: one line
-            raise SubjectError(f"--subject {spec!r}: cannot import {module_name} "
+            raise SubjectError(f"{option} {spec!r}: cannot import {module_name} "
                                f"({type(exc).__name__}: {exc})") from exc
         factory = getattr(module, attr, None)
         if not callable(factory):
-            raise SubjectError(f"--subject {spec!r}: {module_name} has no callable {attr!r}")
+            raise SubjectError(f"{option} {spec!r}: {module_name} has no callable {attr!r}")
     try:
         subject = factory()
     except Exception as exc:
-        raise SubjectError(f"--subject {spec!r}: its factory raised "
+        raise SubjectError(f"{option} {spec!r}: its factory raised "
                            f"{type(exc).__name__}: {exc}") from exc
-    return check_subject(subject, spec)
+    return check_subject(subject, spec, option)
 
 
-def check_subject(subject, spec):
+def check_subject(subject, spec, option="--subject"):
     """The subject, or SubjectError when its declarations are unusable."""
     name = getattr(subject, "name", None)
     if not isinstance(name, str) or not name:
-        raise SubjectError(f"--subject {spec!r}: the subject has no name")
+        raise SubjectError(f"{option} {spec!r}: the subject has no name")
     head = getattr(subject, "head", "gfl_v2")
     if head not in HEADS:
-        raise SubjectError(f"--subject {spec!r}: head {head!r} is not one of {', '.join(HEADS)}")
+        raise SubjectError(f"{option} {spec!r}: head {head!r} is not one of {', '.join(HEADS)}")
     unknown = sorted(set(getattr(subject, "offers", ())) - set(OFFERS))
     if unknown:
-        raise SubjectError(f"--subject {spec!r}: offers unknown {', '.join(unknown)} (known: "
+        raise SubjectError(f"{option} {spec!r}: offers unknown {', '.join(unknown)} (known: "
                            f"{', '.join(OFFERS)})")
     for method in ("build", "run"):
         if not callable(getattr(subject, method, None)):
-            raise SubjectError(f"--subject {spec!r}: the subject has no {method}()")
+            raise SubjectError(f"{option} {spec!r}: the subject has no {method}()")
     return subject

@@ -192,3 +192,8 @@ def test_calls_records_arguments_in_call_order_and_restores():
     assert "g" not in vars(outer) and "f" not in vars(outer.inner)
     outer.g(1)
     assert len(log) == 2
+
+
+def test_a_bad_reference_is_named_as_the_reference():
+    with pytest.raises(SubjectError, match=r"^--reference 'nowhere_xyz:make': cannot import"):
+        load_subject("nowhere_xyz:make", {}, "--reference")
