@@ -50,8 +50,10 @@ def _add_device(p):
 
 
 def _add_amp(p):
-    p.add_argument("--amp", help="mixed precision: off | bf16 | fp16 (default: the config's "
-                                 "train.amp, itself 'off'; gfocal/precision.py)")
+    p.add_argument("--amp", help="mixed precision: off | bf16 | fp16 (the parity policy) | "
+                                 "native-bf16 | native-fp16 (the framework's own AMP) "
+                                 "(default: the config's train.amp, itself 'off'; "
+                                 "gfocal/precision.py)")
 
 
 def _add_tuning(p):

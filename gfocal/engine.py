@@ -19,7 +19,7 @@ from gfocal.ports import load_port
 from gfocal.data.loader import build_dataloader, per_process_batch
 from gfocal.device import DeviceError, is_cuda, resolve_device
 from gfocal.launch import check_launcher, job_device, job_size, local_rank, show_only_gpu
-from gfocal.precision import checked_scale_state
+from gfocal.precision import checked_scale_state, slow_on_cpu
 from gfocal.evaluation.coco_eval import evaluate as coco_evaluate
 from gfocal.evaluation.coco_eval import results_to_coco
 from gfocal.finite import NonFiniteError
@@ -225,10 +225,10 @@ def _train(run, port, device, rank, world, stop):
         it = resumed.get("iter", 0)
         start_epoch, skip = divmod(it, iters_per_epoch)
     kept = Kept(resume, it) if resume else Kept()
-    if (framework, cfg["train"]["amp"]) == ("torch", "fp16") and not is_cuda(device) and lead:
-        print("gfocal: warning: PyTorch's CPU float16 convolution backward is about 140x "
-              "slower than float32 (docs/MODEL.md section 13); bf16 is the CPU's half type",
-              file=sys.stderr)
+    slow = slow_on_cpu(framework, cfg["train"]["amp"])
+    if slow and not is_cuda(device) and lead:
+        print(f"gfocal: warning: --amp {cfg['train']['amp']}: {slow} (docs/MODEL.md "
+              f"section 13)", file=sys.stderr)
     # fp16: the loss scale, carried on from the checkpoint (gfocal/precision.py)
     scaler = port.precision.loss_scaler(
         cfg["train"]["amp"], device, checked_scale_state(resumed.get("loss_scale"), resume))

@@ -1,6 +1,16 @@
-"""The mixed-precision policy (`train.amp`, `--amp`), written once for both ports.
+"""Mixed precision (`train.amp`, `--amp`), written once for both ports.
 
-Precisions: `off` (float32 everywhere, the default), `bf16`, `fp16`.
+Precisions: `off` (float32 everywhere, the default); the parity policy `bf16`, `fp16`; and
+each framework's own AMP, `native-bf16`, `native-fp16`.
+
+The policy is for parity, not speed: it rounds at the same places in both ports, so their
+half-precision runs can be held to each other number by number. Native mode is what users
+run (torch.autocast and GradScaler; Jittor's half convolutions with
+`auto_mixed_precision_level`): faster and smaller, but each framework picks its own types
+and kernels, so native runs are judged by their accuracy against float32, not by parity
+(docs/MODEL.md section 13).
+
+The policy:
 
 What runs in the half type (docs/MODEL.md section 13 gives the reasons and the numbers):
 - every convolution (the backbone, the FPN, the head towers, `gfl_cls`, `gfl_reg` and the
@@ -17,12 +27,15 @@ before the backward pass and the gradients divided by it before the update; a st
 gradients hold an inf or NaN is skipped (counted and logged) and halves the scale; 2000
 good steps in a row double it. That is PyTorch's `GradScaler` state machine (the PyTorch
 port uses GradScaler itself), started at mmcv's static fp16 scale of 512 instead of 2**16.
-bf16 has float32's exponent range and trains without a scale.
+bf16 has float32's exponent range and trains without a scale. native-fp16 uses the same
+loss scale.
 """
 from gfocal.choices import checked, checked_list
 
-AMP_CHOICES = ("off", "bf16", "fp16")
-SCALED = ("fp16",)  # the precisions that train with a loss scale
+POLICY = ("bf16", "fp16")
+NATIVE = ("native-bf16", "native-fp16")
+AMP_CHOICES = ("off",) + POLICY + NATIVE
+SCALED = ("fp16", "native-fp16")  # the precisions that train with a loss scale
 
 INIT_SCALE = 512.0
 GROWTH_FACTOR = 2.0
@@ -32,8 +45,10 @@ GROWTH_INTERVAL = 2000
 
 # Machine epsilon of the type the convolutions compute in: what "a rounding-sized move" of a
 # run means in each precision (gfocal/control_arm.py's control check).
-EPS = {"off": 2.0 ** -23, "bf16": 2.0 ** -7, "fp16": 2.0 ** -10}
-EPS_NAME = {"off": "float32", "bf16": "bf16", "fp16": "fp16"}
+EPS = {"off": 2.0 ** -23, "bf16": 2.0 ** -7, "fp16": 2.0 ** -10,
+       "native-bf16": 2.0 ** -7, "native-fp16": 2.0 ** -10}
+EPS_NAME = {"off": "float32", "bf16": "bf16", "fp16": "fp16",
+            "native-bf16": "bf16", "native-fp16": "fp16"}
 
 
 class PrecisionError(ValueError):
@@ -52,6 +67,16 @@ def amp_list(text, where="--amp"):
 
 def uses_loss_scale(amp):
     return check_amp(amp) in SCALED
+
+
+def is_native(amp):
+    """Whether `amp` is a framework's own AMP (native-bf16, native-fp16)."""
+    return check_amp(amp) in NATIVE
+
+
+def half_type(amp):
+    """The half type `amp` computes in ("bf16", "fp16"), None for off."""
+    return None if check_amp(amp) == "off" else amp.removeprefix("native-")
 
 
 class LossScale:
@@ -77,6 +102,26 @@ class LossScale:
 
     def state(self):
         return {"scale": self.scale, "good_steps": self.good_steps, "skipped": self.skipped}
+
+
+# What a half precision costs on the CPU where a framework has no fast kernel for it
+# (measured on 2 Xeon cores, docs/MODEL.md section 13): the run still works.
+SLOW_ON_CPU = {
+    ("torch", "fp16"): "PyTorch's CPU float16 convolution backward is about 140x slower than "
+                       "float32; bf16 is the CPU's half type",
+    ("jittor", "native-bf16"): "Jittor 1.3.11 runs half convolutions on the CPU with its "
+                               "generic kernels, not oneDNN: a bf16 convolution is about "
+                               "170x slower than float32",
+    ("jittor", "native-fp16"): "Jittor 1.3.11 runs half convolutions on the CPU with its "
+                               "generic kernels, not oneDNN: an fp16 convolution is about "
+                               "1000x slower than float32",
+}
+SLOW_ON_CPU[("torch", "native-fp16")] = SLOW_ON_CPU[("torch", "fp16")]
+
+
+def slow_on_cpu(framework, amp):
+    """Why `amp` is slow in `framework`'s CPU training (a warning to print), or None."""
+    return SLOW_ON_CPU.get((framework, check_amp(amp)))
 
 
 def checked_scale_state(state, source):

@@ -15,6 +15,7 @@ import os
 import numpy as np
 import pytest
 
+from gfocal.precision import is_native
 from parity_tests import judge, ledger, regimes
 from parity_tests.cases import seeded_state, selected_cases, small_config
 from parity_tests.port_subject import PortSubject
@@ -326,8 +327,20 @@ def pytest_html_results_summary(prefix, summary, postfix, session):
 def pytest_configure(config):
     selected_cases(config)  # a bad --parity-cases stops the session with one line
     parity_setting(config)
+    parity_precisions(config)
     parity_session(config)  # so does a subject that cannot be made
     ledger.install(config)
+
+
+def parity_precisions(config):
+    """--amp names policy precisions only: native mixed precision lets each framework pick
+    its own types and kernels, so it is judged by accuracy (gfocal compare) and timed
+    (perf_tests), never held to the policy's tolerances."""
+    native = [a for a in config.getoption("--amp") or () if is_native(a)]
+    if native:
+        raise pytest.UsageError(f"parity_tests: --amp {','.join(native)}: the parity suite "
+                                f"judges the policy (off, bf16, fp16); native mixed precision "
+                                f"is judged by gfocal compare --amp and timed by perf_tests")
 
 
 def parity_setting(config):

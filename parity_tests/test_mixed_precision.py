@@ -11,20 +11,20 @@ import functools
 import numpy as np
 import pytest
 
-from gfocal.precision import AMP_CHOICES, INIT_SCALE
+from gfocal.precision import INIT_SCALE, POLICY
 from gfocal.schedule import learning_rate
 from parity_tests import judge
 from parity_tests.runs import ParityRuns
 from parity_tests.test_backward_optim import optim_rows, step_all
 from parity_tests.test_forward import recorded_order
 
-HALF = [amp for amp in AMP_CHOICES if amp != "off"]
 AMP_CASES = ("coco_b2", "random_b1")
 
 
 def selected_amps(config):
-    """The half precisions --amp names (checked by the root conftest; default bf16, fp16)."""
-    return [a for a in config.getoption("--amp") or HALF if a != "off"]
+    """The policy's half precisions --amp names (checked by the root conftest and the
+    parity conftest; default bf16, fp16)."""
+    return [a for a in config.getoption("--amp") or POLICY if a != "off"]
 
 
 def pytest_generate_tests(metafunc):

@@ -23,6 +23,7 @@ import pytest
 
 from perf_tests import measure
 from perf_tests.measure import CPU_SIZE, GPU_SIZE, SMOKE_SIZE, make_batch, model_config
+from gfocal.precision import slow_on_cpu
 from gfocal.runtime import num_threads
 
 # (device kind, TF32): the GPU cases (device "cuda"; the ids say gpu) in full fp32 and with
@@ -121,10 +122,9 @@ def skip_reason(framework, kind, tf32, precision, name):
                 "fp32 to fp16 (CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION), not TF32 alone")
     if tf32 and precision != "off":
         return "TF32 applies to float32 convolutions only"
-    if (framework, kind, precision) == ("torch", "cpu", "fp16") and \
-            name in TORCH_CPU_FP16_BACKWARD:
-        return ("PyTorch's CPU fp16 convolution backward runs ~140x slower than fp32 "
-                "(no oneDNN kernel): not timed")
+    slow = slow_on_cpu(framework, precision) if kind == "cpu" else None
+    if slow and (framework == "jittor" or name in TORCH_CPU_FP16_BACKWARD):
+        return f"{slow}: not timed"
     return None
 
 

@@ -157,7 +157,8 @@ def test_python_dash_m_is_the_command(module, command, tmp_path):
 
 
 @pytest.mark.parametrize("option, value, kind, choices", [
-    ("--amp", "fp8", "a precision", "off, bf16, fp16"),
+    ("--amp", "fp8", "a precision", "off, bf16, fp16, native-bf16, native-fp16"),
+    ("--amp", "native-fp8", "a precision", "off, bf16, fp16, native-bf16, native-fp16"),
     ("--tuning", "fast", "a speed setting", "default, tuned"),
 ])
 @pytest.mark.parametrize("command", ["train", "test", "compare"])

@@ -1,6 +1,6 @@
 """The mixed-precision option (gfocal/precision.py) and each port's side of it: the loss
 scale against torch.amp.GradScaler, skipped steps, the option's bad values, training in fp16
-with its loss scale logged, checkpointed and resumed."""
+with its loss scale logged, checkpointed and resumed; native mode's training step."""
 import json
 
 import numpy as np
@@ -10,8 +10,9 @@ from gfocal import engine
 from gfocal.config import ConfigError, from_dict
 from gfocal.device import DeviceError
 from gfocal.engine import TrainRun
-from gfocal.precision import (BACKOFF_FACTOR, GROWTH_INTERVAL, INIT_SCALE, LossScale,
-                              PrecisionError, amp_list, check_amp, checked_scale_state)
+from gfocal.precision import (BACKOFF_FACTOR, GROWTH_INTERVAL, INIT_SCALE, NATIVE, LossScale,
+                              PrecisionError, amp_list, check_amp, checked_scale_state,
+                              half_type)
 
 # overflow at steps 1999 and 4004-4005: a backoff, a growth after 2000 good steps, two
 # backoffs in a row
@@ -114,15 +115,16 @@ def test_half_op_leaves_float32_off_and_float64_alone(port):
     assert port.precision.current_precision() == "off"
 
 
-def test_a_precision_the_device_cannot_run_is_one_line(port, monkeypatch):
+@pytest.mark.parametrize("amp", ["fp16", "native-fp16"])
+def test_a_precision_the_device_cannot_run_is_one_line(port, monkeypatch, amp):
     def broken(*args):
         raise RuntimeError("no kernel for this dtype\nsecond line of the framework's message")
     monkeypatch.setattr(port.precision, "_probe_convolution", broken)
     monkeypatch.setattr(port.precision, "_runnable", set())  # not probed yet
     with pytest.raises(DeviceError) as err:
-        port.precision.use_precision("fp16")
+        port.precision.use_precision(amp)
     message = str(err.value)
-    assert "\n" not in message and message.startswith("--amp fp16:")
+    assert "\n" not in message and message.startswith(f"--amp {amp}:")
     assert "no kernel for this dtype" in message
     assert port.precision.current_precision() == "off"
 
@@ -198,11 +200,12 @@ def _bf16_representable(values):
     return bool(np.all(bits & 0xFFFF == 0))
 
 
-@pytest.mark.parametrize("amp", ["off", "bf16"])
+@pytest.mark.parametrize("amp", ["off", "bf16", "native-bf16"])
 def test_a_run_of_the_config_computes_its_convolutions_in_its_precision(port, tiny_config,
                                                                         amp):
-    """engine.build_model (what gfocal test and compare use) applies train.amp: in bf16 a
-    convolution's output (the FPN lateral, before any other op) holds bf16 values only."""
+    """engine.build_model (what gfocal test and compare use) applies train.amp: in bf16 and
+    native-bf16 a convolution's output (the FPN lateral, before any other op) holds bf16
+    values only."""
     from gfocal.compare import comparison_config
     from gfocal.data.loader import build_dataloader
     cfg = comparison_config(tiny_config, amp=amp)
@@ -215,4 +218,41 @@ def test_a_run_of_the_config_computes_its_convolutions_in_its_precision(port, ti
     with port.probes.capture() as probes:
         detections = model.predict(batch)
     assert len(detections) == len(batch["img_metas"])
-    assert _bf16_representable(probes["neck.lateral.0"]) is (amp == "bf16")
+    assert _bf16_representable(probes["neck.lateral.0"]) is (half_type(amp) == "bf16")
+
+
+def _dtype_name(dtype):
+    return str(dtype).split(".")[-1]  # torch.bfloat16, bfloat16 -> bfloat16
+
+
+@pytest.mark.parametrize("amp", [pytest.param(a, marks=pytest.mark.ci) if half_type(a) == "fp16"
+                                 else a for a in NATIVE])  # CPU fp16: seconds a step
+def test_native_mode_trains_in_the_half_type_with_float32_weights_and_losses(port, tiny_model,
+                                                                             amp):
+    """A native training step: the convolutions inside it compute in the half type (their
+    outputs' dtype, seen by forward hooks), the losses are float32 and finite (force_fp32),
+    the weights stay float32 and move, and prediction runs."""
+    from parity_tests.cases import make_case
+    cfg = from_dict({"model": tiny_model}, source="tiny config")
+    port.seed(0)
+    model = port.build_detector(cfg["model"])
+    model.train()
+    optimizer = port.train.build_optimizer(model, cfg["optim"])
+    batch = make_case("random_b2", num_classes=tiny_model["num_classes"])
+    convs = {"neck": model.neck.lateral_convs[0].conv, "head": model.bbox_head.gfl_cls}
+    seen = {}
+    for name, conv in convs.items():
+        conv.register_forward_hook(
+            lambda module, inputs, output, name=name: seen.update({name: output.dtype}))
+    before = {n: port.numpy(p).copy() for n, p in port.named_trainable_parameters(model)}
+    with port.precision.mixed_precision(amp):
+        losses = port.train.train_step(model, optimizer, batch,
+                                       port.precision.loss_scaler(amp))
+        detections = model.predict(batch)
+    want = {"bf16": "bfloat16", "fp16": "float16"}[half_type(amp)]
+    assert {n: _dtype_name(d) for n, d in seen.items()} == {"neck": want, "head": want}
+    assert all(np.isfinite(v) for v in losses.values()), losses
+    after = dict(port.named_trainable_parameters(model))
+    assert {str(port.numpy(p).dtype) for p in after.values()} == {"float32"}
+    assert any(not np.array_equal(port.numpy(after[n]), before[n]) for n in before)
+    assert len(detections) == 2 and all(np.isfinite(d["boxes"]).all() for d in detections)

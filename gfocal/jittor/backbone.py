@@ -2,7 +2,7 @@
 import jittor as jt
 from jittor import nn
 
-from .kernels import BatchNorm2d, Conv2d
+from .kernels import BatchNorm2d, Conv2d, MaxPool2d, ReLU
 from .probes import record
 
 
@@ -16,7 +16,7 @@ class BasicBlock(nn.Module):
         self.bn1 = BatchNorm2d(planes)
         self.conv2 = Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
         self.bn2 = BatchNorm2d(planes)
-        self.relu = nn.ReLU()
+        self.relu = ReLU()
         self.downsample = downsample
 
     def execute(self, x):
@@ -38,7 +38,7 @@ class Bottleneck(nn.Module):
         self.bn2 = BatchNorm2d(planes)
         self.conv3 = Conv2d(planes, planes * self.expansion, 1, bias=False)
         self.bn3 = BatchNorm2d(planes * self.expansion)
-        self.relu = nn.ReLU()
+        self.relu = ReLU()
         self.downsample = downsample
 
     def execute(self, x):
@@ -104,8 +104,8 @@ class ResNet(nn.Module):
 
         self.conv1 = Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
         self.bn1 = BatchNorm2d(64)
-        self.relu = nn.ReLU()
-        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        self.relu = ReLU()
+        self.maxpool = MaxPool2d(3, stride=2, padding=1)
         inplanes = 64
         for i, num_blocks in enumerate(stage_blocks):
             planes = 64 * 2 ** i

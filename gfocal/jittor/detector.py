@@ -5,7 +5,7 @@ from jittor import nn
 
 from gfocal.finite import INFERENCE_CAUSE, TRAINING_CAUSE, check_finite_outputs
 
-from . import finite_flags, tensor
+from . import finite_flags, precision, tensor
 from .backbone import ResNet
 from .fpn import FPN
 from .gfl_head import GFLHead
@@ -47,9 +47,16 @@ class GFocalV2(nn.Module):
         logits."""
         return self.bbox_head(self.neck(self.backbone(imgs)))
 
+    def outputs(self, network, imgs):
+        """network(imgs) in the port's precision (native: under autocast), the head's
+        outputs in float32."""
+        with precision.autocast(imgs):
+            cls_scores, bbox_preds = network(imgs)
+        return precision.to_float32(cls_scores), precision.to_float32(bbox_preds)
+
     def loss(self, batch):
         """Losses of a shared-pipeline batch: loss_cls, loss_bbox, loss_dfl and their sum."""
-        cls_scores, bbox_preds = self(tensor(batch["imgs"]))
+        cls_scores, bbox_preds = self.outputs(self, tensor(batch["imgs"]))
         check_outputs(cls_scores, bbox_preds, TRAINING_CAUSE)
         losses = self.loss_fn(cls_scores, bbox_preds,
                               [tensor(b) for b in batch["gt_bboxes"]],
@@ -61,7 +68,8 @@ class GFocalV2(nn.Module):
     def predict(self, batch):
         """Per image: numpy boxes (original-image pixels), scores and labels."""
         with jt.no_grad():
-            cls_scores, bbox_preds = inference_network(self)(tensor(batch["imgs"]))
+            cls_scores, bbox_preds = self.outputs(inference_network(self),
+                                                  tensor(batch["imgs"]))
             check_outputs(cls_scores, bbox_preds, INFERENCE_CAUSE)
             return self.postprocess(cls_scores, bbox_preds, batch["img_metas"],
                                     self.bbox_head.integral)

@@ -2,7 +2,7 @@
 import jittor as jt
 from jittor import nn
 
-from .kernels import GroupNormFunction
+from .kernels import GroupNormFunction, ReLU
 from .precision import Conv2d
 from .probes import record
 
@@ -45,7 +45,7 @@ class ConvModule(nn.Module):
         self.conv = Conv2d(in_channels, out_channels, kernel_size, stride=stride,
                               padding=padding, bias=bias)
         self.gn = GroupNorm(gn_groups, out_channels) if norm == "gn" else None
-        self.act = nn.ReLU() if act == "relu" else None
+        self.act = ReLU() if act == "relu" else None
 
     def execute(self, x):
         x = self.conv(x)

@@ -9,6 +9,7 @@ from jittor import nn
 from gfocal.config import GFL_V1, HEADS
 
 from .fpn import ConvModule, GroupNorm
+from .kernels import ReLU
 from .precision import Conv2d
 from .probes import record
 
@@ -20,8 +21,10 @@ def top_values(x, k, dim):
     jt.topk sorts with std::sort on the CPU, which a NaN key sends past the end of the
     array (a segfault): the order is taken from keys with NaN made +inf, the values are
     gathered from `x`. For finite `x` the keys are `x` and the values jt.topk's, bit for
-    bit, gradients included."""
-    keys = jt.ternary(jt.isnan(x), jt.full_like(x, float("inf")), x)
+    bit, gradients included. Half keys (native mixed precision) are sorted as float32:
+    Jittor 1.3.11's CPU argsort does not compile for half types."""
+    keys = x.float32() if x.dtype != jt.float32 else x  # argsort does not compile on halves
+    keys = jt.ternary(jt.isnan(keys), jt.full_like(keys, float("inf")), keys)
     order = jt.argsort(keys, dim=dim, descending=True)[0]
     return jt.gather(x, dim, order[(slice(None),) * dim + (slice(0, k),)])
 
@@ -95,7 +98,7 @@ class GFLHead(nn.Module):
         self.gfl_reg = Conv2d(tower_out, 4 * (reg_max + 1), 3, padding=1)
         self.reg_conf = None if head == GFL_V1 else nn.Sequential(
             Conv2d(4 * (reg_topk + 1), reg_channels, 1),
-            nn.ReLU(),
+            ReLU(),
             Conv2d(reg_channels, 1, 1),
             nn.Sigmoid())
         self.scales = nn.ModuleList([Scale(1.0) for _ in self.strides])

@@ -1,4 +1,5 @@
-"""Jittor-only replacements for slow CPU kernels (no PyTorch counterpart: framework idiom).
+"""Jittor-only replacements for slow CPU kernels, and for two that do not compile on half
+inputs (no PyTorch counterpart: framework idiom).
 
 Measured on the benchmark model (perf_tests/README.md, "What the Jittor port changed"):
 Jittor's generated CPU reduce kernels are scalar and single-threaded (its OpenMP
@@ -107,3 +108,26 @@ class BatchNorm2d(nn.BatchNorm):
         scale = self.weight / jt.sqrt(self.running_var + self.eps)
         shift = self.bias - self.running_mean * scale
         return ChannelAffine.apply(x, scale, shift)
+
+
+def _is_half(x):
+    return x.dtype in (jt.bfloat16, jt.float16)
+
+
+class ReLU(nn.Module):
+    """nn.ReLU that also runs on the half inputs of native mixed precision: Jittor 1.3.11's
+    relu compares x with a float32 0.0, which g++ rejects as ambiguous for a half x on the
+    CPU (also when x is fused into the comparison), so a half x takes the maximum."""
+
+    def execute(self, x):
+        return jt.maximum(x, 0.0) if _is_half(x) else nn.relu(x)
+
+
+class MaxPool2d(nn.MaxPool2d):
+    """nn.MaxPool2d that runs a half input in float32 and returns the half type: Jittor
+    1.3.11's CPU max-pool backward does not compile for half types."""
+
+    def execute(self, x):
+        if not _is_half(x):
+            return super().execute(x)
+        return super().execute(x.float32()).cast(x.dtype)

@@ -1,4 +1,6 @@
-"""Mixed precision in the Jittor port: the policy of gfocal/precision.py.
+"""Mixed precision in the Jittor port (gfocal/precision.py).
+
+The policy:
 
 Jittor's CPU convolutions and matmuls in float16 / bfloat16 accumulate in the half type
 and its CPU bfloat16 conversion truncates (measured: docs/MODEL.md section 13), which the
@@ -8,6 +10,13 @@ the convolution sums in float32, the result is rounded to the half type; gradien
 rounded at the same places. The numbers are those of a float32-accumulating half
 convolution; the speed is float32's plus the roundings. On CUDA (cuDNN accumulates in
 float32) the convolution runs in the half type.
+
+Native mode: what Jittor offers for mixed precision, inside the network's forward: each
+convolution's input and (float32 master) weight are cast to the half type and run by
+Jittor's own half kernel (on the CPU it accumulates in the half type), its result stays in
+the half type, and `auto_mixed_precision_level` (AMP_LEVEL) lets the ops after it keep the
+half type. The head's outputs go to the loss and the decoding in float32 (mmdetection's
+`force_fp32`), and native-fp16 trains with the shared loss scale.
 """
 import contextlib
 
@@ -15,11 +24,15 @@ import jittor as jt
 from jittor import nn
 
 from gfocal.device import DeviceError
-from gfocal.precision import INIT_SCALE, LossScale, check_amp, uses_loss_scale
+from gfocal.precision import INIT_SCALE, LossScale, check_amp, half_type, is_native, \
+    uses_loss_scale
 
 HALF_TYPES = {"bf16": jt.bfloat16, "fp16": jt.float16}
 _amp = "off"  # the precision half_op computes in
 _runnable = set()  # (amp, device) pairs whose half convolution ran once
+_autocasting = False  # inside autocast() in native mode
+# Jittor's "prefer the half type, but sums, exp and the like in float32" (src/var.cc)
+AMP_LEVEL = 4
 
 
 def current_precision():
@@ -27,7 +40,7 @@ def current_precision():
 
 
 def _probe_convolution(amp, device):
-    probe = jt.ones((1, 1, 3, 3)).cast(HALF_TYPES[amp])
+    probe = jt.ones((1, 1, 3, 3)).cast(HALF_TYPES[half_type(amp)])
     nn.conv2d(probe, probe).sync()
 
 
@@ -122,11 +135,38 @@ def _rounded(t, amp):
     return HalfRounding(amp)(t)
 
 
+@contextlib.contextmanager
+def autocast(like):
+    """The block the network's forward runs in: in native mode the half convolutions and
+    AMP_LEVEL; otherwise nothing. (`like`: the input, whose device PyTorch's needs.)"""
+    global _autocasting
+    if _amp == "off" or not is_native(_amp):
+        yield
+        return
+    previous = _autocasting
+    _autocasting = True
+    try:
+        with jt.flag_scope(auto_mixed_precision_level=AMP_LEVEL):
+            yield
+    finally:
+        _autocasting = previous
+
+
+def to_float32(tensors):
+    """The head's outputs as float32 for the loss and the decoding (force_fp32)."""
+    return [t if t.dtype == jt.float32 else t.float32() for t in tensors]
+
+
 def half_op(op, *tensors):
     """op(*tensors) under the policy: float32 tensors are rounded to the half type, op sums
     in float32 and rounds its result to the half type, which is carried on in float32.
-    Outside a half precision (and for float64 tensors) op(*tensors) as it is."""
-    if _amp == "off" or tensors[0].dtype != jt.float32:
+    In native mode inside autocast() op runs on half-type copies (Jittor's own half kernel)
+    and its result stays in the half type. Otherwise (off, native outside autocast, float64
+    tensors) op(*tensors) as it is."""
+    if _autocasting:
+        half = HALF_TYPES[half_type(_amp)]
+        return op(*(None if t is None else t.cast(half) for t in tensors))
+    if _amp == "off" or is_native(_amp) or tensors[0].dtype != jt.float32:
         return op(*tensors)
     if jt.flags.use_cuda:
         half = HALF_TYPES[_amp]

@@ -1,7 +1,12 @@
-"""Mixed precision in the PyTorch port: the policy of gfocal/precision.py.
+"""Mixed precision in the PyTorch port (gfocal/precision.py).
 
-PyTorch's half convolutions accumulate in float32 on the CPU (oneDNN) and on CUDA (cuDNN)
-and round the result once, as the policy says, so the port runs them natively.
+The policy: PyTorch's half convolutions accumulate in float32 on the CPU (oneDNN) and on
+CUDA (cuDNN) and round the result once, as the policy says, so the port runs them as they
+are and carries their results on in float32.
+
+Native mode: torch.autocast around the network's forward (autocast's own op lists pick
+each op's type), the head's outputs in float32 for the loss and the decoding (mmdetection's
+`force_fp32` on the GFL head's loss and get_bboxes), and GradScaler for native-fp16.
 """
 import contextlib
 
@@ -10,7 +15,7 @@ from torch import nn
 
 from gfocal.device import DeviceError
 from gfocal.precision import BACKOFF_FACTOR, GROWTH_FACTOR, GROWTH_INTERVAL, INIT_SCALE, \
-    check_amp, uses_loss_scale
+    check_amp, half_type, is_native, uses_loss_scale
 
 HALF_TYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 _amp = "off"  # the precision half_op computes in
@@ -22,7 +27,7 @@ def current_precision():
 
 
 def _probe_convolution(amp, device):
-    probe = torch.ones((1, 1, 3, 3), dtype=HALF_TYPES[amp], device=device)
+    probe = torch.ones((1, 1, 3, 3), dtype=HALF_TYPES[half_type(amp)], device=device)
     nn.functional.conv2d(probe, probe)
 
 
@@ -54,11 +59,25 @@ def mixed_precision(amp, device="cpu"):
         _amp = previous
 
 
+def autocast(like):
+    """The block the network's forward runs in: in native mode torch.autocast on the device
+    of tensor `like`, in the half type; otherwise nothing."""
+    if _amp == "off" or not is_native(_amp):
+        return contextlib.nullcontext()
+    return torch.autocast(like.device.type, dtype=HALF_TYPES[half_type(_amp)])
+
+
+def to_float32(tensors):
+    """The head's outputs as float32 for the loss and the decoding (force_fp32)."""
+    return [t if t.dtype == torch.float32 else t.float() for t in tensors]
+
+
 def half_op(op, *tensors):
     """op(*tensors) under the policy: float32 tensors are rounded to the half type, op sums
     in float32 and rounds its result to the half type, which is carried on in float32.
-    Outside a half precision (and for float64 tensors) op(*tensors) as it is."""
-    if _amp == "off" or tensors[0].dtype != torch.float32:
+    Outside the policy (off, native: autocast decides; float64 tensors) op(*tensors) as it
+    is."""
+    if _amp == "off" or is_native(_amp) or tensors[0].dtype != torch.float32:
         return op(*tensors)
     half = HALF_TYPES[_amp]
     return op(*(None if t is None else t.to(half) for t in tensors)).float()

@@ -41,10 +41,13 @@ def capture():
 
 
 def record(name, tensor):
-    """Store a numpy copy of `tensor` under `name` (a later record of the name replaces it)."""
+    """Store a numpy copy of `tensor` under `name` (a later record of the name replaces it;
+    a half-type tensor of native mixed precision as float32, which holds it exactly)."""
     if _active is None:
         return
     _active.pop(name, None)  # re-insert so the dict order is the order of the latest forward
+    if tensor.dtype in (torch.bfloat16, torch.float16):
+        tensor = tensor.float()
     _active[name] = np.array(tensor.detach().cpu().numpy(), copy=True)
 
 
