@@ -9,7 +9,14 @@ Targets (TARGETS below says which modules and which tests judge them):
                  judged by the converter and checkpoint-safety tests and the parity suite;
   shared         the framework-neutral data, evaluation and schedule code both ports use
                  (group "shared"): the parity suite cannot see it by design (both ports get
-                 the same inputs), so its judge is the unit tests of tests/ for that module.
+                 the same inputs), so its judge is the unit tests of tests/ for that module;
+  precision      the mixed-precision modules, gfocal/precision.py and each port's
+                 precision.py (group "precision"; not in the port and shared targets), judged
+                 by the tests that exercise them directly: tests/test_precision.py and
+                 parity_tests/test_mixed_precision.py (and tests/test_control_arm.py for
+                 gfocal/precision.py, whose EPS the control arm reads).
+Every module belongs to one target. Judges run pytest with the project's addopts: tests
+marked ci or slow are not part of any judge.
 
 For each target, in a copy of this checkout (cosmic-ray edits the files it mutates; the copy
 keeps your tree untouched even when a run is interrupted):
@@ -22,16 +29,19 @@ Then one report (markdown): per group the kill rate with its Wilson 95 % lower b
 target the planted mutants and each survivor with its mutation and the reason recorded for
 that mutation in parity_tests/mutation/survivors.toml (or "no reason recorded yet").
 
-  python scripts/mutants.py [--targets torch,jittor,converter,shared] [--sample N] [--seed S]
-                            [--out DIR] [--report FILE] [--parallel] [--budget-minutes M]
-                            [--resume] [--rerun-survivors] [--report-only]
+  python scripts/mutants.py [--targets torch,jittor,converter,shared,precision] [--sample N]
+                            [--seed S] [--out DIR] [--report FILE] [--parallel]
+                            [--budget-minutes M] [--resume] [--rerun-survivors]
+                            [--report-only] [--merge DIR] [--into REPORT]
 
 --budget-minutes stops each target's mutants after M minutes and reports those that ran (in
 cosmic-ray's random order, so still a random sample); --resume goes on with the rest;
 --rerun-survivors runs again, on this checkout, every survivor whose judge's inputs (its test
 files, conftests, fixtures) changed since it last ran, labelled equivalent or not: a survivor
 counts as equivalent only when its last run saw the judge as it is now; --report-only writes
-the report of what ran so far (after an interrupted run), running nothing.
+the report of what ran so far (after an interrupted run), running nothing; --into REPORT
+puts OUT's targets into an existing report (their sections and per-group rows replaced or
+added, the other targets' kept as written) where the other runs' results.json are gone.
 """
 import argparse
 import concurrent.futures
@@ -40,6 +50,7 @@ import json
 import math
 import os
 import random
+import re
 import shlex
 import shutil
 import signal
@@ -57,11 +68,11 @@ from gfocal.tables import markdown_table  # noqa: E402
 MUTATION_DIR = ROOT / "parity_tests" / "mutation"
 PORT_DIRS = {"torch": "gfocal/pytorch", "jittor": "gfocal/jittor"}
 # Every module of a port that computes: not __init__ (the port's interface and glue),
-# checkpoint (the converter target's) and distributed (judged by the multi-process tests of
-# tests/, minutes a run: not mutated, said in the report).
+# checkpoint (the converter target's), precision (the precision target's) and distributed
+# (judged by the multi-process tests of tests/, minutes a run: not mutated, said in the
+# report).
 PORT_MODULES = ("anchors", "atss", "backbone", "box_ops", "detector", "fpn", "gfl_head",
-                "gfl_loss", "losses", "postprocess", "probes", "train", "kernels", "precision",
-                "tuning")
+                "gfl_loss", "losses", "postprocess", "probes", "train", "kernels", "tuning")
 # Parity files that fail fastest on a broken target come first (the seconds-long argument,
 # signature and constant checks, then loss and decoding): with -x a killed mutant stops at
 # its first failure. Files not named here follow in name order.
@@ -76,7 +87,6 @@ MODULE_FIRST_FILES = {
     "box_ops": ("test_postprocess_regimes.py", "test_properties.py"),
     "postprocess": ("test_postprocess_regimes.py", "test_inference_coco.py"),
     "train": ("test_backward_optim.py",),
-    "precision": ("test_mixed_precision.py", "test_forward.py"),
     "tuning": ("test_tuned.py",),
 }
 PARITY = "parity_tests"  # a judge entry: every parity file, in parity_files() order
@@ -94,10 +104,19 @@ SHARED_JUDGES = {
     "gfocal/data/synthetic.py": ("tests/test_synthetic.py",),
     "gfocal/evaluation/coco_eval.py": ("tests/test_evaluation.py",),
     "gfocal/schedule.py": ("tests/test_schedule.py",),
-    "gfocal/precision.py": ("tests/test_precision.py", "tests/test_control_arm.py"),
     "gfocal/tuning.py": ("tests/test_tuning.py",),
 }
-GROUPS = {"torch": "port", "jittor": "port", "converter": "converter", "shared": "shared"}
+# precision module -> its judge, fastest-failing first (the unit tests run in seconds, the
+# parity file in about a minute)
+PRECISION_JUDGE = ("tests/test_precision.py", "parity_tests/test_mixed_precision.py")
+PRECISION_JUDGES = {
+    "gfocal/precision.py": ("tests/test_precision.py", "tests/test_control_arm.py",
+                            "parity_tests/test_mixed_precision.py"),
+    "gfocal/pytorch/precision.py": PRECISION_JUDGE,
+    "gfocal/jittor/precision.py": PRECISION_JUDGE,
+}
+GROUPS = {"torch": "port", "jittor": "port", "converter": "converter", "shared": "shared",
+          "precision": "precision"}
 
 
 class MutantsError(Exception):
@@ -110,6 +129,8 @@ def target_judges(target):
         judges = {f"{PORT_DIRS[target]}/{m}.py": (PARITY,) for m in PORT_MODULES}
     elif target == "converter":
         judges = {m: CONVERTER_JUDGE for m in CONVERTER_MODULES}
+    elif target == "precision":
+        judges = dict(PRECISION_JUDGES)
     else:
         judges = dict(SHARED_JUDGES)
     return {m: j for m, j in judges.items() if (ROOT / m).exists()}
@@ -510,12 +531,17 @@ def judge_text(target):
         return "`pytest -x parity_tests` (every parity file)"
     if target == "converter":
         return "`pytest -x " + " ".join(CONVERTER_JUDGE) + "` (the parity files in full)"
-    return "per module: " + "; ".join(f"`{Path(m).name}`: " + ", ".join(
-        f"`{Path(t).name}`" for t in tests) for m, tests in judges.items())
+    return "per module: " + "; ".join(f"`{m}`: " + ", ".join(f"`{t}`" for t in tests)
+                                      for m, tests in judges.items())
 
 
-def group_table(results, reasons, fingerprints):
-    rows = []
+GROUP_HEAD = ["group", "targets", "drawn", "run", "killed", "survived", "of which equivalent",
+              "incompetent", "killed / non-equivalent", "Wilson 95 % lower bound"]
+
+
+def group_rows(results, reasons, fingerprints):
+    """{group: its row of the per-group table}."""
+    rows = {}
     for group in dict.fromkeys(r["group"] for r in results):
         members = [r for r in results if r["group"] == group]
         totals = {}
@@ -525,12 +551,10 @@ def group_table(results, reasons, fingerprints):
         drawn = sum(r["drawn"] for r in members)
         run = sum(r["run"] for r in members)
         shown, lower = rate(totals["killed"], totals["competent"])
-        rows.append([group, ", ".join(r["target"] for r in members), str(drawn), str(run),
-                     str(totals["killed"]), str(totals["survived"]),
-                     str(totals["equivalent"]), str(totals["incompetent"]), shown, lower])
-    return markdown_table(["group", "targets", "drawn", "run", "killed", "survived",
-                           "of which equivalent", "incompetent", "killed / non-equivalent",
-                           "Wilson 95 % lower bound"], rows)
+        rows[group] = [group, ", ".join(r["target"] for r in members), str(drawn), str(run),
+                       str(totals["killed"]), str(totals["survived"]),
+                       str(totals["equivalent"]), str(totals["incompetent"]), shown, lower]
+    return rows
 
 
 def target_section(result, reasons, fingerprints):
@@ -571,26 +595,83 @@ def target_section(result, reasons, fingerprints):
 
 
 def write_report(results, path):
-    commands = list(dict.fromkeys(c for r in results for c in r.get("commands", [])))
-    commits = sorted({r["commit"] for r in results}
-                     | {res["rerun"]["commit"] for r in results for _, res in r["jobs"]
-                        if res and "commit" in res.get("rerun", {})})
+    path.write_text(render_report(report_parts(results)))
+
+
+def report_parts(results):
+    """What a report is made of: its commands, commits, dates, CPU count, per-group rows
+    and per-target sections."""
     fingerprints = {r["target"]: judge_fingerprint(r["target"]) for r in results}
     reasons = survivor_reasons()
+    commits = {r["commit"] for r in results} | {
+        res["rerun"]["commit"] for r in results for _, res in r["jobs"]
+        if res and "commit" in res.get("rerun", {})}
+    return {"commands": list(dict.fromkeys(c for r in results for c in r.get("commands", []))),
+            "commits": sorted(commits), "dates": sorted({r["date"] for r in results}),
+            "cores": [str(os.cpu_count())],
+            "groups": group_rows(results, reasons, fingerprints),
+            "sections": {r["target"]: target_section(r, reasons, fingerprints)
+                         for r in results}}
+
+
+def render_report(parts):
     head = ["# Mutation report", "",
             "Produced by these commands, in this order (on commits "
-            f"{', '.join(commits)}; {results[0]['date']}; {os.cpu_count()} CPU cores):", ""]
-    head += [f"    {c}" for c in commands] + [
+            f"{', '.join(parts['commits'])}; {', '.join(parts['dates'])}; "
+            f"{', '.join(parts['cores'])} CPU cores):", ""]
+    head += [f"    {c}" for c in parts["commands"]] + [
         "",
-        "Each target's mutants are judged by the tests named in its section; a survivor "
+        "Each target's mutants are judged by the tests named in its section (pytest with the "
+        "project's addopts: tests marked ci or slow are not run); a survivor "
         "counts as equivalent only with a reason recorded for that very mutation "
         "(`parity_tests/mutation/survivors.toml`) and a last run against the judge as it is "
         "now. Operators and why some are excluded: `parity_tests/mutation/cosmic-ray.toml`. "
         "Not mutated: each port's `__init__.py` (its interface and glue) and "
         "`distributed.py` (judged by the multi-process tests of tests/, minutes a run).", "",
-        "## Per group", "", group_table(results, reasons, fingerprints), ""]
-    path.write_text("\n".join(head) + "\n" + "\n".join(
-        target_section(r, reasons, fingerprints) for r in results))
+        "## Per group", "", markdown_table(GROUP_HEAD, list(parts["groups"].values())), ""]
+    return "\n".join(head) + "\n" + "\n".join(parts["sections"].values())
+
+
+def read_report(path):
+    """report_parts of a written report (render_report's layout), for --into; MutantsError
+    naming the file where it is not one."""
+    text = path.read_text() if path.is_file() else ""
+    match = re.search(r"\(on commits (.*?); (.*?); (.*?) CPU cores\):\n\n((?:    .*\n)+)", text)
+    table = re.search(r"\n## Per group\n\n((?:\|.*\n)+)", text)
+    if not match or not table:
+        raise MutantsError(f"--into {path}: not a mutation report (no command list or no "
+                           f"per-group table)")
+    rows = [re.split(r"(?<!\\)\|", line.strip())[1:-1]
+            for line in table.group(1).splitlines()[2:]]
+    sections = re.split(r"\n(?=## Target `)", text[table.end():])[1:]
+    return {"commands": [c[4:] for c in match.group(4).splitlines()],
+            "commits": match.group(1).split(", "), "dates": match.group(2).split(", "),
+            "cores": match.group(3).split(", "),
+            "groups": {r[0].strip(): [c.strip().replace("\\|", "|") for c in r] for r in rows},
+            "sections": {re.match(r"## Target `(.*?)`", t).group(1): t.rstrip("\n") + "\n"
+                         for t in sections}}
+
+
+def into_report(out, report, command, log):
+    """The targets of OUT's run put into the written report `report` (their per-group rows
+    and sections replaced or added; the other targets' kept as written), the command
+    recorded."""
+    path = out / "results.json"
+    if not path.is_file():
+        raise MutantsError(f"--into: no run in {path}")
+    results = json.loads(path.read_text())
+    for result in results:
+        result.setdefault("commands", []).append(command)
+    parts, new = read_report(report), report_parts(results)
+    for key in ("commands", "commits", "dates", "cores"):
+        parts[key] = list(dict.fromkeys(parts[key] + new[key]))
+    parts["commits"].sort()
+    parts["dates"].sort()
+    for key in ("groups", "sections"):  # replaced in place, new ones after the others
+        parts[key].update(new[key])
+    report.write_text(render_report(parts))
+    log(f"report: {report}")
+    return 0
 
 
 def merge_results(out, others, report, command, log):
@@ -642,7 +723,7 @@ def sample_sizes(text):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     parser = OneLineParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--targets", default="torch,jittor,converter,shared",
+    parser.add_argument("--targets", default=",".join(GROUPS),
                         type=lambda s: [p for p in s.split(",") if p])
     parser.add_argument("--sample", type=sample_sizes, default={},
                         help="mutants per target drawn at random: N for every target, or "
@@ -665,6 +746,9 @@ def main(argv=None):
     parser.add_argument("--merge", type=Path, action="append", default=[],
                         help="run nothing: add the results of another OUT folder (its "
                              "targets replace OUT's) to OUT/results.json and the report")
+    parser.add_argument("--into", type=Path, default=None,
+                        help="run nothing: put OUT's targets into this written report (their "
+                             "sections and per-group rows replaced or added)")
     parser.add_argument("--judge", default=None, help=argparse.SUPPRESS)  # cosmic-ray's call
     args = parser.parse_args(argv)
     args.out = args.out.resolve()  # cosmic-ray runs in the tree copies: a relative --out breaks
@@ -686,6 +770,8 @@ def main(argv=None):
         def log(message):
             print(f"[mutants] {message}", flush=True)
 
+        if args.into:
+            return into_report(args.out, args.into, command, log)
         if args.merge:
             return merge_results(args.out, [m.resolve() for m in args.merge], report, command,
                                  log)

@@ -48,15 +48,25 @@ def test_every_module_of_a_port_is_a_target_but_glue_and_distributed():
     for port, folder in mutants.PORT_DIRS.items():
         present = {p.stem for p in (ROOT / folder).glob("*.py")}
         mutated = {Path(m).stem for m in mutants.target_modules(port)}
-        assert present - mutated == {"__init__", "checkpoint", "distributed"}, port
+        assert present - mutated == {"__init__", "checkpoint", "distributed", "precision"}, port
         assert f"{folder}/checkpoint.py" in mutants.target_modules("converter")
+        assert f"{folder}/precision.py" in mutants.target_modules("precision")
 
 
-def test_every_shared_judge_exists_and_the_groups_cover_the_targets():
-    for module, tests in mutants.SHARED_JUDGES.items():
+def test_each_module_belongs_to_one_target():
+    modules = [m for target in mutants.GROUPS for m in mutants.target_modules(target)]
+    assert len(modules) == len(set(modules))
+    assert mutants.target_modules("precision") == [
+        "gfocal/precision.py", "gfocal/pytorch/precision.py", "gfocal/jittor/precision.py"]
+
+
+@pytest.mark.parametrize("judges", [mutants.SHARED_JUDGES, mutants.PRECISION_JUDGES],
+                         ids=["shared", "precision"])
+def test_every_judge_exists_and_the_groups_cover_the_targets(judges):
+    for module, tests in judges.items():
         assert (ROOT / module).is_file(), module
         assert all((ROOT / t).is_file() for t in tests), module
-    assert set(mutants.GROUPS.values()) == {"port", "converter", "shared"}
+    assert set(mutants.GROUPS.values()) == {"port", "converter", "shared", "precision"}
 
 
 def test_a_survivor_run_against_other_judge_inputs_is_not_equivalent(tmp_path, monkeypatch):
@@ -111,20 +121,29 @@ def test_a_changed_port_module_runs_its_own_parity_files_first(module, first):
     assert sorted(files) == sorted(mutants.parity_files())
 
 
-def test_the_judge_runs_the_tests_of_the_changed_module(tmp_path, monkeypatch):
+@pytest.mark.parametrize("target, module, files", [
+    ("shared", "gfocal/schedule.py", ["tests/test_schedule.py"]),
+    ("precision", "gfocal/jittor/precision.py",
+     ["tests/test_precision.py", "parity_tests/test_mixed_precision.py"]),
+    ("precision", "gfocal/precision.py",
+     ["tests/test_precision.py", "tests/test_control_arm.py",
+      "parity_tests/test_mixed_precision.py"])])
+def test_the_judge_runs_the_tests_of_the_changed_module(tmp_path, monkeypatch, target, module,
+                                                         files):
     """cosmic-ray runs `mutants.py --judge TARGET` in the mutated tree: the judge compares
-    the target's modules with their pristine copies and runs that module's tests."""
+    the target's modules with their pristine copies and runs that module's tests, those
+    that fail fastest first, and nothing else."""
     tree, work = tmp_path / "tree", tmp_path / "work"
-    for module in mutants.target_modules("shared"):
-        for root in (tree, mutants.pristine_dir(work, "shared")):
-            (root / module).parent.mkdir(parents=True, exist_ok=True)
-            (root / module).write_text("x = 1\n")
-    (tree / "gfocal/schedule.py").write_text("x = 2\n")
+    for changed in mutants.target_modules(target):
+        for root in (tree, mutants.pristine_dir(work, target)):
+            (root / changed).parent.mkdir(parents=True, exist_ok=True)
+            (root / changed).write_text("x = 1\n")
+    (tree / module).write_text("x = 2\n")
     calls = []
     monkeypatch.chdir(tree)
     monkeypatch.setattr(mutants.os, "execv", lambda path, argv: calls.append(argv))
-    mutants.judge("shared", work)
-    assert calls[0][-1:] == ["tests/test_schedule.py"] and "-x" in calls[0]
+    mutants.judge(target, work)
+    assert calls[0][calls[0].index("no:cacheprovider") + 1:] == files and "-x" in calls[0]
 
 
 def test_wilson_lower_bound():
@@ -175,7 +194,8 @@ def test_report_counts(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--targets", "tensorflow"], "--targets tensorflow: each must be one of torch, jittor,"),
+    (["--targets", "tensorflow"], "--targets tensorflow: each must be one of torch, jittor, "
+                                  "converter, shared, precision"),
     (["--sample", "-1"], "argument --sample: -1: must be >= 0"),
     (["--sample", "torch=x"], "argument --sample: 'torch=x' is not N or TARGET=N"),
     (["--sample", "pandas=3"], "--sample: unknown target pandas"),
@@ -183,6 +203,7 @@ def test_report_counts(tmp_path, monkeypatch):
     (["--rerun-survivors"], "--rerun-survivors: no earlier run in"),
     (["--budget-minutes", "-2"], "--budget-minutes -2: must be >= 0"),
     (["--merge", "/nonexistent"], "--merge: no earlier run in /nonexistent/results.json"),
+    (["--into", "REPORT.md"], "--into: no run in"),
 ])
 def test_bad_arguments_give_one_line(args, message, tmp_path):
     done = subprocess.run([sys.executable, str(ROOT / "scripts/mutants.py"), *args,
@@ -221,3 +242,62 @@ def test_merge_adds_another_runs_targets_and_rewrites_the_report(tmp_path, monke
     assert merged[0]["commands"] == RESULT["commands"]
     text = report.read_text()
     assert "## Target `torch`" in text and "## Target `shared`" in text
+
+
+def test_a_written_report_reads_back_as_it_was(tmp_path):
+    results = [dict(RESULT, jobs=[job("core/AddNot", 1, "killed")], fingerprint="x"),
+               dict(RESULT, target="shared", group="shared", commit="def5678", date="2026-12-02",
+                    jobs=[job("core/AddNot", 1, "survived", diff="-a | b\n+a & b")],
+                    fingerprint="x")]
+    report = tmp_path / "REPORT.md"
+    mutants.write_report(results, report)
+    parts = mutants.read_report(report)
+    assert list(parts["sections"]) == ["torch", "shared"]
+    assert parts["commits"] == ["abc1234", "def5678"]
+    assert parts["dates"] == ["2026-12-01", "2026-12-02"]
+    assert mutants.render_report(parts) == report.read_text()
+
+
+def test_into_adds_a_run_to_a_report_whose_other_runs_are_gone(tmp_path, monkeypatch):
+    """--into: the precision run's section and per-group row join a written report; the
+    other targets' sections, rows and commands stay as written (their results.json gone)."""
+    monkeypatch.setattr(mutants, "judge_fingerprint", lambda target, tree=None: "now")
+    report, out = tmp_path / "REPORT.md", tmp_path / "out"
+    torch_run = dict(RESULT, jobs=[job("core/AddNot", 1, "killed")], fingerprint="now")
+    mutants.write_report([torch_run], report)
+    before = mutants.read_report(report)
+    out.mkdir()
+    precision_run = dict(RESULT, target="precision", group="precision", commit="0aa1111",
+                         date="2026-12-07", commands=["bash scripts/mutants.sh --targets "
+                                                      "precision"], planted=[],
+                         jobs=[job("core/AddNot", 1, "killed"), job("core/AddNot", 2, "killed"),
+                               job("core/AddNot", 3, "survived", diff="-a = 1\n+a = not 1")],
+                         fingerprint="now")
+    (out / "results.json").write_text(json.dumps([precision_run]))
+    assert mutants.main(["--out", str(out), "--into", str(report)]) == 0
+    after = mutants.read_report(report)
+    assert after["sections"]["torch"] == before["sections"]["torch"]
+    assert after["groups"]["port"] == before["groups"]["port"]
+    assert after["groups"]["precision"][2:] == ["12", "10", "2", "1", "0", "0", "66.7%",
+                                                f"{mutants.wilson_lower(2, 3):.1%}"]
+    assert "## Target `precision` (group precision)" in after["sections"]["precision"]
+    assert after["commits"] == ["0aa1111", "abc1234"]
+    assert after["commands"][:2] == RESULT["commands"] + precision_run["commands"]
+    assert after["commands"][2].startswith("bash scripts/mutants.sh --out ")
+    # a later run (its survivor killed on a re-run) replaces the precision section and row
+    precision_run["jobs"][2][1]["rerun"] = {"killed": True, "first_failure": "FAILED t"}
+    (out / "results.json").write_text(json.dumps([precision_run]))
+    assert mutants.main(["--out", str(out), "--into", str(report)]) == 0
+    again = mutants.read_report(report)
+    assert list(again["sections"]) == ["torch", "precision"] and len(again["groups"]) == 2
+    assert again["groups"]["precision"][4:6] == ["3", "0"]
+    assert "Survivors:\n\nnone" in again["sections"]["precision"]
+
+
+def test_into_a_file_that_is_no_report_is_one_line(tmp_path, capsys):
+    (tmp_path / "results.json").write_text("[]")
+    (tmp_path / "notes.md").write_text("# notes\n")
+    assert mutants.main(["--out", str(tmp_path), "--into", str(tmp_path / "notes.md")]) == 2
+    assert capsys.readouterr().err == (f"mutants: error: --into {tmp_path / 'notes.md'}: not a "
+                                       "mutation report (no command list or no per-group "
+                                       "table)\n")
