@@ -228,6 +228,13 @@ def inference_fn(port, model, batch):
 STEPS = {"train_step": train_step_fn, "inference": inference_fn}
 
 
+def note_peak_memory(case, step):
+    """The peak memory of one more, untimed call of `step`, into extra_info."""
+    if case.benchmark.enabled:
+        memory = measure.measure_peak_memory(case.port, case.device, step)
+        case.note(**{k: None if v is None else round(v, 1) for k, v in memory.items()})
+
+
 @pytest.mark.parametrize("batch_size", TRAIN_BATCHES)
 def test_train_step(case_factory, placement, batch_size):
     """port.train.train_step: loss (targets included), backward, SGD update; peak memory."""
@@ -238,16 +245,16 @@ def test_train_step(case_factory, placement, batch_size):
     losses = case.run(step)
     assert set(losses) >= {"loss", "loss_cls", "loss_bbox", "loss_dfl"}
     assert np.isfinite(losses["loss"])
-    if case.benchmark.enabled:  # one more, untimed step under the memory probe
-        memory = measure.measure_peak_memory(case.port, case.device, step)
-        case.note(**{k: None if v is None else round(v, 1) for k, v in memory.items()})
+    note_peak_memory(case, step)
 
 
 @pytest.mark.parametrize("batch_size", BATCHES)
 def test_inference(case_factory, batch_size):
-    """model.predict: forward, integral decoding, nms_pre, score threshold, batched NMS."""
+    """model.predict: forward, integral decoding, nms_pre, score threshold, batched NMS; peak
+    memory."""
     case = case_factory("inference", batch_size)
-    detections = case.run(inference_fn(case.port, case.model, case.batch))
+    step = inference_fn(case.port, case.model, case.batch)
+    detections = case.run(step)
     assert len(detections) == batch_size
     max_per_img = model_config()["max_per_img"]
     counts = [len(d["scores"]) for d in detections]
@@ -258,6 +265,7 @@ def test_inference(case_factory, batch_size):
         case.note(per_image_min_s=stats.stats.min / batch_size,
                   per_image_median_s=stats.stats.median / batch_size,
                   fps_median=batch_size / stats.stats.median)
+    note_peak_memory(case, step)
 
 
 @pytest.mark.parametrize("batch_size", BATCHES)
@@ -275,9 +283,9 @@ def test_paired(name, batch_size, placement, precision, setting, torch_port, jit
     if device_option is not None and (device_option == "cpu") != (kind == "cpu"):
         pytest.skip(f"a {kind} case; --device {device_option}")
     target = "cpu" if kind == "cpu" else device_option or "cuda"
-    reason = skip_reason("torch", kind, tf32, precision, name)
-    if reason:
-        pytest.skip(reason)
+    reasons = [skip_reason(fw, kind, tf32, precision, name) for fw in ("torch", "jittor")]
+    if any(reasons):
+        pytest.skip(next(r for r in reasons if r))
     h, w = input_size(kind, benchmark.enabled)
     batch = make_batch(batch_size, (h, w), model_config()["num_classes"])
     ports = (torch_port, jittor_port)

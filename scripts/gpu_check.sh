@@ -4,7 +4,7 @@
 # index), then runs, each step under its own time cap so that one slow step cannot eat the
 # others:
 #   1. perf   the PyTorch port's GPU benchmark cases, TF32 off and on, and again in bf16 and
-#             fp16 (--amp; pytest-benchmark JSON)
+#             fp16, the parity policy and native AMP (--amp; pytest-benchmark JSON)
 #   2. tuned  the training step and inference cases again in the tuned speed setting
 #             (--tuning tuned: torch.compile, cuDNN autotuning; fp32 and bf16), compilation
 #             timed apart (extra_info first_call_s)
@@ -21,7 +21,8 @@
 #   1. jittor_setup  scripts/jittor_cuda.py: CUDA home links, the patch, Jittor's environment
 #   2. jittor_build  Jittor's core and its cuBLAS/cuDNN/... ops with nvcc, one cuDNN
 #                    convolution on the GPU against the CPU
-#   3. perf          the Jittor port's GPU cases and the paired cases on the GPU (both fp32)
+#   3. perf          the Jittor port's GPU cases and the paired cases on the GPU (both fp32,
+#                    and in native fp16, which Jittor relays to cuDNN)
 #   4. parity        the parity suite's Jittor cases, Jittor on the GPU
 # all in full fp32: NVIDIA_TF32_OVERRIDE=0 (Jittor has no TF32 switch and cuDNN's default
 # math permits TF32 on this GPU).
@@ -171,7 +172,7 @@ if [ "$jittor" = 1 ]; then
         echo "[gpu_check] dry run: Jittor's environment printed, not applied; no CUDA build"
         status[jittor_build]="skipped (dry run: no GPU driver)" seconds[jittor_build]=0
     else
-        perf_select=(-k "jittor or paired" --benchmark-enable)
+        perf_select=(-k "jittor or paired" --benchmark-enable --amp off,native-fp16)
         parity_select=(-k "jittor and not eager_jittor")
         step jittor_setup "$CAP_JT_SETUP" "${setup[@]}"
         if [ "${status[jittor_setup]}" = passed ]; then
@@ -203,7 +204,8 @@ else
         parity_select=(-k "coco_b1 and not r50 and not bottleneck")
         iters=2 config=tests/gpu_check_tiny_config.py
     else
-        perf_select=(-k "torch and not paired" --benchmark-enable --amp off,bf16,fp16)
+        perf_select=(-k "torch and not paired" --benchmark-enable
+                     --amp off,bf16,fp16,native-bf16,native-fp16)
         tuned_select=(-k "torch and not paired and not tf32 and (train_step or inference)"
                       --benchmark-enable --amp off,bf16)
         parity_select=()
