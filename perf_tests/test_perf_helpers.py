@@ -199,3 +199,20 @@ def test_compare_with_a_saved_run_runs(tmp_path):
         '{"machine_info": {}, "commit_info": {}, "benchmarks": []}')
     run = run_pytest(storage, "--benchmark-compare")
     assert run.returncode == 0 and "1 passed" in run.stdout, run.stdout + run.stderr
+
+
+@pytest.mark.parametrize("framework, kind, precision, name, skipped", [
+    ("jittor", "cpu", "native-bf16", "inference", True),   # Jittor's generic half kernels
+    ("jittor", "cpu", "native-fp16", "train_step", True),
+    ("jittor", "gpu", "native-fp16", "train_step", False),  # cuDNN there
+    ("jittor", "cpu", "bf16", "train_step", False),         # the policy: float32 kernels
+    ("torch", "cpu", "native-fp16", "train_step", True),    # CPU fp16 convolution backward
+    ("torch", "cpu", "native-fp16", "inference", False),
+    ("torch", "cpu", "native-bf16", "train_step", False),
+])
+def test_slow_half_cases_are_skipped_on_the_cpu_only(framework, kind, precision, name,
+                                                     skipped):
+    from perf_tests.test_benchmarks import skip_reason
+    reason = skip_reason(framework, kind, False, precision, name)
+    assert (reason is not None) is skipped
+    assert reason is None or ("slower than float32" in reason and reason.endswith("not timed"))

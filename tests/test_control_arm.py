@@ -48,13 +48,14 @@ def log_of(losses):
     ("off", 0.0, False), ("off", 3e-7, True), ("off", 1e-3, False),
     # mixed precision: rounding-sized means up to one epsilon of the half type
     ("bf16", 6.9e-5, True), ("bf16", 1e-2, False), ("fp16", 6.9e-5, True),
-    ("fp16", 2e-3, False)])
+    ("fp16", 2e-3, False), ("native-bf16", 7.0e-5, True), ("native-bf16", 1e-2, False),
+    ("native-fp16", 2.3e-5, True), ("native-fp16", 2e-3, False)])
 def test_control_check_wants_a_rounding_sized_first_difference(amp, first_rel, ok):
     check = control_arm.control_check(log_of([2.0, 1.9]), log_of([2.0 * (1 + first_rel), 1.9]),
                                       amp)
     assert check["ok"] is ok and check["first_rel"] == pytest.approx(first_rel)
     assert check["text"].startswith("WARNING") is (not ok)
-    assert {"off": "float32 eps", "bf16": "bf16 eps", "fp16": "fp16 eps"}[amp] in check["text"]
+    assert f"{amp.removeprefix('native-').replace('off', 'float32')} eps" in check["text"]
 
 
 def synthetic(seed, scale, n=200):
