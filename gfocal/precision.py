@@ -10,9 +10,8 @@ run (torch.autocast and GradScaler; Jittor's half convolutions with
 and kernels, so native runs are judged by their accuracy against float32, not by parity
 (docs/MODEL.md section 13).
 
-The policy:
-
-What runs in the half type (docs/MODEL.md section 13 gives the reasons and the numbers):
+What the policy runs in the half type (docs/MODEL.md section 13 gives the reasons and the
+numbers):
 - every convolution (the backbone, the FPN, the head towers, `gfl_cls`, `gfl_reg` and the
   DGQP 1x1 convolutions): its input, weight and bias are rounded to the half type, the sum
   accumulates in float32 and the result is rounded to the half type, then carried on in

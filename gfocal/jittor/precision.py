@@ -1,11 +1,9 @@
 """Mixed precision in the Jittor port (gfocal/precision.py).
 
-The policy:
-
-Jittor's CPU convolutions and matmuls in float16 / bfloat16 accumulate in the half type
-and its CPU bfloat16 conversion truncates (measured: docs/MODEL.md section 13), which the
-policy does not allow, so on the CPU the port emulates the policy's roundings around a
-float32 convolution: the inputs are rounded to the half type (to nearest, ties to even),
+The policy: Jittor's CPU convolutions and matmuls in float16 / bfloat16 accumulate in the
+half type and its CPU bfloat16 conversion truncates (measured: docs/MODEL.md section 13),
+which the policy does not allow, so on the CPU the port emulates the policy's roundings
+around a float32 convolution: the inputs are rounded to the half type (to nearest, ties to even),
 the convolution sums in float32, the result is rounded to the half type; gradients are
 rounded at the same places. The numbers are those of a float32-accumulating half
 convolution; the speed is float32's plus the roundings. On CUDA (cuDNN accumulates in
