@@ -167,10 +167,11 @@ def test_backbone_forward(case_factory, batch_size):
     imgs = case.imgs()
 
     def forward():
-        with case.port.no_grad():
+        with case.port.no_grad(), case.port.precision.autocast(imgs):
             return case.model.backbone(imgs)
 
     feats = case.run(forward)
+    note_peak_memory(case, forward)
     h, w = case.batch["imgs"].shape[2:]
     assert [tuple(f.shape) for f in feats] == [
         (batch_size, c, -(-h // s), -(-w // s)) for c, s in ((512, 8), (1024, 16), (2048, 32))]
@@ -183,10 +184,11 @@ def test_forward(case_factory, batch_size):
     imgs = case.imgs()
 
     def forward():
-        with case.port.no_grad():
+        with case.port.no_grad(), case.port.precision.autocast(imgs):
             return case.model(imgs)
 
     cls_scores, bbox_preds = case.run(forward)
+    note_peak_memory(case, forward)
     assert len(cls_scores) == len(bbox_preds) == 5
     assert tuple(cls_scores[0].shape)[:2] == (batch_size, 80)
     assert tuple(bbox_preds[0].shape)[:2] == (batch_size, 68)
@@ -201,9 +203,12 @@ def test_forward_backward(case_factory, batch_size):
     params = case.port.trainable_parameters(case.model)
 
     def forward_backward():
-        return case.port.gradients(_total(case.model(imgs)), params)
+        with case.port.precision.autocast(imgs):  # native mode: the forward under autocast
+            outputs = case.model(imgs)
+        return case.port.gradients(_total(outputs), params)
 
     grads = case.run(forward_backward)
+    note_peak_memory(case, forward_backward)
     assert len(grads) == len(params)
     assert np.isfinite(case.port.numpy(grads[-1])).all()
 
