@@ -256,3 +256,31 @@ def test_native_mode_trains_in_the_half_type_with_float32_weights_and_losses(por
     assert {str(port.numpy(p).dtype) for p in after.values()} == {"float32"}
     assert any(not np.array_equal(port.numpy(after[n]), before[n]) for n in before)
     assert len(detections) == 2 and all(np.isfinite(d["boxes"]).all() for d in detections)
+
+
+def _run_precision_cross(*args):
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "scripts/precision_cross.py", *args],
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_precision_cross_refuses_a_bad_precision_in_one_line():
+    run = _run_precision_cross("--amp", "off,fp8")
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert run.stderr.strip().splitlines()[-1] == (
+        "precision_cross: error: --amp = 'fp8' is not a precision (choose off, bf16, fp16, "
+        "native-bf16, native-fp16)")
+
+
+@pytest.mark.ci  # both ports' small model, twice (about 20 s)
+def test_native_bf16_puts_the_ports_further_apart_than_float32():
+    """scripts/precision_cross.py: in float32 the ports agree to float32 noise; in native
+    bf16 each framework's own half kernels (Jittor's CPU ones sum in bf16) move them apart
+    by orders of magnitude more (measured 2026-12-07: median 4.6e-7 against 0.13)."""
+    run = _run_precision_cross("--amp", "off,native-bf16")
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = {line.split("|")[1].strip(): line.split("|")[4].strip()
+            for line in run.stdout.splitlines() if line.startswith("| ") and "--amp" not in line}
+    assert float(rows["off"]) < 1e-5
+    assert float(rows["native-bf16"]) > 1e3 * float(rows["off"])
