@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from gfocal.precision import is_native
-from parity_tests import judge, ledger, regimes
+from parity_tests import judge, ledger, regimes, rendering
 from parity_tests.cases import seeded_state, selected_cases, small_config
 from parity_tests.port_subject import PortSubject
 from parity_tests.runs import ParityRuns
@@ -269,7 +269,7 @@ def report_table(request):
         judge.record_rows(rows, title)
         if extras is not None:
             import pytest_html
-            extras.append(pytest_html.extras.html(judge.html_table(rows, title, mark)))
+            extras.append(pytest_html.extras.html(rendering.html_table(rows, title, mark)))
     return add
 
 
@@ -305,10 +305,10 @@ def pytest_terminal_summary(terminalreporter):
         setting = parity_setting(terminalreporter.config)
         terminalreporter.write_sep("=", "parity verdict" + (
             "" if setting == "default" else f" (--tuning {setting}: both ports {setting})"))
-        terminalreporter.write_line(judge.verdict_text(
-            measured.verdict.values(), measured.not_offered,
+        terminalreporter.write_line(rendering.verdict_text(
+            judge.verdict_tables(measured.verdict.values(), measured.not_offered),
             parity_session(terminalreporter.config)["reference"].name))
-        terminalreporter.write_line(judge.VERDICT_NOTE)
+        terminalreporter.write_line(rendering.VERDICT_NOTE)
     if measured.hits:
         terminalreporter.write_sep("=", "parity regime coverage")
         terminalreporter.write_line(regimes.text(measured.hits))
@@ -317,8 +317,9 @@ def pytest_terminal_summary(terminalreporter):
 def pytest_html_results_summary(prefix, summary, postfix, session):
     measured = ledger.of(session.config)
     if measured.verdict or measured.not_offered:
-        prefix.append(judge.verdict_html(measured.verdict.values(), measured.not_offered,
-                                         parity_session(session.config)["reference"].name))
+        prefix.append(rendering.verdict_html(
+            judge.verdict_tables(measured.verdict.values(), measured.not_offered),
+            parity_session(session.config)["reference"].name))
     if measured.hits:
         prefix.append(regimes.html_table(measured.hits))
 

@@ -1,4 +1,5 @@
-"""Error metrics, the tolerance policy and the first-divergence report of the parity suite.
+"""Error metrics, the tolerance policy and the verdict of the parity suite (how they are
+shown: parity_tests/rendering.py).
 
 Convention: `a` is the port under test (Jittor), `b` the reference (PyTorch). The relative
 error of a tensor is max|a - b| / max(max|b|, TINY): one number per tensor, scaled by the
@@ -12,14 +13,12 @@ where noise(probe) is the relative error between the PyTorch port run in float32
 same port run in float64 on the same input, measured live on every run. Integer probes
 (assignments, labels, counts, anchors) must be exactly equal.
 """
-import html
 import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from gfocal.tables import html_table as render_html_table, markdown_table, text_table
-from parity_tests import ledger
+from parity_tests import ledger, rendering
 
 TINY = 1e-12
 # Probe names of docs/ARCHITECTURE.md in forward order (the order the report walks).
@@ -226,61 +225,6 @@ def first_failure(rows):
     return None
 
 
-def _fmt(x):
-    if isinstance(x, float) and (math.isnan(x) or math.isinf(x)):
-        return str(x)
-    return f"{x:.2e}"
-
-
-def _row_cells(row):
-    status = "ok" if row.ok else "FAIL"
-    if row.exact:
-        err = f"{row.mismatches} differ"
-        tol = "exact"
-    else:
-        err = _fmt(row.rel)
-        tol = _fmt(row.tolerance)
-    return [row.name, "x".join(map(str, row.shape)) or "scalar", err, _fmt(1.0 - row.cosine),
-            _fmt(row.noise), tol, status, row.note]
-
-
-HEADER = ["probe", "shape", "max rel err", "1 - cosine", "f32-vs-f64 noise", "tolerance",
-          "status", "note"]
-
-
-def format_table(rows, mark=None):
-    """Plain-text table of every probe; the row at index `mark` is flagged with '>>'."""
-    # the gutter is there even without a mark, so that tables with and without one align
-    return text_table(HEADER, [_row_cells(r) for r in rows],
-                      marks=() if mark is None else (mark,))
-
-
-TABLE_ATTRS = " border='1' style='border-collapse:collapse;font-family:monospace'"
-
-
-def html_table(rows, title, mark=None):
-    """The same table for the pytest-html report."""
-    styles = [" style='background:#f88;font-weight:bold'" if i == mark
-              else "" if row.ok else " style='background:#fcc'" for i, row in enumerate(rows)]
-    return (f"<h4>{html.escape(title)}</h4>\n"
-            + render_html_table(HEADER, [_row_cells(r) for r in rows], attrs=TABLE_ATTRS,
-                                row_attrs=styles, sep="\n"))
-
-
-def divergence_message(rows, context):
-    """The failure text: which probe diverged first, and every probe's statistics."""
-    idx = first_failure(rows)
-    if idx is None:
-        return f"{context}: all {len(rows)} probes within tolerance"
-    first = rows[idx]
-    failing = sum(not r.ok for r in rows)
-    what = (f"{first.mismatches} elements differ" if first.exact
-            else f"max rel err {_fmt(first.rel)} > tolerance {_fmt(first.tolerance)}")
-    return (f"{context}: first divergent probe (forward order) is '{first.name}' "
-            f"({what}{'; ' + first.note if first.note else ''}); "
-            f"{failing} of {len(rows)} probes fail.\n" + format_table(rows, mark=idx))
-
-
 def summarize(rows_by_kind):
     """{kind: (max rel err, median rel err, count)} over non-exact rows, for TOLERANCES.md."""
     out = {}
@@ -313,6 +257,11 @@ def assert_rows(rows, context, subject="jittor"):
     if first_failure(rows) is not None:
         import pytest
         pytest.fail(divergence_message(rows, context), pytrace=False)
+
+
+def divergence_message(rows, context):
+    """The failure text of `rows`: the first divergent probe and every probe's statistics."""
+    return rendering.divergence_message(rows, context, first_failure(rows))
 
 
 # ---------------------------------------------------------------- the run's verdict
@@ -362,10 +311,6 @@ def record_verdict(rows, context, subject="jittor"):
             "mismatches": r.mismatches, "tolerance": r.tolerance}
 
 
-VERDICT_HEADER = ["check", "tensors", "exact (elements differing)", "max err", "median err",
-                  "tolerance in force", "failed", "verdict"]
-
-
 def verdict_lines(records, not_offered=()):
     """One dict per check of CHECKS (in that order) from verdict records, plus the checks
     `not_offered` by the subject (verdict "not offered", never a pass)."""
@@ -390,23 +335,6 @@ def verdict_lines(records, not_offered=()):
     return out
 
 
-def _verdict_cells(line):
-    if not line["tensors"]:
-        return [line["check"], "0", "-", "-", "-", "-", "-", line["verdict"]]
-    if line["tol_min"] is None:
-        tol = "exact"
-    elif line["tol_min"] == line["tol_max"]:
-        tol = _fmt(line["tol_min"])
-    else:
-        tol = f"{_fmt(line['tol_min'])} .. {_fmt(line['tol_max'])}"
-    exact = f"{line['exact']} ({line['differing']})" if line["exact"] else "0"
-    worst = "inf" if line["nonfinite"] else (_fmt(line["max"]) if line["max"] is not None
-                                             else "-")
-    median = _fmt(line["median"]) if line["median"] is not None else "-"
-    return [line["check"], str(line["tensors"]), exact, worst, median, tol,
-            str(line["failed"]), line["verdict"]]
-
-
 def by_subject(records, not_offered=None):
     """{subject: its records}, jittor first: one verdict table per subject (a subject that
     offered none of the checks run has a table too)."""
@@ -416,62 +344,6 @@ def by_subject(records, not_offered=None):
     for subject in (not_offered or {}):
         out.setdefault(subject, [])
     return out
-
-
-REFERENCE = "the PyTorch port on the CPU"
-
-
-def subject_title(subject, reference="torch"):
-    """jittor, torch@cuda: against float32; jittor/bf16: both in that mixed precision;
-    jittor/tuned: the port's tuned inference against its default (parity_tests/test_tuned.py)."""
-    against = REFERENCE if reference == "torch" else reference
-    port, _, amp = subject.partition("/")
-    if amp == "tuned":
-        return f"{port} tuned against the {port} port in its default setting (float32)"
-    if amp:
-        return f"{port} in {amp} against {against} in {amp}"
-    return f"{subject} against {against} (float32)"
-
-
-def _verdict_table_text(records, not_offered=()):
-    return text_table(VERDICT_HEADER, [_verdict_cells(line)
-                                       for line in verdict_lines(records, not_offered)])
-
-
-def verdict_text(records, not_offered=None, reference="torch"):
-    not_offered = not_offered or {}
-    groups = by_subject(records, not_offered)
-    if list(groups) == ["jittor"] and reference == "torch":
-        return _verdict_table_text(groups["jittor"], not_offered.get("jittor", ()))
-    return "\n\n".join(f"{subject_title(s, reference)}:\n"
-                        f"{_verdict_table_text(r, not_offered.get(s, ()))}"
-                        for s, r in groups.items())
-
-
-VERDICT_NOTE = ("Errors are relative (max |subject - reference| / max |reference| per tensor; "
-                "COCO statistics: absolute difference). Tolerances: parity_tests/TOLERANCES.md. "
-                "\"not offered\": a check the subject does not offer (docs/SUBJECTS.md). "
-                "\"noted\": anchors (elements differing) a subject assigns differently at ATSS "
-                "ties, the reference taking its side (parity_tests/ties.py).")
-
-
-def verdict_html(records, not_offered=None, reference="torch"):
-    """The verdict table(s): id parity-verdict for Jittor, parity-verdict-<subject> else."""
-    not_offered = not_offered or {}
-    colour = {"PASS": "#cfc", "FAIL": "#f88", "not run": "#eee", "not offered": "#ffd",
-              "noted": "#ffd"}
-    out = ["<h2>Parity verdict</h2>"]
-    for subject, rows in by_subject(records, not_offered).items():
-        suffix = "" if subject == "jittor" else "-" + "".join(
-            c if c.isalnum() else "-" for c in subject)
-        lines = verdict_lines(rows, not_offered.get(subject, ()))
-        out += [f"<h3>{html.escape(subject_title(subject, reference))}</h3>",
-                render_html_table(VERDICT_HEADER, [_verdict_cells(line) for line in lines],
-                                  attrs=f" id='parity-verdict{suffix}'{TABLE_ATTRS}",
-                                  row_attrs=[f" style='background:{colour[line['verdict']]}'"
-                                             for line in lines], sep="\n")]
-    out.append(f"<p>{html.escape(VERDICT_NOTE)}</p>")
-    return "\n".join(out)
 
 
 def record_rows(rows, context="rows"):
@@ -486,53 +358,9 @@ def record_rows(rows, context="rows"):
             "tolerance": r.tolerance})
 
 
-def family(name):
-    """A probe's family for the summary: `head.cls_tower.3` -> `head.cls_tower`."""
-    parts = name.split(".")
-    if parts[0] in ("grad", "delta", "momentum"):
-        return parts[0]
-    if parts[-1].isdigit():
-        parts = parts[:-1]
-    if parts[0] == "backbone" and parts[1].startswith("layer"):
-        return "backbone.layer1-4"
-    if parts[0] == "neck" and parts[1].startswith("p"):
-        return "neck.p3-p7"
-    return ".".join(parts)
-
-
-def summary_markdown(measured):
-    """Markdown table: per context kind and probe family, max / median error and noise."""
-    groups = {}
-    for context, rows in measured.items():
-        if "every probe" in context:
-            scope = "R18 cases x modes"
-        elif context.startswith("R50"):
-            scope = "R50 forward"
-        elif "gradients" in context:
-            scope = "gradients"
-        elif "SGD" in context:
-            scope = context
-        else:
-            continue
-        for row in rows:
-            if row["exact"] or row["rel"] is None:
-                continue
-            groups.setdefault((scope, family(row["name"])), []).append(row)
-    head = ["scope", "probe family", "n", "max rel err", "median rel err",
-            "max f32-vs-f64 noise", "min tolerance", "max tolerance"]
-    body = []
-    for (scope, fam), rows in groups.items():
-        rel = [r["rel"] for r in rows]
-        noise = [r["noise"] for r in rows if r["noise"] is not None]
-        tol = [r["tolerance"] for r in rows]
-        body.append([scope, fam, len(rows), f"{max(rel):.1e}", f"{float(np.median(rel)):.1e}",
-                     f"{(max(noise) if noise else float('nan')):.1e}", f"{min(tol):.0e}",
-                     f"{max(tol):.0e}"])
-    return markdown_table(head, body)
-
-
-if __name__ == "__main__":  # python -m parity_tests.judge summary.json
-    import json
-    import sys
-    with open(sys.argv[1]) as f:
-        print(summary_markdown(json.load(f)))
+def verdict_tables(records, not_offered=None):
+    """{subject: its verdict lines} (by_subject, verdict_lines), what rendering.verdict_text
+    and verdict_html draw."""
+    not_offered = not_offered or {}
+    return {subject: verdict_lines(rows, not_offered.get(subject, ()))
+            for subject, rows in by_subject(records, not_offered).items()}

@@ -8,7 +8,7 @@ tests did not run in this session.
 """
 from gfocal.tables import html_table as render_html_table, text_table
 from parity_tests import ledger
-from parity_tests.judge import TABLE_ATTRS
+from parity_tests.rendering import TABLE_ATTRS
 
 DFL = "test_distance_targets_at_the_clamp_and_on_integer_bins"
 ATSS = "test_atss_dense_assignment_near_the_threshold"

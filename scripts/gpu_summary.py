@@ -16,7 +16,8 @@ from types import SimpleNamespace
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from gfocal.tables import markdown_table  # noqa: E402
-from parity_tests.judge import by_subject, subject_title, verdict_text  # noqa: E402
+from parity_tests.judge import verdict_tables  # noqa: E402
+from parity_tests.rendering import subject_title, verdict_text  # noqa: E402
 from perf_tests import measure  # noqa: E402
 
 PERF_COLUMNS = ["case", "numerics", "batch", "min ms", "median ms", "per image ms", "FPS",
@@ -157,8 +158,9 @@ def summary(out_dir, device, steps, jittor=False):
                   perf_table(perf_rows(tuned) if tuned else [], PERF_COLUMNS)]
     parts += ["", "## Parity on the GPU", ""]
     if verdict:
-        for subject, records in by_subject(verdict).items():
-            parts += [f"{subject_title(subject)}:", "", "```", verdict_text(records), "```", ""]
+        for subject, lines in verdict_tables(verdict).items():
+            parts += [f"{subject_title(subject)}:", "", "```", verdict_text({subject: lines}),
+                      "```", ""]
     else:
         parts.append("no parity verdict (the parity step failed: see check.log and parity.html)")
     if not jittor:

@@ -14,7 +14,7 @@ import pytest
 from gfocal import engine
 from gfocal.checkpoint_io import read_training_state
 from gfocal.cli import main
-from parity_tests import judge
+from parity_tests import judge, rendering
 from gfocal.ports import FRAMEWORKS
 
 # multi-process jobs (torchrun, mpirun), minutes in all: CI runs them (pyproject.toml)
@@ -188,7 +188,7 @@ def assert_same_training(got, ref, init, context, snapshots=(1, STEPS), trajecto
             judge.divergence_message(rows, f"{context}, after {steps} SGD steps")
         strict = [r for r in rows if r.rel <= judge.TARGET["optim"]]
         assert len(strict) >= judge.TRAJECTORY_STRICT * len(rows), \
-            judge.format_table(rows)
+            rendering.format_table(rows)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from parity_tests import judge
+from parity_tests import judge, rendering
 from tests.browser import render
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -43,7 +43,7 @@ def test_verdict_lines_on_hand_made_rows():
     grad = lines["gradients"]
     assert (grad["nonfinite"], grad["failed"], grad["verdict"]) == (1, 2, "FAIL")
     assert lines["COCO statistics"]["verdict"] == "not run"
-    text = judge.verdict_text(records)
+    text = rendering.verdict_text(judge.verdict_tables(records))
     assert "2.00e-05" in text and "1.00e-05 .. 1.00e-04" in text and "2 (3)" in text
 
 
@@ -107,7 +107,7 @@ def verdict_table(page):
     found = [rows for table_id, rows in parser.tables if table_id == "parity-verdict"]
     assert len(found) == 1, "the report has no parity verdict table"
     header, *rows = found[0]
-    assert header == judge.VERDICT_HEADER
+    assert header == rendering.VERDICT_HEADER
     return {row[0]: dict(zip(header, row)) for row in rows}
 
 
@@ -145,7 +145,8 @@ def test_terminal_output_ends_with_the_same_table(small_run):
     stdout = small_run["stdout"]
     assert "parity verdict" in stdout
     section = stdout.split("parity verdict", 1)[1]
-    for line in judge.verdict_text(small_run["records"]).splitlines():
+    tables = judge.verdict_tables(small_run["records"])
+    for line in rendering.verdict_text(tables).splitlines():
         assert line in section
 
 
