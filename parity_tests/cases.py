@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 
 from gfocal.config import from_dict
+from tests.factories import TINY_MODEL, pipeline_batch
 
-# The small model of the default run (ResNet-18, 32-64 channels, GN 8, 2 convs).
-SMALL_MODEL = dict(depth=18, num_classes=6, feat_channels=32, fpn_channels=32,
-                   stacked_convs=2, gn_groups=8)
+# The tiny model with the default run's two stacked convs, so that a conv's output feeds
+# another within each tower.
+SMALL_MODEL = dict(TINY_MODEL, stacked_convs=2)
 MODES = ("eval", "train")
 # name -> how the batch is made; at least two image sizes, one not a multiple of 32 (the
 # random cases are raw tensors, not padded), batch sizes 1 and 2.
@@ -81,7 +82,7 @@ def random_batch(spec, num_classes=SMALL_MODEL["num_classes"]):
     rng = np.random.default_rng(spec["seed"])
     n_img, _, height, width = spec["shape"]
     imgs = rng.standard_normal(spec["shape"]).astype(np.float32)
-    gt_bboxes, gt_labels, metas = [], [], []
+    gt_bboxes, gt_labels, img_shapes = [], [], []
     for i in range(n_img):
         # the second image of a batch is smaller than the tensor: its padding is invalid
         img_h, img_w = (height, width) if i == 0 else (height - 19, width - 13)
@@ -95,12 +96,8 @@ def random_batch(spec, num_classes=SMALL_MODEL["num_classes"]):
             boxes = boxes[:0]
         gt_bboxes.append(boxes)
         gt_labels.append(rng.integers(0, num_classes, len(boxes)).astype(np.int64))
-        metas.append({"img_id": i, "file_name": f"random_{i}.png", "ori_shape": (img_h, img_w),
-                      "img_shape": (img_h, img_w), "pad_shape": (img_h, img_w),
-                      "scale_factor": np.ones(4, dtype=np.float32), "flip": False})
-    return {"imgs": imgs, "gt_bboxes": gt_bboxes, "gt_labels": gt_labels,
-            "gt_bboxes_ignore": [np.zeros((0, 4), np.float32) for _ in range(n_img)],
-            "img_metas": metas}
+        img_shapes.append((img_h, img_w))
+    return pipeline_batch(imgs, gt_bboxes, gt_labels, img_shapes, file_name="random_{}.png")
 
 
 def make_case(name, num_classes=SMALL_MODEL["num_classes"]):

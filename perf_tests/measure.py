@@ -20,6 +20,7 @@ from gfocal.config import DEFAULTS
 from gfocal.device import is_cuda
 from gfocal.ports import FRAMEWORKS
 from gfocal.tables import html_table, text_table
+from tests.factories import pipeline_batch
 
 MB = 1024 * 1024
 
@@ -47,18 +48,14 @@ def make_batch(batch_size, img_hw, num_classes=80, size_divisor=32, seed=0):
     pad_w = math.ceil(w / size_divisor) * size_divisor
     imgs = np.zeros((batch_size, 3, pad_h, pad_w), np.float32)
     imgs[:, :, :h, :w] = rng.standard_normal((batch_size, 3, h, w), dtype=np.float32)
-    bboxes, labels, metas = [], [], []
-    for i in range(batch_size):
+    bboxes, labels = [], []
+    for _ in range(batch_size):
         side = rng.uniform(0.1, 0.6, size=(BOXES_PER_IMAGE, 2)) * (w, h)
         x1y1 = rng.uniform(0, 1, size=(BOXES_PER_IMAGE, 2)) * ((w, h) - side)
         bboxes.append(np.concatenate([x1y1, x1y1 + side], axis=1).astype(np.float32))
         labels.append(rng.integers(0, num_classes, BOXES_PER_IMAGE).astype(np.int64))
-        metas.append({"img_id": i, "file_name": f"perf_{i}.jpg", "ori_shape": (h, w),
-                      "img_shape": (h, w), "pad_shape": (pad_h, pad_w),
-                      "scale_factor": np.ones(4, np.float32), "flip": False})
-    return {"imgs": imgs, "gt_bboxes": bboxes, "gt_labels": labels,
-            "gt_bboxes_ignore": [np.zeros((0, 4), np.float32) for _ in range(batch_size)],
-            "img_metas": metas}
+    return pipeline_batch(imgs, bboxes, labels, [(h, w)] * batch_size,
+                          [(pad_h, pad_w)] * batch_size, file_name="perf_{}.jpg")
 
 
 def benchmark_weights(state):

@@ -6,10 +6,8 @@ import pytest
 
 from gfocal.data.subset import make_subset
 from gfocal.data.synthetic import ensure_mini_coco
+from tests.factories import TINY_MODEL, config_text, tiny_sections
 from tests.tmpfs import mounted_tmpfs
-
-TINY_MODEL = dict(depth=18, num_classes=6, feat_channels=32, fpn_channels=32, stacked_convs=1,
-                  gn_groups=8)
 
 
 @pytest.fixture(scope="session")
@@ -32,10 +30,7 @@ def tiny_model():
 def tiny_config(tiny_coco, tmp_path):
     """A config file: tiny ResNet-18 detector at 96 px on `tiny_coco`, one short epoch."""
     path = tmp_path / "tiny.py"
-    path.write_text(f"model = {TINY_MODEL!r}\n"
-                    f"data = dict(root={tiny_coco!r}, img_scale=[96, 96], batch_size=2)\n"
-                    "optim = dict(warmup_iters=5, epochs=1)\n"
-                    "train = dict(eval_interval=0)\n")
+    path.write_text(config_text(tiny_sections(tiny_coco)))
     return str(path)
 
 

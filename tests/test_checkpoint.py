@@ -5,24 +5,18 @@ import os
 import numpy as np
 import pytest
 
-from gfocal.config import DEFAULTS
 from gfocal.state_dict import CheckpointError
 from gfocal.checkpoint_io import load_checkpoint, save_checkpoint
+from tests.factories import pipeline_batch, tiny_model_cfg
 
-TINY = dict(DEFAULTS["model"], depth=18, num_classes=6, feat_channels=32, fpn_channels=32,
-            stacked_convs=1, gn_groups=8)
+TINY = tiny_model_cfg()
 OPTIM = dict(lr=0.01, momentum=0.9, weight_decay=1e-4)
 
 
 def tiny_batch():
     rng = np.random.default_rng(0)
-    return {"imgs": rng.standard_normal((1, 3, 64, 64)).astype(np.float32),
-            "gt_bboxes": [np.array([[8, 10, 40, 50], [30, 5, 60, 30]], np.float32)],
-            "gt_labels": [np.array([1, 4], np.int64)],
-            "gt_bboxes_ignore": [np.zeros((0, 4), np.float32)],
-            "img_metas": [{"img_id": 0, "file_name": "x.png", "ori_shape": (64, 64),
-                           "img_shape": (64, 64), "pad_shape": (64, 64),
-                           "scale_factor": np.ones(4, np.float32), "flip": False}]}
+    return pipeline_batch(rng.standard_normal((1, 3, 64, 64)).astype(np.float32),
+                          [[[8, 10, 40, 50], [30, 5, 60, 30]]], [[1, 4]])
 
 
 def trained_model(port):

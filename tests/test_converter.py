@@ -4,20 +4,15 @@ import numpy as np
 import pytest
 import torch
 
-from gfocal.config import DEFAULTS
 from gfocal.state_dict import CheckpointError
 from weights_converter.cli import main
 from gfocal.checkpoint_io import mmdet_to_canonical, read, write
 from weights_converter.convert import convert, infer_model_cfg
 from gfocal.ports import FRAMEWORKS
 from gfocal.checkpoint_io import load_checkpoint
+from tests.factories import TINY_MODEL, config_text, tiny_model_cfg
 
-TINY = dict(DEFAULTS["model"], depth=18, num_classes=6, feat_channels=32, fpn_channels=32,
-            stacked_convs=1, gn_groups=8)
-TINY_CONFIG = """
-model = dict(depth=18, num_classes=6, feat_channels=32, fpn_channels=32, stacked_convs=1,
-             gn_groups=8)
-"""
+TINY = tiny_model_cfg()
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +32,7 @@ def torch_state():
 @pytest.fixture
 def config_file(tmp_path):
     path = tmp_path / "tiny.py"
-    path.write_text(TINY_CONFIG)
+    path.write_text(config_text({"model": TINY_MODEL}))
     return str(path)
 
 

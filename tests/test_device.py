@@ -9,9 +9,9 @@ import pytest
 
 from gfocal import device as device_mod
 from gfocal.cli import main
-from gfocal.config import from_dict
 from gfocal.device import DeviceError, parse_device, resolve_device
 from gfocal.device import cuda_available
+from tests.factories import pipeline_batch, tiny_model_cfg
 
 DEVICES = [pytest.param("cpu", id="cpu"), pytest.param("cuda", id="cuda", marks=pytest.mark.gpu)]
 
@@ -75,12 +75,8 @@ def test_on_device_restores_the_previous_device(port):
 
 def _tiny_batch():
     rng = np.random.default_rng(0)
-    boxes = np.array([[8, 8, 40, 48], [30, 20, 90, 60]], np.float32)
-    meta = {"img_id": 0, "file_name": "x.png", "ori_shape": (64, 96), "img_shape": (64, 96),
-            "pad_shape": (64, 96), "scale_factor": np.ones(4, np.float32), "flip": False}
-    return {"imgs": rng.standard_normal((1, 3, 64, 96)).astype(np.float32),
-            "gt_bboxes": [boxes], "gt_labels": [np.array([1, 4], np.int64)],
-            "gt_bboxes_ignore": [np.zeros((0, 4), np.float32)], "img_metas": [meta]}
+    return pipeline_batch(rng.standard_normal((1, 3, 64, 96)).astype(np.float32),
+                          [[[8, 8, 40, 48], [30, 20, 90, 60]]], [[1, 4]])
 
 
 # Functions whose job is to leave the device: copies for numpy, probes and results.
@@ -92,7 +88,7 @@ FACTORIES = {"arange", "zeros", "ones", "full", "empty", "tensor", "as_tensor", 
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_every_torch_tensor_lives_on_the_chosen_device(torch_port, tiny_model, device):
+def test_every_torch_tensor_lives_on_the_chosen_device(torch_port, device):
     """Every tensor the PyTorch port makes in loss, backward and predict (anchors, targets,
     post-processing included) is on the device given, outside explicit copies to the host."""
     import torch
@@ -117,8 +113,7 @@ def test_every_torch_tensor_lives_on_the_chosen_device(torch_port, tiny_model, d
 
     batch = _tiny_batch()
     with torch_port.on_device(device):
-        model = torch_port.build_detector(
-            from_dict({"model": dict(tiny_model, score_thr=0.0)})["model"])
+        model = torch_port.build_detector(tiny_model_cfg(score_thr=0.0))
         assert {p.device.type for p in model.parameters()} == {device}
         with Recorder():
             model.train()

@@ -28,10 +28,8 @@ def test_gfocal_and_jittor_port_work_without_torch():
         import numpy as np
         import gfocal, gfocal.config, gfocal.engine
         import gfocal.jittor as port
-        from gfocal.config import DEFAULTS
-        cfg = dict(DEFAULTS["model"], depth=18, num_classes=3, feat_channels=32,
-                   fpn_channels=32, stacked_convs=1, gn_groups=8)
-        model = port.build_detector(cfg)
+        from tests.factories import tiny_model_cfg
+        model = port.build_detector(tiny_model_cfg(num_classes=3))
         cls, reg = model(port.tensor(np.zeros((1, 3, 64, 64), np.float32)))
         assert len(cls) == 5 and list(cls[0].shape) == [1, 3, 8, 8], cls[0].shape
         assert "torch" not in sys.modules

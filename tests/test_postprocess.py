@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from gfocal.config import DEFAULTS
+from tests.factories import img_meta
 
 F32 = np.float32
 
@@ -114,8 +115,7 @@ def hand_scene():
     reg0 = peaked_logits({(0, 1): (1, 1, 2, 2), (1, 1): (1, 1, 2, 2), (0, 0): (1, 1, 1, 1),
                           (1, 0): (1, 1, 1, 1)}, (2, 2))
     reg1 = peaked_logits({(0, 0): (0, 0, 1, 1)}, (1, 1))
-    meta = {"img_shape": (20, 30), "pad_shape": (32, 32), "ori_shape": (10, 15),
-            "scale_factor": np.array([2, 2, 2, 2], F32), "flip": False}
+    meta = img_meta((20, 30), pad_shape=(32, 32), ori_shape=(10, 15), scale=2)
     return [cls0, cls1], [reg0, reg1], [meta]
 
 
@@ -141,8 +141,7 @@ def test_postprocess_nms_pre_keeps_equal_scores_in_location_order(port):
     cls1 = np.full((1, 2, 1, 1), 0.01, F32)
     reg0 = peaked_logits({(y, x): (0, 0, 1, 1) for y in range(2) for x in range(2)}, (2, 2))
     reg1 = peaked_logits({}, (1, 1))
-    meta = {"img_shape": (32, 32), "pad_shape": (32, 32), "ori_shape": (32, 32),
-            "scale_factor": np.ones(4, F32), "flip": False}
+    meta = img_meta((32, 32))
     (det,) = run_post(port, post_cfg(nms_pre=2), [cls0, cls1], [reg0, reg1], [meta])
     # locations 0 (centre (0,0)) and 1 (centre (8,0)) survive the top-2, in that order
     np.testing.assert_allclose(det["boxes"], [[0, 0, 8, 8], [8, 0, 16, 8]], atol=1e-4)
@@ -168,10 +167,8 @@ def test_postprocess_ports_agree_on_random_outputs(torch_port, jittor_port):
         logits = rng.normal(0, 1, (2, 4, 17, h, w))
         np.put_along_axis(logits, rng.integers(0, 3, (2, 4, 1, h, w)), 6.0, axis=2)
         reg.append(logits.reshape(2, 68, h, w).astype(F32))
-    metas = [{"img_shape": (60, 75), "pad_shape": (64, 80), "ori_shape": (120, 150),
-              "scale_factor": np.full(4, 0.5, F32), "flip": False},
-             {"img_shape": (64, 70), "pad_shape": (64, 80), "ori_shape": (64, 70),
-              "scale_factor": np.ones(4, F32), "flip": False}]
+    metas = [img_meta((60, 75), 0, pad_shape=(64, 80), ori_shape=(120, 150), scale=0.5),
+             img_meta((64, 70), 1, pad_shape=(64, 80))]
     dets_t = run_post(torch_port, cfg, cls, reg, metas)
     dets_j = run_post(jittor_port, cfg, cls, reg, metas)
     for a, b in zip(dets_t, dets_j):
