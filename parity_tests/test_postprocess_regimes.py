@@ -10,6 +10,7 @@ import torchvision
 
 from gfocal.config import DEFAULTS
 from parity_tests import regimes
+from tests.factories import img_meta
 
 LEVELS = [(40, 40), (20, 20), (10, 10), (5, 5), (3, 3)]   # a 320 x 320 input
 STRIDES = [8, 16, 32, 64, 128]
@@ -47,9 +48,7 @@ def head_outputs(seed=11):
 
 
 def metas():
-    return [{"img_id": i, "file_name": f"controlled_{i}.png", "ori_shape": (320, 320),
-             "img_shape": (320, 320), "pad_shape": (320, 320),
-             "scale_factor": np.ones(4, np.float32), "flip": False} for i in range(IMAGES)]
+    return [img_meta((320, 320), i, file_name="controlled_{}.png") for i in range(IMAGES)]
 
 
 def neighbour_ious(regs):

@@ -9,15 +9,15 @@ import pytest
 
 from gfocal.config import DEFAULTS, ConfigError, from_dict
 from gfocal.checkpoint_io import read, write
-from tests.conftest import TINY_MODEL
-from tests.test_losses import log_softmax, meta, run_gfl_loss, value_and_grads
+from tests.factories import img_meta, pipeline_batch, tiny_model_cfg
+from tests.test_losses import log_softmax, run_gfl_loss, value_and_grads
 from tests.test_network import max_rel_diff, random_state
 from tests.test_postprocess import nms_reference
 from weights_converter.convert import convert, infer_model_cfg
 
 F32 = np.float32
 EPS32 = 2.0 ** -23  # mmdetection 3.x adds float32's epsilon to every normaliser
-V1_TINY = dict(from_dict({})["model"], **TINY_MODEL, head="gfl_v1")
+V1_TINY = tiny_model_cfg(head="gfl_v1")
 V2_TINY = dict(V1_TINY, head="gfl_v2")
 LEVEL_PROBES = ("head.cls_tower", "head.reg_tower", "head.reg_logits", "head.cls_logits")
 LOSS_PROBES = ("head.integral", "loss.score", "loss.weight_targets", "loss.loss_cls",
@@ -40,11 +40,9 @@ def v1_probe_names():
 
 def tiny_batch(seed=0):
     rng = np.random.default_rng(seed)
-    return {"imgs": rng.standard_normal((2, 3, 48, 48)).astype(F32),
-            "gt_bboxes": [np.array([[8, 10, 40, 44], [26, 5, 46, 30]], F32),
-                          np.array([[2, 2, 30, 40]], F32)],
-            "gt_labels": [np.array([1, 3]), np.array([0])],
-            "img_metas": [meta((48, 48)), meta((48, 32))]}
+    return pipeline_batch(rng.standard_normal((2, 3, 48, 48)).astype(F32),
+                          [[[8, 10, 40, 44], [26, 5, 46, 30]], [[2, 2, 30, 40]]], [[1, 3], [0]],
+                          [(48, 48), (48, 32)])
 
 
 def build(port, model_cfg, state=None):
@@ -138,7 +136,7 @@ def check_v1_loss_hand_computed(port, logit_mean, dtype, rtol):
     reg = rng.normal(0, 1, (2, 68, 2, 2)).astype(dtype)
     gts = [np.array([[0, 0, 16, 16]], F32)] * 2
     values, _, probes, _ = run_gfl_loss(port, cfg, [cls], [reg], gts, [np.array([1])] * 2,
-                                        [meta((16, 16))] * 2, capture=True)
+                                        [img_meta((16, 16))] * 2, capture=True)
 
     qfl, giou_sum, dfl_sum, weights = 0.0, 0.0, 0.0, []
     for img in range(2):
@@ -171,7 +169,7 @@ def test_v1_loss_without_positives_divides_by_one(port):
     reg = np.zeros((1, 68, 2, 2), F32)
     values, grads, probes, _ = run_gfl_loss(
         port, cfg, [cls], [reg], [np.zeros((0, 4), F32)], [np.zeros(0, np.int64)],
-        [meta((16, 16))], capture=True)
+        [img_meta((16, 16))], capture=True)
     expected = sum(bce_with_logits(x, 0.0) * sigmoid(x) ** 2 for x in cls.reshape(-1))
     assert values["loss_cls"] == pytest.approx(expected / (1 + EPS32), rel=1e-5)
     assert values["loss_bbox"] == 0.0 and values["loss_dfl"] == 0.0
@@ -286,9 +284,9 @@ def test_v1_predict_thresholds_then_takes_the_topk_pairs(port):
     cfg = dict(DEFAULTS["model"], num_classes=3, strides=STRIDES, num_outs=2, head="gfl_v1",
                nms_pre=4, score_thr=0.3, min_bbox_size=0.0)
     cls, reg = head_outputs()
-    img_meta = dict(meta(img_shape), scale_factor=np.full(4, scale, F32))
+    meta = img_meta(img_shape, scale=scale)
     post = port.postprocess.GFLPostProcess(cfg)
-    (got,) = post([port.tensor(c) for c in cls], [port.tensor(r) for r in reg], [img_meta],
+    (got,) = post([port.tensor(c) for c in cls], [port.tensor(r) for r in reg], [meta],
                   port.gfl_head.Integral(16))
     boxes, scores, labels = v1_reference(img_shape, scale, 0.3, 4, cfg["iou_thr"])
     # level 0 keeps (3,0) .95, (0,0) .9, (0,2) .8 and, of four 0.6 pairs, (1,1); (3,0) is

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from gfocal.config import DEFAULTS
+from tests.factories import img_meta
 
 F32 = np.float32
 
@@ -222,11 +223,6 @@ def run_gfl_loss(port, cfg, cls, reg, gts, labels, metas, capture=False):
     return values, [port.numpy(g) for g in grads], probes, losses
 
 
-def meta(pad_shape):
-    return {"pad_shape": pad_shape, "img_shape": pad_shape, "ori_shape": pad_shape,
-            "scale_factor": np.ones(4, F32), "flip": False}
-
-
 def tiny_level_inputs(seed=0):
     rng = np.random.default_rng(seed)
     cls = rng.uniform(0.05, 0.95, (1, 2, 2, 2)).astype(F32)
@@ -241,7 +237,7 @@ def test_gfl_loss_hand_computed_single_level(port):
     cfg = loss_cfg(num_classes=2, strides=[8], num_outs=1)
     cls, reg = tiny_level_inputs()
     gt, label = np.array([[0, 0, 16, 16]], F32), np.array([1])
-    values, _, _, _ = run_gfl_loss(port, cfg, [cls], [reg], [gt], [label], [meta((16, 16))])
+    values, _, _, _ = run_gfl_loss(port, cfg, [cls], [reg], [gt], [label], [img_meta((16, 16))])
 
     logits = reg[0, :, 1, 1].reshape(4, 17).astype(np.float64)
     dist = (np.exp(log_softmax(logits)) * np.arange(17)).sum(1)
@@ -270,7 +266,7 @@ def test_gfl_loss_empty_gt_keeps_box_losses_at_zero_in_the_graph(port):
     cls, reg = tiny_level_inputs(1)
     values, grads, probes, losses = run_gfl_loss(
         port, cfg, [cls], [reg], [np.zeros((0, 4), F32)], [np.zeros(0, np.int64)],
-        [meta((16, 16))], capture=True)
+        [img_meta((16, 16))], capture=True)
     expected_cls = sum(bce(p, 0) * p ** 2 for p in cls.astype(np.float64).reshape(-1))
     assert values["loss_cls"] == pytest.approx(expected_cls, rel=1e-5)  # / max(0 + 1, 1)
     assert values["loss_bbox"] == 0.0 and values["loss_dfl"] == 0.0
@@ -288,7 +284,7 @@ def test_gfl_loss_ignores_anchors_outside_the_padded_shape(port):
     cls, reg = tiny_level_inputs(2)
     gt = np.array([[0, 0, 16, 16]], F32)
     values, _, probes, _ = run_gfl_loss(port, cfg, [cls], [reg], [gt], [np.array([0])],
-                                        [meta((8, 16))], capture=True)
+                                        [img_meta((8, 16))], capture=True)
     valid = cls[0, :, 0, :].astype(np.float64).reshape(-1)
     assert values["loss_cls"] == pytest.approx(sum(bce(p, 0) * p ** 2 for p in valid), rel=1e-5)
     assert values["loss_bbox"] == 0.0 and values["loss_dfl"] == 0.0
@@ -306,7 +302,7 @@ def random_batch(rng, num_classes=4):
         wh = rng.uniform(6, 60, (count, 2))
         gts.append(np.concatenate([xy, xy + wh], 1).astype(F32))
         labels.append(rng.integers(0, num_classes, count))
-    return cls, reg, gts, labels, [meta((64, 96)), meta((64, 64))]
+    return cls, reg, gts, labels, [img_meta((64, 96)), img_meta((64, 64))]
 
 
 def test_gfl_loss_ports_agree_with_probes(torch_port, jittor_port):
