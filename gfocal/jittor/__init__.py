@@ -34,7 +34,7 @@ def use_device(name, tf32=False, deterministic=True):
         if not jt.has_cuda:
             raise DeviceError(f"device {name!r}: this Jittor {jt.__version__} has no working CUDA "
                               "build (jt.has_cuda = 0; on CUDA 13: scripts/jittor_cuda.py, then "
-                              "its env.sh, README 'On a GPU'); use --device cpu for --framework "
+                              "its env.sh, docs/GPU.md); use --device cpu for --framework "
                               "jittor")
         if cuda_index(name) != 0:
             raise DeviceError(f"device {name!r}: Jittor uses the first visible GPU; run with "
