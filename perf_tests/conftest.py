@@ -8,6 +8,8 @@ from perf_tests.measure import benchmark_weights, model_config, paired_rows, pai
     setting_table_html, setting_table_text
 
 _ran_perf = pytest.StashKey[bool]()
+_saved_runs = pytest.StashKey[int]()  # saved runs pytest-benchmark loaded to compare with
+_timed = pytest.StashKey[list]()  # each timed test's record (its benchmark fixture's stats)
 
 
 class ModelCache:
@@ -30,6 +32,12 @@ class ModelCache:
         return model
 
 
+def pytest_benchmark_compare_machine_info(config):
+    """pytest-benchmark calls it (at configure time) once per saved run it loaded to compare
+    with: counted, for pytest_sessionstart."""
+    config.stash[_saved_runs] = config.stash.get(_saved_runs, 0) + 1
+
+
 def pytest_sessionstart(session):
     """--benchmark-compare(-fail) with no saved run to compare with: one line and a usage
     error before anything runs (pytest-benchmark only warns, or fails, after the whole timed
@@ -38,16 +46,16 @@ def pytest_sessionstart(session):
     compare = config.getoption("benchmark_compare")
     if not (compare or config.getoption("benchmark_compare_fail")):
         return
-    benchmarks = config._benchmarksession
-    if benchmarks.compared_mapping:  # the saved runs pytest-benchmark loaded to compare with
+    if config.stash.get(_saved_runs, 0):
         return
     if not compare:
         raise pytest.UsageError("--benchmark-compare-fail needs --benchmark-compare (a saved "
                                 "run to compare with)")
     which = "" if compare is True else f" matching {compare!r}"
     raise pytest.UsageError(
-        f"--benchmark-compare: no saved run{which} in {benchmarks.storage}: nothing to compare "
-        "with (save one first: --benchmark-autosave or --benchmark-save=NAME)")
+        f"--benchmark-compare: no saved run{which} in {config.getoption('benchmark_storage')}: "
+        "nothing to compare with (save one first: --benchmark-autosave or "
+        "--benchmark-save=NAME)")
 
 
 @pytest.fixture(scope="session")
@@ -57,12 +65,17 @@ def model_cache():
 
 @pytest.fixture(autouse=True)
 def _mark_perf_session(request):
+    """Notes that this suite ran and, after a timed test, its record for the summary tables
+    (the same object pytest-benchmark keeps: its fixture's `stats`)."""
     request.config.stash[_ran_perf] = True
+    yield
+    fixture = request.node.funcargs.get("benchmark")  # a timed test's, after it ran
+    if getattr(fixture, "stats", None) is not None:  # None: disabled, or never called
+        request.config.stash.setdefault(_timed, []).append(fixture.stats)
 
 
 def _benchmarks(config):
-    session = getattr(config, "_benchmarksession", None)
-    return session.benchmarks if session is not None else []
+    return config.stash.get(_timed, [])
 
 
 @pytest.hookimpl(trylast=True)

@@ -1,4 +1,5 @@
 """The measurement helpers behind the benchmarks (perf_tests/measure.py): fast, no model."""
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -163,16 +164,20 @@ def test_setting_rows_pair_each_case_across_settings():
     assert "T/D" in measure.setting_table_html(rows)
 
 
-def run_pytest(storage, *options):
-    """pytest on one quick case of this suite with pytest-benchmark's `options` and saved
-    runs in `storage`, in a child process as a user runs it (from `storage`'s parent:
-    pytest-benchmark cannot name a storage outside the working directory)."""
+def child_pytest(*args, cwd):
+    """pytest with `args` in a child process started in `cwd`, as a user runs it."""
     import subprocess
     import sys
+    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args],
+                          cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def run_pytest(storage, *options):
+    """pytest on one quick case of this suite with pytest-benchmark's `options` and saved
+    runs in `storage` (run from `storage`'s parent: pytest-benchmark cannot name a storage
+    outside the working directory)."""
     case = f"{__file__}::test_summary_tables_cope_with_no_timings"
-    return subprocess.run([sys.executable, "-m", "pytest", case, "-p", "no:cacheprovider",
-                           f"--benchmark-storage={storage}", *options],
-                          cwd=storage.parent, capture_output=True, text=True, timeout=300)
+    return child_pytest(case, f"--benchmark-storage={storage}", *options, cwd=storage.parent)
 
 
 @pytest.mark.ci  # a child pytest session (both frameworks imported): seconds each
@@ -199,6 +204,30 @@ def test_compare_with_a_saved_run_runs(tmp_path):
         '{"machine_info": {}, "commit_info": {}, "benchmarks": []}')
     run = run_pytest(storage, "--benchmark-compare")
     assert run.returncode == 0 and "1 passed" in run.stdout, run.stdout + run.stderr
+
+
+TWO_PORTS_TIMED = """\
+import pytest
+
+
+@pytest.mark.parametrize("framework", ["torch", "jittor"])
+def test_case(benchmark, framework):
+    benchmark.group = "tiny case"
+    benchmark.extra_info["framework"] = framework
+    benchmark.pedantic(sum, args=([1],), rounds=2)
+"""
+
+
+def test_the_ratio_summary_shows_each_timed_record(tmp_path):
+    """The summary's records come from each timed test's benchmark fixture: a child pytest
+    session (no framework imported: about a second) of one trivial case per port, with this
+    suite's conftest as a plugin."""
+    (tmp_path / "test_two_ports.py").write_text(TWO_PORTS_TIMED)
+    run = child_pytest(str(tmp_path), "-p", "perf_tests.conftest", f"--rootdir={tmp_path}",
+                       cwd=Path(__file__).parent.parent)
+    assert run.returncode == 0, run.stdout + run.stderr
+    rows = [line.split() for line in run.stdout.splitlines() if line.startswith("tiny case ")]
+    assert len(rows) == 1 and len(rows[0]) == 8 and "-" not in rows[0], run.stdout
 
 
 @pytest.mark.parametrize("framework, kind, precision, name, skipped", [

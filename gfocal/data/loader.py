@@ -250,9 +250,9 @@ class DataLoader:
             raise
 
     def _ended_workers(self):
-        """[(number, pid, exit code)] of the pool's workers that have ended. The pool keeps
-        its processes in `_processes` (no public accessor)."""
-        processes = list(enumerate((getattr(self._pool, "_processes", None) or {}).values(), 1))
+        """[(number, pid, exit code)] of the pool's workers that have ended."""
+        workers = _pool_processes(self._pool) if self._pool is not None else []
+        processes = list(enumerate(workers, 1))
         ready = set(connection.wait([p.sentinel for _, p in processes], timeout=0))
         ended = []
         for number, process in processes:
@@ -341,7 +341,7 @@ def _worker_batch(tasks):
 def _stop_pool(pool, memory):
     """Shut `pool` down without an unbounded wait: each worker gets JOIN_TIMEOUT_S to end,
     then is terminated, then killed; then the loader's shared copy is freed."""
-    processes = list((pool._processes or {}).values())  # shutdown drops its reference
+    processes = _pool_processes(pool)  # shutdown drops the pool's reference to them
     pool.shutdown(wait=False, cancel_futures=True)
     for stop in (None, "terminate", "kill"):
         deadline = time.monotonic() + JOIN_TIMEOUT_S
@@ -352,6 +352,14 @@ def _stop_pool(pool, memory):
         processes = [p for p in processes if p.exitcode is None]
     memory.close()
     memory.unlink()
+
+
+def _pool_processes(pool):
+    """The worker processes (multiprocessing.Process) of ProcessPoolExecutor `pool`, which
+    alone tell a dead worker and its exit code and can be stopped within a bound; [] once
+    the pool is shut down."""
+    # private: the executor has no public accessor for them (tests/test_dependency_apis.py)
+    return list((pool._processes or {}).values())
 
 
 def _exit_code(process):

@@ -100,6 +100,7 @@ class LossScaler:
             backoff_factor=BACKOFF_FACTOR, growth_interval=GROWTH_INTERVAL)
         self.skipped = 0
         if state:
+            # the good steps' only public way in and out: state_dict's "_growth_tracker" entry
             self.scaler.load_state_dict({"scale": state["scale"],
                                          "_growth_tracker": state["good_steps"],
                                          "growth_factor": GROWTH_FACTOR,
@@ -119,8 +120,8 @@ class LossScaler:
         return skipped
 
     def state(self):
-        return {"scale": float(self.scaler.get_scale()),
-                "good_steps": int(self.scaler._get_growth_tracker()),
+        scaler = self.scaler.state_dict()  # its entries: tests/test_dependency_apis.py
+        return {"scale": float(scaler["scale"]), "good_steps": int(scaler["_growth_tracker"]),
                 "skipped": self.skipped}
 
 

@@ -19,8 +19,10 @@ def current_setting():
 
 def _compile_unavailable(device):
     """Why torch.compile cannot run on `device` here, or None."""
-    if not torch._dynamo.is_dynamo_supported():
-        return "TorchDynamo does not support this Python"
+    try:  # on a Python TorchDynamo cannot run, torch.compile refuses at once (compiles nothing)
+        torch.compile(lambda x: x, backend="eager")
+    except RuntimeError as exc:
+        return str(exc).splitlines()[0]
     if is_cuda(device) and importlib.util.find_spec("triton") is None:
         return "inductor's CUDA kernels need Triton, which is not installed"
     if not is_cuda(device) and not (shutil.which("g++") or shutil.which("c++")):
