@@ -29,7 +29,10 @@ port uses GradScaler itself), started at mmcv's static fp16 scale of 512 instead
 bf16 has float32's exponent range and trains without a scale. native-fp16 uses the same
 loss scale.
 """
+import contextlib
+
 from gfocal.choices import checked, checked_list
+from gfocal.device import DeviceError
 
 POLICY = ("bf16", "fp16")
 NATIVE = ("native-bf16", "native-fp16")
@@ -101,6 +104,42 @@ class LossScale:
 
     def state(self):
         return {"scale": self.scale, "good_steps": self.good_steps, "skipped": self.skipped}
+
+
+class PortPrecision:
+    """The precision one port computes in, and the (precision, device) pairs where its half
+    convolution was seen to run: the bookkeeping both ports share. `probe(amp, device)`
+    runs one half convolution of the port; `framework` (name and version) is named in the
+    one-line refusal."""
+
+    def __init__(self, framework, probe):
+        self.framework, self.probe = framework, probe
+        self.amp = "off"
+        self.runnable = set()
+
+    def use(self, amp, device="cpu"):
+        """Make `amp` the port's precision; DeviceError where `device` cannot run a
+        convolution in it."""
+        check_amp(amp)
+        if amp != "off" and (amp, str(device)) not in self.runnable:
+            try:
+                self.probe(amp, device)
+            except RuntimeError as exc:
+                raise DeviceError(f"--amp {amp}: {self.framework} cannot run a {amp} "
+                                  f"convolution on {device} ({str(exc).splitlines()[0]})"
+                                  ) from None
+            self.runnable.add((amp, str(device)))
+        self.amp = amp
+
+    @contextlib.contextmanager
+    def scope(self, amp, device="cpu"):
+        """use() for a block, the previous precision restored after it."""
+        previous = self.amp
+        self.use(amp, device)
+        try:
+            yield amp
+        finally:
+            self.amp = previous
 
 
 # What a half precision costs on the CPU where a framework has no fast kernel for it

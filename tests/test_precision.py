@@ -119,8 +119,8 @@ def test_half_op_leaves_float32_off_and_float64_alone(port):
 def test_a_precision_the_device_cannot_run_is_one_line(port, monkeypatch, amp):
     def broken(*args):
         raise RuntimeError("no kernel for this dtype\nsecond line of the framework's message")
-    monkeypatch.setattr(port.precision, "_probe_convolution", broken)
-    monkeypatch.setattr(port.precision, "_runnable", set())  # not probed yet
+    monkeypatch.setattr(port.precision._state, "probe", broken)
+    monkeypatch.setattr(port.precision._state, "runnable", set())  # not probed yet
     with pytest.raises(DeviceError) as err:
         port.precision.use_precision(amp)
     message = str(err.value)

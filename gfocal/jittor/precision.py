@@ -21,20 +21,13 @@ import contextlib
 import jittor as jt
 from jittor import nn
 
-from gfocal.device import DeviceError
-from gfocal.precision import INIT_SCALE, LossScale, check_amp, half_type, is_native, \
+from gfocal.precision import INIT_SCALE, LossScale, PortPrecision, half_type, is_native, \
     uses_loss_scale
 
 HALF_TYPES = {"bf16": jt.bfloat16, "fp16": jt.float16}
-_amp = "off"  # the precision half_op computes in
-_runnable = set()  # (amp, device) pairs whose half convolution ran once
 _autocasting = False  # inside autocast() in native mode
 # Jittor's "prefer the half type, but sums, exp and the like in float32" (src/var.cc)
 AMP_LEVEL = 4
-
-
-def current_precision():
-    return _amp
 
 
 def _probe_convolution(amp, device):
@@ -42,32 +35,14 @@ def _probe_convolution(amp, device):
     nn.conv2d(probe, probe).sync()
 
 
-def use_precision(amp, device="cpu"):
-    """Make `amp` (off, bf16, fp16) the port's precision; DeviceError where `device` cannot
-    run a convolution in it."""
-    global _amp
-    check_amp(amp)
-    if amp != "off" and (amp, str(device)) not in _runnable:
-        try:
-            _probe_convolution(amp, device)
-        except RuntimeError as exc:
-            raise DeviceError(f"--amp {amp}: Jittor {jt.__version__} cannot run a "
-                              f"{amp} convolution on {device} ({str(exc).splitlines()[0]})"
-                              ) from None
-        _runnable.add((amp, str(device)))
-    _amp = amp
+# The port's precision (what half_op computes in), set by use_precision / mixed_precision
+_state = PortPrecision(f"Jittor {jt.__version__}", _probe_convolution)
+use_precision = _state.use
+mixed_precision = _state.scope
 
 
-@contextlib.contextmanager
-def mixed_precision(amp, device="cpu"):
-    """use_precision for a block, the previous precision restored after it."""
-    global _amp
-    previous = _amp
-    use_precision(amp, device)
-    try:
-        yield amp
-    finally:
-        _amp = previous
+def current_precision():
+    return _state.amp
 
 
 # float32 -> half type -> float32 rounded to nearest, ties to even (as PyTorch and CUDA
@@ -138,7 +113,7 @@ def autocast(like):
     """The block the network's forward runs in: in native mode the half convolutions and
     AMP_LEVEL; otherwise nothing. (`like`: the input, whose device PyTorch's needs.)"""
     global _autocasting
-    if _amp == "off" or not is_native(_amp):
+    if _state.amp == "off" or not is_native(_state.amp):
         yield
         return
     previous = _autocasting
@@ -162,14 +137,15 @@ def half_op(op, *tensors):
     and its result stays in the half type. Otherwise (off, native outside autocast, float64
     tensors) op(*tensors) as it is."""
     if _autocasting:
-        half = HALF_TYPES[half_type(_amp)]
+        half = HALF_TYPES[half_type(_state.amp)]
         return op(*(None if t is None else t.cast(half) for t in tensors))
-    if _amp == "off" or is_native(_amp) or tensors[0].dtype != jt.float32:
+    if _state.amp == "off" or is_native(_state.amp) or tensors[0].dtype != jt.float32:
         return op(*tensors)
     if jt.flags.use_cuda:
-        half = HALF_TYPES[_amp]
+        half = HALF_TYPES[_state.amp]
         return op(*(None if t is None else t.cast(half) for t in tensors)).cast(jt.float32)
-    return _rounded(op(*(None if t is None else _rounded(t, _amp) for t in tensors)), _amp)
+    amp = _state.amp
+    return _rounded(op(*(None if t is None else _rounded(t, amp) for t in tensors)), amp)
 
 
 class Conv2d(nn.Conv2d):

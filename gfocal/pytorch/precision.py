@@ -13,17 +13,10 @@ import contextlib
 import torch
 from torch import nn
 
-from gfocal.device import DeviceError
 from gfocal.precision import BACKOFF_FACTOR, GROWTH_FACTOR, GROWTH_INTERVAL, INIT_SCALE, \
-    check_amp, half_type, is_native, uses_loss_scale
+    PortPrecision, half_type, is_native, uses_loss_scale
 
 HALF_TYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-_amp = "off"  # the precision half_op computes in
-_runnable = set()  # (amp, device) pairs whose half convolution ran once
-
-
-def current_precision():
-    return _amp
 
 
 def _probe_convolution(amp, device):
@@ -31,40 +24,22 @@ def _probe_convolution(amp, device):
     nn.functional.conv2d(probe, probe)
 
 
-def use_precision(amp, device="cpu"):
-    """Make `amp` (off, bf16, fp16) the port's precision; DeviceError where `device` cannot
-    run a convolution in it."""
-    global _amp
-    check_amp(amp)
-    if amp != "off" and (amp, str(device)) not in _runnable:
-        try:
-            _probe_convolution(amp, device)
-        except RuntimeError as exc:
-            raise DeviceError(f"--amp {amp}: PyTorch {torch.__version__} cannot run a "
-                              f"{amp} convolution on {device} ({str(exc).splitlines()[0]})"
-                              ) from None
-        _runnable.add((amp, str(device)))
-    _amp = amp
+# The port's precision (what half_op computes in), set by use_precision / mixed_precision
+_state = PortPrecision(f"PyTorch {torch.__version__}", _probe_convolution)
+use_precision = _state.use
+mixed_precision = _state.scope
 
 
-@contextlib.contextmanager
-def mixed_precision(amp, device="cpu"):
-    """use_precision for a block, the previous precision restored after it."""
-    global _amp
-    previous = _amp
-    use_precision(amp, device)
-    try:
-        yield amp
-    finally:
-        _amp = previous
+def current_precision():
+    return _state.amp
 
 
 def autocast(like):
     """The block the network's forward runs in: in native mode torch.autocast on the device
     of tensor `like`, in the half type; otherwise nothing."""
-    if _amp == "off" or not is_native(_amp):
+    if _state.amp == "off" or not is_native(_state.amp):
         return contextlib.nullcontext()
-    return torch.autocast(like.device.type, dtype=HALF_TYPES[half_type(_amp)])
+    return torch.autocast(like.device.type, dtype=HALF_TYPES[half_type(_state.amp)])
 
 
 def to_float32(tensors):
@@ -77,9 +52,9 @@ def half_op(op, *tensors):
     in float32 and rounds its result to the half type, which is carried on in float32.
     Outside the policy (off, native: autocast decides; float64 tensors) op(*tensors) as it
     is."""
-    if _amp == "off" or is_native(_amp) or tensors[0].dtype != torch.float32:
+    if _state.amp == "off" or is_native(_state.amp) or tensors[0].dtype != torch.float32:
         return op(*tensors)
-    half = HALF_TYPES[_amp]
+    half = HALF_TYPES[_state.amp]
     return op(*(None if t is None else t.to(half) for t in tensors)).float()
 
 
