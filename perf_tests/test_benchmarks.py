@@ -288,7 +288,8 @@ def test_paired(name, batch_size, placement, precision, setting, torch_port, jit
     if device_option is not None and (device_option == "cpu") != (kind == "cpu"):
         pytest.skip(f"a {kind} case; --device {device_option}")
     target = "cpu" if kind == "cpu" else device_option or "cuda"
-    reasons = [skip_reason(fw, kind, tf32, precision, name) for fw in ("torch", "jittor")]
+    reasons = [skip_reason(port.FRAMEWORK, kind, tf32, precision, name)
+               for port in (torch_port, jittor_port)]
     if any(reasons):
         pytest.skip(next(r for r in reasons if r))
     h, w = input_size(kind, benchmark.enabled)

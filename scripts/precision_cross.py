@@ -16,7 +16,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from gfocal.ports import load_port  # noqa: E402
+from gfocal.ports import FRAMEWORKS, load_port  # noqa: E402
 from gfocal.precision import PrecisionError, amp_list  # noqa: E402
 from gfocal.tables import markdown_table  # noqa: E402
 from parity_tests.cases import CASES, make_case, seeded_state, small_config  # noqa: E402
@@ -54,7 +54,7 @@ def main(argv=None):
         parser.exit(2, f"precision_cross: error: {exc}\n")
     cfg = small_config()
     state, batch = seeded_state(cfg["model"]), make_case(args.case)
-    ports = [load_port(fw) for fw in ("torch", "jittor")]
+    ports = [load_port(fw) for fw in FRAMEWORKS]
     models = []
     for port in ports:
         model = port.build_detector(cfg["model"])
