@@ -10,9 +10,9 @@ from gfocal import engine
 from gfocal.config import ConfigError, from_dict
 from gfocal.device import DeviceError
 from gfocal.engine import TrainRun
-from gfocal.precision import (BACKOFF_FACTOR, GROWTH_INTERVAL, INIT_SCALE, NATIVE, LossScale,
-                              PrecisionError, amp_list, check_amp, checked_scale_state,
-                              half_type)
+from gfocal.precision import (AMP_CHOICES, BACKOFF_FACTOR, EPS, GROWTH_INTERVAL, INIT_SCALE,
+                              NATIVE, LossScale, PrecisionError, amp_list, check_amp,
+                              checked_scale_state, half_type)
 
 # overflow at steps 1999 and 4004-4005: a backoff, a growth after 2000 good steps, two
 # backoffs in a row
@@ -129,6 +129,16 @@ def test_a_precision_the_device_cannot_run_is_one_line(port, monkeypatch, amp):
     assert port.precision.current_precision() == "off"
 
 
+def test_each_precision_names_the_epsilon_of_its_compute_type():
+    """EPS (the control arm's rounding unit) is the machine epsilon of the type each
+    precision computes its convolutions in."""
+    import torch
+    compute_type = {"off": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    for amp in AMP_CHOICES:
+        want = torch.finfo(compute_type[half_type(amp) or "off"]).eps
+        assert EPS[amp] == want, (amp, EPS[amp], want)
+
+
 def test_check_amp_and_the_config_key():
     assert [check_amp(a) for a in ("off", "bf16", "fp16")] == ["off", "bf16", "fp16"]
     with pytest.raises(PrecisionError, match="--amp = 'fp32' is not a precision"):
@@ -145,10 +155,14 @@ def test_the_pytest_option_takes_a_checked_list():
 
 
 def test_checked_scale_state():
-    good = {"scale": 256.0, "good_steps": 3, "skipped": 1}
-    assert checked_scale_state(good, "a.pth") == good
+    # a fresh run's state, and one after ten back-offs from 512 (a scale below 1)
+    for good in ({"scale": 256.0, "good_steps": 3, "skipped": 1},
+                 {"scale": INIT_SCALE, "good_steps": 0, "skipped": 0},
+                 {"scale": 0.5, "good_steps": 0, "skipped": 10}):
+        assert checked_scale_state(good, "a.pth") == good
     assert checked_scale_state(None, "a.pth") is None
-    for bad in ({"scale": -1.0, "good_steps": 0, "skipped": 0}, {"scale": 1.0},
+    for bad in ({"scale": -1.0, "good_steps": 0, "skipped": 0},
+                {"scale": 0.0, "good_steps": 0, "skipped": 0}, {"scale": 1.0},
                 {"scale": "1", "good_steps": 0, "skipped": 0}, [1, 2, 3],
                 {"scale": 1.0, "good_steps": True, "skipped": 0}):
         with pytest.raises(PrecisionError, match="a.pth: meta 'loss_scale'"):
@@ -252,6 +266,9 @@ def test_native_mode_trains_in_the_half_type_with_float32_weights_and_losses(por
     want = {"bf16": "bfloat16", "fp16": "float16"}[half_type(amp)]
     assert {n: _dtype_name(d) for n, d in seen.items()} == {"neck": want, "head": want}
     assert all(np.isfinite(v) for v in losses.values()), losses
+    with port.precision.mixed_precision(amp):  # force_fp32: the head's outputs in float32
+        outputs = model.outputs(model, port.tensor(batch["imgs"]))
+    assert {_dtype_name(t.dtype) for level in outputs for t in level} == {"float32"}
     after = dict(port.named_trainable_parameters(model))
     assert {str(port.numpy(p).dtype) for p in after.values()} == {"float32"}
     assert any(not np.array_equal(port.numpy(after[n]), before[n]) for n in before)
