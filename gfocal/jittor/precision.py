@@ -113,7 +113,7 @@ def autocast(like):
     """The block the network's forward runs in: in native mode the half convolutions and
     AMP_LEVEL; otherwise nothing. (`like`: the input, whose device PyTorch's needs.)"""
     global _autocasting
-    if not is_native(_state.amp):
+    if _state.amp == "off" or not is_native(_state.amp):
         yield
         return
     previous = _autocasting

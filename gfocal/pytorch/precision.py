@@ -37,7 +37,7 @@ def current_precision():
 def autocast(like):
     """The block the network's forward runs in: in native mode torch.autocast on the device
     of tensor `like`, in the half type; otherwise nothing."""
-    if not is_native(_state.amp):
+    if _state.amp == "off" or not is_native(_state.amp):
         return contextlib.nullcontext()
     return torch.autocast(like.device.type, dtype=HALF_TYPES[half_type(_state.amp)])
 
