@@ -144,15 +144,13 @@ class PortPrecision:
 
 # What a half precision costs on the CPU where a framework has no fast kernel for it
 # (measured on 2 Xeon cores, docs/MODEL.md section 13): the run still works.
+_JITTOR_HALF_CONV = ("Jittor 1.3.11 runs half convolutions on the CPU with its generic "
+                     "kernels, not oneDNN: {} convolution is about {}x slower than float32")
 SLOW_ON_CPU = {
     ("torch", "fp16"): "PyTorch's CPU float16 convolution backward is about 140x slower than "
                        "float32; bf16 is the CPU's half type",
-    ("jittor", "native-bf16"): "Jittor 1.3.11 runs half convolutions on the CPU with its "
-                               "generic kernels, not oneDNN: a bf16 convolution is about "
-                               "170x slower than float32",
-    ("jittor", "native-fp16"): "Jittor 1.3.11 runs half convolutions on the CPU with its "
-                               "generic kernels, not oneDNN: an fp16 convolution is about "
-                               "1000x slower than float32",
+    ("jittor", "native-bf16"): _JITTOR_HALF_CONV.format("a bf16", 170),
+    ("jittor", "native-fp16"): _JITTOR_HALF_CONV.format("an fp16", 1000),
 }
 SLOW_ON_CPU[("torch", "native-fp16")] = SLOW_ON_CPU[("torch", "fp16")]
 
