@@ -32,13 +32,13 @@ mutants: setup
 	bash scripts/mutants.sh $(MUTANTS_ARGS) --report parity_tests/mutation/REPORT.md
 
 # The borrowed GPU machine's software (Python 3.12, torch 2.11.0, torchvision 0.26.0, numpy 2,
-# no package index) on this CPU: scripts/gpu_check.sh --dry-run --device cpu with its wheel
+# no package index) on this CPU: `scripts/gpu.py check --dry-run --device cpu` with its wheel
 # install, and the PyTorch side of parity_tests and perf_tests, in an environment of those
 # versions kept in ~/.cache/gfocal-parity/ (its first build downloads ~3 GB from PyPI; then
 # 6 to 8 minutes on 2 cores, not part of `make test`). Writes reports/gpu-image-check/<time>/.
 GPU_IMAGE_ARGS ?=
 gpu-image-check:
-	bash scripts/gpu_image_check.sh $(GPU_IMAGE_ARGS)
+	python3 scripts/gpu.py image $(GPU_IMAGE_ARGS)
 
 clean:
 	rm -rf reports .pytest_cache .hypothesis

@@ -16,7 +16,7 @@ SETTINGS = ("default", "tuned")
 
 # What `tuned` turns on, by (framework, device kind). A feature left out was measured no
 # faster (docs/MODEL.md section 14); the CUDA entries are the CPU's plus cuDNN autotuning,
-# timed by scripts/gpu_check.sh (no GPU was lent to measure them).
+# timed by `scripts/gpu.py check` (no GPU was lent to measure them).
 COMPILE_INFERENCE = "compile_inference"  # torch.compile (inductor) of the no-grad forward
 CUDNN_BENCHMARK = "cudnn_benchmark"      # cuDNN picks the fastest algorithm per shape
 TUNED = {

@@ -1,5 +1,7 @@
 """Make an installed Jittor 1.3.11 build and run on a CUDA 13 stack whose cuDNN 9 and cuBLAS
 come as pip's nvidia packages (the borrowed GPU machine), without downloads or hand edits.
+A script of its own beside scripts/gpu.py: it is the only way Jittor builds on CUDA 13, and
+users run it on their own GPU machines too (docs/GPU.md), not only inside the GPU check.
 
     python3 scripts/jittor_cuda.py TREE [--python PY] [--nvcc NVCC] [--onednn DIR]
                                         [--cudnn on|off] [--copy]

@@ -1,4 +1,4 @@
-# scripts/gpu_check.sh --dry-run: the smallest training of the bundled data that still runs
+# scripts/gpu.py check --dry-run: the smallest training of the bundled data that still runs
 # every step (a tiny ResNet-18 detector at 96 px, two iterations, then evaluation).
 # A plain config (configs import no test code); tests/test_factories.py holds it equal to
 # tests/factories.py's tiny_sections.

@@ -10,7 +10,7 @@ from gfocal.data.loader import build_dataloader, collate
 from tests.factories import pipeline_batch, tiny_sections
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# A config file of its own: scripts/gpu_check.sh trains it where the tests may not import.
+# A config file of its own: `scripts/gpu.py check --dry-run` trains it where the tests may not import.
 GPU_CHECK_TINY_CONFIG = os.path.join(ROOT, "tests", "gpu_check_tiny_config.py")
 
 

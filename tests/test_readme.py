@@ -86,7 +86,7 @@ def code_snippets(text):
 
 def command_claims(snippet):
     """[(command, options)] the snippet shows: command is ('make', target),
-    ('gfocal', subcommand), (console script,), ('pytest',) or ('script', path)."""
+    ('gfocal', subcommand), (console script,), ('pytest',) or ('script', path[, subcommand])."""
     claims = []
     starts = list(COMMAND.finditer(snippet))
     for start, following in zip(starts, starts[1:] + [None]):
@@ -102,7 +102,9 @@ def command_claims(snippet):
             if words and re.fullmatch(r"[a-z][\w-]*", words[0]):
                 claims.append((("gfocal", words[0]), options))
         elif program.startswith(("python", "bash")):
-            claims.append((("script", program.split()[1]), options))
+            # a bare word after the script may name its subcommand (script_problems decides)
+            sub = words[:1] if words and re.fullmatch(r"[a-z][\w-]*", words[0]) else []
+            claims.append((("script", program.split()[1], *sub), options))
         else:
             claims.append(((program,), options))
     return claims
@@ -140,7 +142,7 @@ def help_text(command):
     if command[0] == "pytest":
         argv = [sys.executable, "-m", "pytest", "--help", "-p", "no:cacheprovider"]
     elif command[0] == "script":
-        argv = [sys.executable, str(ROOT / command[1]), "--help"]
+        argv = [sys.executable, str(ROOT / command[1]), *command[2:], "--help"]
     else:
         module, func = console_scripts()[command[0]].split(":")
         argv = [sys.executable, "-c", f"import sys; from {module} import {func}; "
@@ -185,6 +187,8 @@ def script_problems(command, options):
     if not path.is_file():
         return [f"{command[1]}: no such script"]
     source = path.read_text(encoding="utf-8")
+    if "add_subparsers" not in source:
+        command = command[:2]  # no subcommands: the word is an argument
     if path.suffix == ".py" and "argparse" in source:
         status, text = help_text(command)
         if status != 0:

@@ -1,6 +1,7 @@
-"""scripts/gpu_check.sh tried on the CPU as on the GPU machine (no Jittor there: blocked
-here), its Jittor check (--jittor) as far as a CPU allows, its bad inputs,
-scripts/gpu_wheels.sh's pins and scripts/gpu_summary.py's tables."""
+"""scripts/gpu.py, the GPU tooling's one driver: its check tried on the CPU as on the GPU
+machine (no Jittor there: blocked here), the Jittor check as far as a CPU allows, the caps,
+bad input of every command, the wheels' pins, the summary's tables and the image command's
+environment."""
 import importlib.metadata
 import importlib.util
 import json
@@ -8,15 +9,16 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 
 from gfocal.device import cuda_available
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CHECK = os.path.join(ROOT, "scripts", "gpu_check.sh")
+DRIVER = os.path.join(ROOT, "scripts", "gpu.py")
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
-import gpu_summary  # noqa: E402
+import gpu  # noqa: E402
 import jittor_cuda  # noqa: E402
 
 
@@ -30,11 +32,14 @@ def no_jittor(tmp_path_factory):
     return str(folder)
 
 
-def run_check(args, tmp_path, no_jittor, timeout=600, wheels=None, **env):
-    env = dict(os.environ, PYTHON=sys.executable, PYTHONPATH=no_jittor,
-               GFOCAL_WHEELS=str(wheels or tmp_path / "no_wheels"), **env)
-    return subprocess.run(["bash", CHECK, *args], capture_output=True, text=True, env=env,
-                          timeout=timeout)
+def run_driver(args, tmp_path, pythonpath="", timeout=600, wheels=None, **env):
+    """scripts/gpu.py with its wheels, image environment and cache kept under tmp_path."""
+    env = {**os.environ, "PYTHONPATH": pythonpath,
+           "GFOCAL_WHEELS": str(wheels or tmp_path / "no_wheels"),
+           "GFOCAL_GPU_IMAGE_ENV": str(tmp_path / "image-env"),
+           "XDG_CACHE_HOME": str(tmp_path / "cache"), **env}
+    return subprocess.run([sys.executable, DRIVER, *args], capture_output=True, text=True,
+                          env=env, timeout=timeout)
 
 
 def cuda_stack_here():
@@ -52,43 +57,40 @@ def cuda_stack_here():
 def dry_run(tmp_path_factory, no_jittor):
     tmp = tmp_path_factory.mktemp("gpu_check")
     out = tmp / "out"
-    result = run_check([str(out), "--device", "cpu", "--dry-run"], tmp, no_jittor)
-    return out, result
+    return out, run_driver(["check", str(out), "--device", "cpu", "--dry-run"], tmp, no_jittor)
 
 
 @pytest.mark.ci  # the whole GPU check on a CPU
-def test_dry_run_passes_every_step_and_prints_the_summary(dry_run):
+def test_dry_run_passes_every_step_and_prints_the_summary_last(dry_run):
     out, result = dry_run
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     text = (out / "summary.md").read_text()
     for step in ("perf", "tuned", "parity", "train"):
-        assert f"| {step} | passed |" in text
+        assert f"| {step} | passed | " in text
+    assert "| parity | passed | 1" in text  # pytest's count line beside the step
     assert result.stdout.rstrip().endswith(f"summary: {out / 'summary.md'}")
     assert "installing" not in result.stdout and "no wheels in" in result.stdout
     assert (out / "check.log").read_text().count("=== train: passed") == 1
+    assert [row[0] for row in json.loads((out / "steps.json").read_text())] == [
+        "perf", "tuned", "parity", "train"]
 
 
 @pytest.mark.ci  # the whole GPU check on a CPU
-def test_dry_run_compares_the_pytorch_port_on_the_device_with_its_cpu_run(dry_run):
+def test_dry_run_compares_on_the_device_trains_and_keeps_its_files(dry_run):
     """The GPU machine's parity step: subject torch@<device>, no Jittor; on the CPU both
     runs do the same arithmetic, so every tensor agrees exactly."""
     out, _ = dry_run
     records = json.loads((out / "parity_verdict.json").read_text())
     assert {r["subject"] for r in records} == {"torch@cpu"}
-    checks = {r["check"] for r in records}
-    assert {"forward probes", "targets and assignment", "losses", "gradients"} <= checks
-    assert all(r["ok"] for r in records)
-    assert max(r["rel"] or 0.0 for r in records) == 0.0
-    assert "torch@cpu against the PyTorch port on the CPU" in (out / "summary.md").read_text()
-
-
-@pytest.mark.ci  # the whole GPU check on a CPU
-def test_dry_run_trains_evaluates_and_keeps_its_files(dry_run):
-    out, _ = dry_run
+    assert {"forward probes", "targets and assignment", "losses", "gradients"} <= {
+        r["check"] for r in records}
+    assert all(r["ok"] for r in records) and max(r["rel"] or 0.0 for r in records) == 0.0
+    text = (out / "summary.md").read_text()
+    assert "torch@cpu against the PyTorch port on the CPU" in text
     for name in ("latest.pth", "log_torch.jsonl", "results.json", "test.txt"):
         assert (out / "train" / name).is_file(), name
     assert len((out / "train" / "log_torch.jsonl").read_text().splitlines()) == 2
-    assert "- iterations: 2, final loss" in (out / "summary.md").read_text()
+    assert "- iterations: 2, final loss" in text
     assert (out / "parity.html").is_file() and (out / "perf.html").is_file()
 
 
@@ -96,30 +98,85 @@ def test_dry_run_trains_evaluates_and_keeps_its_files(dry_run):
 def test_a_second_check_into_the_same_folder_is_refused(dry_run, tmp_path, no_jittor):
     out, _ = dry_run
     before = (out / "summary.md").read_text()
-    result = run_check([str(out), "--device", "cpu", "--dry-run"], tmp_path, no_jittor)
+    result = run_driver(["check", str(out), "--device", "cpu", "--dry-run"], tmp_path,
+                        no_jittor)
     assert result.returncode == 2 and "already holds a check" in result.stderr
     assert (out / "summary.md").read_text() == before
 
 
-@pytest.mark.parametrize("args, words", [
-    ([], ["usage"]),
-    (["OUT", "--frobnicate"], ["unknown option '--frobnicate'"]),
-    (["OUT", "--device"], ["--device needs a value"]),
-    (["OUT", "--device", "gpu0"], ["'gpu0'", "auto, cpu, cuda, cuda:N"]),
+@pytest.mark.parametrize("args, env, words", [
+    ([], {}, "required: command"),
+    (["check"], {}, "required: out_dir"),
+    (["check", "OUT", "--frobnicate"], {}, "unrecognized arguments: --frobnicate"),
+    (["check", "OUT", "--device"], {}, "--device: expected one argument"),
+    (["check", "OUT", "--device", "gpu0"], {}, "'gpu0' is not one of auto, cpu, cuda, cuda:N"),
+    (["check", "OUT", "--steps", "perf,nope"], {}, "unknown step 'nope' (known: perf,tuned,"),
+    (["check", "OUT", "--jittor", "--cap", "train=9"], {},
+     "--cap: unknown step 'train' (known: jittor_setup,"),
+    (["image", "--frobnicate"], {}, "unrecognized arguments: --frobnicate"),
+    (["image", "--out"], {}, "--out: expected one argument"),
+    (["image", "--steps", "dry_run,nope"], {}, "unknown step 'nope' (known: dry_run,parity,"),
+    (["image", "--out", "FULL"], {}, "is not empty: give a new or empty folder"),
+    (["image", "--cap", "dry_run=1h"], {}, "a cap must be a whole number of seconds, got '1h'"),
+    (["image"], {"PYTHON312": sys.executable + "-missing"}, "is not a CPython 3.12 with venv"),
+    (["wheels", "--frobnicate"], {}, "unrecognized arguments: --frobnicate"),
 ])
-def test_bad_arguments_are_one_line(args, words, tmp_path, no_jittor):
-    args = [str(tmp_path / a) if a == "OUT" else a for a in args]
-    result = run_check(args, tmp_path, no_jittor, timeout=60)
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert all(w in result.stderr for w in words), result.stderr
+def test_bad_input_is_one_line_before_any_work(args, env, words, tmp_path, no_jittor):
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "kept.txt").write_text("x")
+    args = [{"FULL": str(full), "OUT": str(tmp_path / "out")}.get(a, a) for a in args]
+    result = run_driver(args, tmp_path, no_jittor, timeout=60, **env)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and words in result.stderr, result.stderr
+    assert sorted(os.listdir(tmp_path)) == ["full"] and os.listdir(full) == ["kept.txt"]
 
 
 @pytest.mark.skipif(cuda_available(), reason="checks the refusal on a machine without a GPU")
 def test_cuda_on_a_machine_without_a_gpu_stops_before_any_step(tmp_path, no_jittor):
-    result = run_check([str(tmp_path / "out"), "--device", "cuda"], tmp_path, no_jittor,
-                       timeout=60)
-    assert result.returncode == 2 and "no CUDA GPU" in result.stdout + result.stderr
-    assert "=== perf" not in result.stdout
+    result = run_driver(["check", str(tmp_path / "out"), "--device", "cuda"], tmp_path,
+                        no_jittor, timeout=60)
+    assert result.returncode == 2 and "no CUDA GPU" in result.stderr
+    assert result.stdout == "" and not (tmp_path / "out").exists()
+
+
+# In a process of its own: Jittor (imported by the tests' conftest) ends a process whose
+# child dies of a signal other than SIGTERM (its SIGCHLD handler).
+CAPPED = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import gpu
+gpu.GRACE = 1
+lines = []
+print(json.dumps([gpu.run_capped([sys.executable, "-c", sys.argv[2]], 2, lines.append), lines]))
+"""
+
+
+@pytest.mark.parametrize("ignores_sigint", [False, True])
+def test_a_step_past_its_cap_gets_sigint_then_sigkill(ignores_sigint):
+    """SIGINT at the cap lets pytest write its reports; a step that ignores it is killed
+    GRACE seconds later."""
+    handler = ("signal.SIG_IGN" if ignores_sigint else
+               "lambda *a: (print('reports written'), sys.exit(3))")
+    child = (f"import signal, sys, time; signal.signal(signal.SIGINT, {handler}); "
+             "print('started', flush=True); time.sleep(30)")
+    start = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", CAPPED, os.path.dirname(DRIVER), child],
+                            capture_output=True, text=True, timeout=60)
+    (status, _), lines = json.loads(result.stdout)
+    assert status == "stopped at its 2 s cap" and time.monotonic() - start < 15
+    assert lines[0] == "started\n"
+    assert ("reports written\n" in lines) is not ignores_sigint
+
+
+def test_a_failing_step_is_reported_and_the_next_still_runs():
+    said = []
+    steps = gpu.Steps({"a": 30, "b": 30}, None, said.append)
+    steps.run("a", [sys.executable, "-c", "print('== 3 passed, 1 failed in 0.5s =='); exit(4)"])
+    steps.run("b", [sys.executable, "-c", "pass"])
+    assert steps.rows()[0][:3] == ["a", "failed (exit 4)", "3 passed, 1 failed"]
+    assert steps.rows()[1][:3] == ["b", "passed", "-"] and not steps.ok()
+    assert "[gpu] === a: failed (exit 4) after 0 s" in said
 
 
 @pytest.mark.skipif(cuda_stack_here() is not None, reason=str(cuda_stack_here()))
@@ -129,8 +186,8 @@ def test_jittor_check_dry_run_sets_up_jittor_on_copies_and_prints_its_environmen
     patch applied to copies of this environment's Jittor (the real 1.3.11 files), Jittor's
     environment printed; no build (no driver here), the other steps left out."""
     out = tmp_path / "out"
-    result = run_check([str(out), "--device", "cpu", "--dry-run", "--jittor"], tmp_path, "",
-                       timeout=120, GFOCAL_CHECK_STEPS="jittor_setup")
+    result = run_driver(["check", str(out), "--device", "cpu", "--dry-run", "--jittor",
+                         "--steps", "jittor_setup"], tmp_path, timeout=120)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     log = (out / "check.log").read_text()
     assert "=== jittor_setup: passed" in log
@@ -141,9 +198,9 @@ def test_jittor_check_dry_run_sets_up_jittor_on_copies_and_prints_its_environmen
     text = (out / "summary.md").read_text()
     assert text.startswith("# GPU check (Jittor)")
     assert "| jittor_setup | passed |" in text
-    assert "| jittor_build | skipped (dry run: no GPU driver) | 0 |" in text
+    assert "| jittor_build | skipped (dry run: no GPU driver) | - | 0 |" in text
     for step in ("perf", "parity"):
-        assert f"| {step} | skipped (not in GFOCAL_CHECK_STEPS) | 0 |" in text
+        assert f"| {step} | skipped (not in --steps) | - | 0 |" in text
     installed = importlib.util.find_spec("jittor").submodule_search_locations[0]
     assert "gfocal-parity" not in open(os.path.join(installed, "compiler.py")).read()
 
@@ -154,13 +211,13 @@ def test_jittors_packages_stay_out_of_the_pytorch_check(tmp_path, no_jittor):
     wheels.mkdir()
     for name in ("numpy-1.26.4-cp312-cp312-manylinux_2_17_x86_64.whl", "jittor-1.3.11.0.tar.gz"):
         (wheels / name).write_bytes(b"")
-    result = run_check([str(tmp_path / "out"), "--device", "cpu"], tmp_path, no_jittor,
-                       timeout=120, wheels=wheels, GFOCAL_CHECK_STEPS="none")
+    result = run_driver(["check", str(tmp_path / "out"), "--device", "cpu", "--steps", ""],
+                        tmp_path, no_jittor, timeout=120, wheels=wheels)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "Jittor's packages in" in result.stdout and "are left out here" in result.stdout
     assert "installing" not in result.stdout
     for step in ("perf", "parity", "train"):
-        assert f"| {step} | skipped (not in GFOCAL_CHECK_STEPS) | 0 |" in result.stdout
+        assert f"| {step} | skipped (not in --steps) | - | 0 |" in result.stdout
 
 
 @pytest.mark.slow
@@ -169,7 +226,8 @@ def test_jittor_check_dry_run_runs_every_step_on_the_cpu(tmp_path):
     """The whole Jittor dry run (about a minute here: two pytest sessions with both
     frameworks): set-up on copies, the paired inference case, a Jittor parity case."""
     out = tmp_path / "out"
-    result = run_check([str(out), "--device", "cpu", "--dry-run", "--jittor"], tmp_path, "")
+    result = run_driver(["check", str(out), "--device", "cpu", "--dry-run", "--jittor"],
+                        tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     text = (out / "summary.md").read_text()
     for step in ("jittor_setup", "perf", "parity"):
@@ -181,19 +239,11 @@ def test_jittor_check_dry_run_runs_every_step_on_the_cpu(tmp_path):
 
 def test_wheel_pins_are_the_versions_tested_here():
     """The wheels carried to the GPU machine are the versions this suite runs with."""
-    listed = subprocess.run(["bash", os.path.join(ROOT, "scripts", "gpu_wheels.sh"), "--list"],
-                            capture_output=True, text=True, check=True).stdout.split()
-    pins = dict(line.split("==") for line in listed)
-    assert {"pycocotools", "pytest-html", "pytest-metadata"} <= set(pins)
-    for name in ("pycocotools", "pytest-html", "pytest-metadata"):
-        assert pins[name] == importlib.metadata.version(name), name
-    listed = subprocess.run(["bash", os.path.join(ROOT, "scripts", "gpu_wheels.sh"),
-                             "--with-jittor", "--list"], capture_output=True, text=True,
-                            check=True).stdout.split()
-    pins = dict(line.split("==") for line in listed)
-    for name in ("numpy", "jittor"):  # Jittor's check runs these (jittor's 1.3.11 = 1.3.11.0)
+    pins = dict(line.split("==") for line in gpu.pins(with_jittor=True))
+    assert set(pins) == {"pycocotools", "pytest-html", "pytest-metadata", "numpy", "jittor"}
+    for name, pinned in pins.items():  # Jittor's check runs numpy 1.26 (jittor's 1.3.11.0)
         installed = importlib.metadata.version(name)
-        assert installed == pins[name] or installed.startswith(pins[name] + "."), name
+        assert installed == pinned or installed.startswith(pinned + "."), name
 
 
 def benchmark(case, batch, median, tf32=False, **extra):
@@ -210,11 +260,11 @@ def test_summary_tables_per_image_time_fps_and_memory(tmp_path):
         dict(benchmark("inference", 1, 0.1), extra_info={"framework": "jittor"}),
     ]}
     (tmp_path / "perf.json").write_text(json.dumps(bench))
-    text = gpu_summary.summary(str(tmp_path), "cuda", [("perf", "passed", "95")])
+    text = gpu.check_summary(str(tmp_path), "cuda", [["perf", "passed", "4 passed", 95]])
     assert "| inference | fp32 | 2 | 45.0 | 50.0 | 25.0 | 40.0 | - | - |" in text
     assert "| train_step | TF32 | 8 | 360.0 | 400.0 | 50.0 | - | 20480 | 24000 |" in text
     assert "jittor" not in text.split("## PyTorch port")[1].split("## Parity")[0]
-    assert "- gpu: NVIDIA H200" in text and "| perf | passed | 95 |" in text
+    assert "- gpu: NVIDIA H200" in text and "| perf | passed | 4 passed | 95 |" in text
     assert "no parity verdict" in text and "no training log" in text
 
 
@@ -231,8 +281,8 @@ def test_summary_of_the_jittor_check_tables_jittors_flags_and_the_paired_cases(t
     ]}
     bench["benchmarks"][0]["extra_info"]["framework"] = "jittor"
     (tmp_path / "perf.json").write_text(json.dumps(bench))
-    text = gpu_summary.summary(str(tmp_path), "cuda", [("jittor_build", "passed", "80")],
-                               jittor=True)
+    text = gpu.check_summary(str(tmp_path), "cuda", [["jittor_build", "passed", "-", 80]],
+                             jittor=True)
     assert text.startswith("# GPU check (Jittor)")
     assert "| inference | fp32 | 1 | 72.0 | 80.0 | 80.0 | 12.5 | - | - |" in text
     assert "| inference | 1 | 2 | 55.0 | 85.0 | 1.55 | 1.60 |" in text
@@ -242,49 +292,13 @@ def test_summary_of_the_jittor_check_tables_jittors_flags_and_the_paired_cases(t
 
 
 # ------------------------------------------------ the GPU machine's software on this CPU
-IMAGE_CHECK = os.path.join(ROOT, "scripts", "gpu_image_check.sh")
-
-
-def run_image_check(args, tmp_path, **env):
-    """scripts/gpu_image_check.sh with its environment and cache kept under tmp_path."""
-    env = {**os.environ, "GFOCAL_GPU_IMAGE_ENV": str(tmp_path / "image-env"),
-           "XDG_CACHE_HOME": str(tmp_path / "cache"), **env}
-    return subprocess.run(["bash", IMAGE_CHECK, *args], capture_output=True, text=True,
-                          env=env, timeout=120)
-
-
 def skip_without_python_312(result):
     if result.returncode == 2 and "CPython 3.12" in result.stderr:
         pytest.skip("no Python 3.12 on this machine: " + result.stderr.strip())
 
 
-@pytest.mark.parametrize("args, env, words", [
-    (["--frobnicate"], {}, "unknown argument '--frobnicate'"),
-    (["--out"], {}, "--out needs a folder"),
-    (["--steps", "dry_run,nope"], {}, "--steps: unknown step 'nope' (known: dry_run,parity,"),
-    (["--out", "FULL"], {}, "is not empty: give a new or empty folder"),
-    ([], {"GFOCAL_CAP_BUILD": "1h"}, "a cap must be a whole number of seconds, got '1h'"),
-    ([], {"PYTHON312": sys.executable + "-missing"}, "is not a CPython 3.12 with venv"),
-], ids=["unknown-option", "out-without-value", "unknown-step", "out-not-empty", "bad-cap",
-        "python312-missing"])
-def test_image_check_bad_input_is_one_line_before_any_work(args, env, words, tmp_path):
-    full = tmp_path / "full"
-    full.mkdir()
-    (full / "kept.txt").write_text("x")
-    args = [str(full) if a == "FULL" else a for a in args]
-    result = run_image_check(args, tmp_path, **env)
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.count("\n") == 1 and words in result.stderr, result.stderr
-    assert result.stdout == ""
-    assert not (tmp_path / "image-env").exists() and not (tmp_path / "cache").exists()
-    assert sorted(os.listdir(full)) == ["kept.txt"]
-
-
-def test_image_check_env_path_is_under_the_shared_cache_and_builds_nothing(tmp_path):
-    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"))
-    env.pop("GFOCAL_GPU_IMAGE_ENV", None)
-    result = subprocess.run(["bash", IMAGE_CHECK, "--env-path"], capture_output=True, text=True,
-                            env=env, timeout=120)
+def test_image_env_path_is_under_the_shared_cache_and_builds_nothing(tmp_path):
+    result = run_driver(["image", "--env-path"], tmp_path, GFOCAL_GPU_IMAGE_ENV="")
     skip_without_python_312(result)
     assert result.returncode == 0, result.stderr
     path = result.stdout.strip()
@@ -295,8 +309,8 @@ def test_image_check_env_path_is_under_the_shared_cache_and_builds_nothing(tmp_p
 
 
 def test_the_shared_pipeline_and_cocoeval_give_what_numpy_2_gave():
-    """What the GPU machine's numpy 2.5 / opencv 5.1 / pycocotools computed, in the scripts/
-    gpu_image_check.sh environment (the batches' bytes, the 12 COCO statistics of fixed
+    """What the GPU machine's numpy 2.5 / opencv 5.1 / pycocotools computed, in the `scripts/gpu.py
+    image` environment (the batches' bytes, the 12 COCO statistics of fixed
     detections): numpy 1 here gives the same bits, so a GPU run reads the very batches of a
     run here. A change of the pipeline that moves these is a change of every run's data:
     recompute both values in both environments."""
@@ -348,13 +362,13 @@ def test_the_shared_pipeline_and_cocoeval_give_what_numpy_2_gave():
         "0x1.c9c413b8b302bp-2", "0x1.01b32c43d54e6p-1", "0x1.ce81b4e81b4e9p-2"], stats
 
 
-def test_image_check_never_deletes_a_folder_it_did_not_build(tmp_path):
+def test_image_never_deletes_a_folder_it_did_not_build(tmp_path):
     foreign = tmp_path / "somebodys-env"
     foreign.mkdir()
     (foreign / "data.txt").write_text("keep")
-    result = run_image_check(["--out", str(tmp_path / "out"), "--rebuild"], tmp_path,
-                             GFOCAL_GPU_IMAGE_ENV=str(foreign))
+    result = run_driver(["image", "--out", str(tmp_path / "out"), "--rebuild"], tmp_path,
+                        GFOCAL_GPU_IMAGE_ENV=str(foreign))
     skip_without_python_312(result)
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
-    assert "is not this script's environment" in result.stderr
+    assert "is not this driver's environment" in result.stderr
     assert os.listdir(foreign) == ["data.txt"] and not (tmp_path / "out").exists()
