@@ -194,12 +194,11 @@ def download_wheels(dest, with_jittor=False, timeout=300):
     fresh = tempfile.mkdtemp(prefix=os.path.basename(dest.rstrip("/")) + ".new.", dir=parent)
     try:
         pip = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--dest", fresh]
-        binary = WHEELS + (JITTOR_WHEELS if with_jittor else [])
-        for cmd, what in ([pip + TARGET + binary, binary],
-                          [pip + ["--no-binary=:all:"] + JITTOR_SOURCE, JITTOR_SOURCE]):
-            if what is JITTOR_SOURCE and not with_jittor:
-                continue
-            if subprocess.run(cmd, timeout=timeout).returncode != 0:
+        downloads = [(TARGET, WHEELS + (JITTOR_WHEELS if with_jittor else []))]
+        if with_jittor:
+            downloads.append((["--no-binary=:all:"], JITTOR_SOURCE))
+        for how, what in downloads:
+            if subprocess.run(pip + how + what, timeout=timeout).returncode != 0:
                 raise Failure(f"pip could not download {' '.join(what)} for Python 3.12 x86-64")
         size_mb = sum(os.path.getsize(os.path.join(fresh, f)) for f in os.listdir(fresh)) >> 20
         if size_mb > CARRY_LIMIT_MB:
