@@ -834,19 +834,15 @@ def main(argv=None):
                    "jittor-smoke": cmd_jittor_smoke}[args.command]
         return handler(args)
     except BadInput as exc:
-        print(f"scripts/gpu.py: error: {exc}", file=sys.stderr)
-        return 2
+        message, status = str(exc), 2
     except Failure as exc:
-        print(f"scripts/gpu.py: error: {exc}", file=sys.stderr)
-        return 1
+        message, status = str(exc), 1
     except subprocess.TimeoutExpired as exc:
-        print(f"scripts/gpu.py: error: {exc.cmd[0]} did not finish in {exc.timeout} s",
-              file=sys.stderr)
-        return 1
+        message, status = f"{exc.cmd[0]} did not finish in {exc.timeout} s", 1
     except KeyboardInterrupt:
-        print("scripts/gpu.py: interrupted", file=sys.stderr)
-        return 130
-
+        message, status = "interrupted", 130
+    print(f"scripts/gpu.py: error: {message}", file=sys.stderr)
+    return status
 
 if __name__ == "__main__":
     sys.exit(main())
