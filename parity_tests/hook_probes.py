@@ -20,6 +20,7 @@ one hook per module, so a hook the model had is put back afterwards).
     tag, args, kwargs, result = log[0]
 """
 import contextlib
+import sys
 
 
 class HookProbes:
@@ -77,14 +78,16 @@ class HookProbes:
 def _forward_hook(module, hook):
     def call(module_, args, out, *kwargs):  # Jittor passes the keyword arguments too
         hook(module_, args, out)
-    if hasattr(module, "_forward_hooks"):  # PyTorch: any number of hooks, removed by handle
+    torch = sys.modules.get("torch")  # a PyTorch module exists only where torch is imported
+    if torch is not None and isinstance(module, torch.nn.Module):  # hooks removed by handle
         handle = module.register_forward_hook(call)
         try:
             yield
         finally:
             handle.remove()
         return
-    previous = module.__dict__.get("__fhook__")  # Jittor: one hook per module
+    # Jittor: one hook per module, kept where its register_forward_hook puts it (no getter)
+    previous = module.__dict__.get("__fhook__")
 
     def chained(module_, args, out, *kwargs):
         call(module_, args, out)
