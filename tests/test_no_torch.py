@@ -37,3 +37,19 @@ def test_gfocal_and_jittor_port_work_without_torch():
     """)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().endswith("ok")
+
+
+def test_jittors_flush_to_zero_prints_no_numpy_warning():
+    """Jittor's kernels switch the process to flush-to-zero; numpy's warning about that
+    (smallest subnormal is zero) read as a fault to users of `gfocal compare`."""
+    result = run_without_torch("""
+        import numpy as np
+        from gfocal.ports import load_port
+        port = load_port("jittor")
+        (port.tensor(np.ones(4, np.float32)) * 2).numpy()
+        assert np.nextafter(0.0, 1.0) * 1.0 == 0.0, "no flush-to-zero: nothing to silence"
+        np.finfo(np.float64)
+        print("ok")
+    """)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "smallest subnormal" not in result.stderr, result.stderr[-3000:]
