@@ -106,10 +106,10 @@ def _verdict_table_text(lines):
     return text_table(VERDICT_HEADER, [_verdict_cells(line) for line in lines])
 
 
-def verdict_text(tables, reference="torch"):
+def verdict_text(tables, reference="torch", titled=False):
     """The verdict table(s) of judge.verdict_tables() as text: one, untitled, for Jittor
-    alone against the PyTorch port; else one per subject, titled."""
-    if list(tables) == ["jittor"] and reference == "torch":
+    alone against the PyTorch port (unless `titled`); else one per subject, titled."""
+    if list(tables) == ["jittor"] and reference == "torch" and not titled:
         return _verdict_table_text(tables["jittor"])
     return "\n\n".join(f"{subject_title(s, reference)}:\n{_verdict_table_text(lines)}"
                         for s, lines in tables.items())

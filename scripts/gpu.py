@@ -558,8 +558,7 @@ def check_summary(out_dir, device, step_rows, jittor=False):
                   perf_table(perf_rows(tuned), PERF_COLUMNS)]
     parts += ["", "## Parity on the GPU", ""]
     if verdict:
-        for subject, lines in verdict_tables(verdict).items():
-            parts += ["```", verdict_text({subject: lines}), "```", ""]
+        parts += ["```", verdict_text(verdict_tables(verdict), titled=True), "```"]
     else:
         parts.append("no parity verdict (the parity step failed: see check.log and parity.html)")
     if not jittor:
