@@ -179,3 +179,30 @@ def test_an_empty_val_split_warns_through_the_engine(torch_port, tiny_config, ti
     assert len(stats) == len(STAT_NAMES)
     (line,) = warnings_in(capsys.readouterr().err)
     assert str(ann_file) in line and f"in the {len(data['images'])} evaluated images" in line
+
+
+def test_cocoeval_gives_the_statistics_numpy_2_gave():
+    """The 12 COCO statistics of fixed detections as the GPU machine's numpy 2.5 and
+    pycocotools computed them (in the `scripts/gpu.py image` environment), bit for bit."""
+    import contextlib
+    import io
+
+    from gfocal.data.synthetic import ensure_mini_coco
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(os.path.join(ensure_mini_coco(), "annotations", "instances_val2017.json"))
+    rng = np.random.default_rng(7)
+    img_ids = sorted(gt.getImgIds())[:16]
+    results = []
+    for img_id in img_ids:  # every box moved by up to 15 % of its size, random scores
+        for ann in gt.loadAnns(gt.getAnnIds(imgIds=img_id, iscrowd=False)):
+            x, y, w, h = ann["bbox"]
+            dx, dy, dw, dh = rng.uniform(-0.15, 0.15, 4) * [w, h, w, h]
+            results.append({"image_id": img_id, "category_id": ann["category_id"],
+                            "bbox": [float(x + dx), float(y + dy), float(w + dw), float(h + dh)],
+                            "score": float(rng.uniform(0.05, 1.0))})
+    stats = coco_eval.evaluate(gt, results, img_ids=img_ids)
+    assert [v.hex() for v in stats.values()] == [
+        "0x1.a05ba16b70f7dp-2", "0x1.fa20c81192d74p-1", "0x1.8de64bc35b94dp-3",
+        "0x1.b585ffa97bdc3p-2", "0x1.9ecb56fec5eebp-2", "0x1.7fb67614c017cp-2",
+        "0x1.260b401f0fe7bp-2", "0x1.e70003650f874p-2", "0x1.e70003650f874p-2",
+        "0x1.c9c413b8b302bp-2", "0x1.01b32c43d54e6p-1", "0x1.ce81b4e81b4e9p-2"], stats

@@ -420,3 +420,26 @@ def test_empty_root_means_bundled_mini_coco(monkeypatch, tmp_path):
     assert loader.dataset.ann_file == str(tmp_path / "bundled" / "annotations" /
                                           "instances_val2017.json")
     assert len(loader.dataset) == 2
+
+
+def test_the_pipeline_gives_the_batches_numpy_2_gave():
+    """The batches' bytes that the GPU machine's numpy 2.5 / opencv 5.1 made (in the
+    `scripts/gpu.py image` environment): numpy 1 here gives the same bits, so a GPU run reads
+    the very batches of a run here. A change of the pipeline that moves this digest changes
+    every run's data: recompute it in both environments."""
+    import hashlib
+    cfg = from_dict({"model": dict(num_classes=6),
+                     "data": dict(img_scale=[160, 120], batch_size=2, val_batch_size=2)},
+                    source="numpy-2 probe")
+    digest = hashlib.sha256()
+    for split in ("train", "val"):  # train: seeded flips (the first batch is flipped)
+        for _, batch in zip(range(2), build_dataloader(cfg, split)):
+            digest.update(batch["imgs"].tobytes())
+            for key in ("gt_bboxes", "gt_labels", "gt_bboxes_ignore"):
+                for array in batch[key]:
+                    digest.update(np.ascontiguousarray(array).tobytes())
+            for meta in batch["img_metas"]:
+                digest.update(repr((meta["img_id"], meta["img_shape"], meta["pad_shape"],
+                                    meta["flip"])).encode())
+                digest.update(meta["scale_factor"].tobytes())
+    assert digest.hexdigest() == "76bba0c864e354044eb576d8316a55a2da5d6f8f595756ea3ae9e2640a54cac4"
