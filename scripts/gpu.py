@@ -174,6 +174,25 @@ def parse_steps(mode, text):
     return set(only)
 
 
+def empty_output_dir(path):
+    """path, absolute, when it is new or an empty folder: a run never writes over files an
+    earlier one left (a finished check's, or a killed one's)."""
+    path = os.path.abspath(path)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise BadInput(f"{path} is not a folder")
+    if os.path.isdir(path) and os.listdir(path):
+        held = " (it already holds a check)" if os.path.exists(path + "/summary.md") else ""
+        raise BadInput(f"{path} is not empty{held}: give a new or empty folder")
+    return path
+
+
+def write_text(path, text):
+    """One rename: a signal or a full disk never leaves a half-written summary."""
+    from gfocal.atomic import atomic_path
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        f.write(text)
+
+
 # ---- wheels --------------------------------------------------------------------------------
 def wheels_dir():
     return os.environ.get("GFOCAL_WHEELS") or os.path.join(ROOT, ".whl")
@@ -188,8 +207,15 @@ def download_wheels(dest, with_jittor=False, timeout=300):
     versions of one package would stop the install there, and a failed download leaves the
     old folder as it was."""
     probe = os.path.join(dest, "x.whl")
-    if subprocess.run(["git", "-C", ROOT, "check-ignore", "-q", probe]).returncode != 0:
-        raise BadInput(f"{dest} is not git-ignored: the wheels must not be committed")
+    if subprocess.run(["git", "-C", ROOT, "check-ignore", "-q", probe],
+                      stderr=subprocess.DEVNULL).returncode != 0:
+        raise BadInput(f"{dest} is not a git-ignored folder of this checkout: the wheels "
+                       "must not be committed")
+    others = [f for f in (os.listdir(dest) if os.path.isdir(dest) else [])
+              if not f.endswith((".whl", ".tar.gz"))]
+    if others or (os.path.exists(dest) and not os.path.isdir(dest)):
+        raise BadInput(f"{dest} holds more than wheels ({', '.join(others) or 'a file'}): "
+                       "name a folder of wheels only, it is replaced")
     parent = os.path.dirname(os.path.abspath(dest))
     fresh = tempfile.mkdtemp(prefix=os.path.basename(dest.rstrip("/")) + ".new.", dir=parent)
     try:
@@ -282,8 +308,11 @@ def install_wheels(say, dry, jittor, site, jtsite):
 
 def sourced(env, script):
     """env after `. script` in bash (Jittor's env.sh must be in place before Python starts)."""
-    out = subprocess.run(["bash", "-c", '. "$1" && env -0', "_", script], env=env,
-                         capture_output=True, check=True).stdout.decode()
+    done = subprocess.run(["bash", "-c", '. "$1" && env -0', "_", script], env=env,
+                          capture_output=True)
+    if done.returncode != 0:
+        raise Failure(f"{script} could not be sourced: {done.stderr.decode().strip()[-300:]}")
+    out = done.stdout.decode()
     return dict(item.split("=", 1) for item in out.split("\0") if "=" in item)
 
 
@@ -380,9 +409,7 @@ def cmd_check(args):
         resolve_device(args.device)
     except DeviceError as exc:
         raise BadInput(str(exc)) from None
-    out = os.path.abspath(args.out_dir)
-    if os.path.exists(os.path.join(out, "summary.md")):
-        raise BadInput(f"{out} already holds a check (summary.md): give an empty folder")
+    out = empty_output_dir(args.out_dir)
     try:
         os.makedirs(out, exist_ok=True)
     except OSError as exc:
@@ -409,19 +436,18 @@ def cmd_check(args):
             jittor_steps(steps, args, out, env, work)
         else:
             torch_steps(steps, args, out, env)
-        with open(os.path.join(out, "steps.json"), "w") as f:
-            json.dump(steps.rows(), f)
+        write_text(os.path.join(out, "steps.json"), json.dumps(steps.rows()))
         sys.path[:0] = [site]  # the summary reads the wheels' packages as the steps did
         text = check_summary(out, args.device, steps.rows(), args.jittor)
     path = os.path.join(out, "summary.md")
-    with open(path, "w") as f:
-        f.write(text)
+    write_text(path, text)
     say(text)
     say(f"summary: {path}")
     return 0 if steps.ok() else 1
 
 
 # ---- the check's summary ---------------------------------------------------------------------
+STEP_COLUMNS = ["step", "status", "tests", "seconds"]
 PERF_COLUMNS = ["case", "numerics", "batch", "min ms", "median ms", "per image ms", "FPS",
                 "peak alloc MB", "peak reserved MB"]
 PAIRED_COLUMNS = ["case", "batch", "pairs", "torch median ms", "jittor median ms",
@@ -542,7 +568,7 @@ def check_summary(out_dir, device, step_rows, jittor=False):
     bench = read_json(os.path.join(out_dir, "perf.json"))
     verdict = read_json(verdict_path(out_dir))
     parts = ["# GPU check" + (" (Jittor)" if jittor else ""), "", "## Steps", "",
-             markdown_table(["step", "status", "tests", "seconds"], step_rows),
+             markdown_table(STEP_COLUMNS, step_rows),
              "", "## Environment", "", *environment_lines(bench, device)]
     if jittor:
         parts += [*jittor_lines(bench), "",
@@ -724,10 +750,7 @@ def cmd_image(args):
     out = args.out or os.path.join(
         ROOT, "reports", "gpu-image-check",
         datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S"))
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise BadInput(f"--out {out} is not a folder")
-    if os.path.isdir(out) and os.listdir(out):
-        raise BadInput(f"{out} is not empty: give a new or empty folder")
+    out = empty_output_dir(out)
     base = base_python()
     env_dir = image_env_path(base)
     if args.env_path:
@@ -748,7 +771,6 @@ def cmd_image(args):
     env.update(PIP_CONFIG_FILE=os.devnull, PIP_NO_INDEX="1", PIP_DISABLE_PIP_VERSION_CHECK="1",
                PYTHONUNBUFFERED="1")
     os.makedirs(out, exist_ok=True)
-    out = os.path.abspath(out)
     with tempfile.TemporaryDirectory() as work:
         site = os.path.join(work, "site")
         with open(os.path.join(out, "wheels.log"), "w") as log:
@@ -787,12 +809,11 @@ def cmd_image(args):
                                            for n, s, t, _ in check_steps)
     from_dir = "\n".join(f"log: {out}/{n}.log" for n in steps.status
                          if os.path.exists(f"{out}/{n}.log"))
-    rows = "\n".join(f"| {' | '.join(map(str, r))} |" for r in steps.rows())
+    from gfocal.tables import markdown_table
     text = ("# GPU image check (the GPU machine's software on a CPU, no package index)\n\n"
-            "| step | status | tests | seconds |\n|---|---|---|---|\n" + rows + "\n\n"
-            "## Versions\n\n```\n" + "\n".join(versions) + "\n```\n")
-    with open(os.path.join(out, "summary.md"), "w") as f:
-        f.write(text)
+            + markdown_table(STEP_COLUMNS, steps.rows()) + "\n\n## Versions\n\n```\n"
+            + "\n".join(versions) + "\n```\n")
+    write_text(os.path.join(out, "summary.md"), text)
     print(text + from_dir + f"\nsummary: {out}/summary.md")
     return 0 if steps.ok() else 1
 
@@ -840,6 +861,8 @@ def main(argv=None):
         message, status = f"{exc.cmd[0]} did not finish in {exc.timeout} s", 1
     except KeyboardInterrupt:
         message, status = "interrupted", 130
+    except OSError as exc:  # a file the system refuses (gfocal.atomic's errors name theirs)
+        message, status = (f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc)), 1
     print(f"scripts/gpu.py: error: {message}", file=sys.stderr)
     return status
 
