@@ -401,6 +401,26 @@ def torch_steps(steps, args, out, env):
                         "_", sys.executable, config, args.device, train, str(iters)], env)
 
 
+def step_environment(args, say, site, jtsite):
+    """The steps' environment: the carried wheels installed into site (Jittor's into
+    jtsite) and first on PYTHONPATH; BadInput where what the steps import is missing."""
+    install_wheels(say, args.dry_run, args.jittor, site, jtsite)
+    paths = [site, ROOT] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])
+    if args.jittor:
+        paths.insert(0, jtsite)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths), PYTHONUNBUFFERED="1")
+    need = "import pycocotools, pytest_html" + (
+        "\nimport importlib.util as u, sys; sys.exit(u.find_spec('jittor') is None)"
+        if args.jittor else "")
+    if subprocess.run([sys.executable, "-c", need], env=env,
+                      capture_output=True).returncode != 0:
+        raise BadInput(f"pycocotools, pytest-html{' or Jittor' if args.jittor else ''} is "
+                       f"missing for {sys.executable}: run `scripts/gpu.py wheels"
+                       f"{' --with-jittor' if args.jittor else ''}` where PyPI is "
+                       f"reachable and carry {wheels_dir()}")
+    return env
+
+
 def cmd_check(args):
     from gfocal.device import DeviceError, resolve_device
     mode = "jittor" if args.jittor else "check"
@@ -410,27 +430,23 @@ def cmd_check(args):
     except DeviceError as exc:
         raise BadInput(str(exc)) from None
     out = empty_output_dir(args.out_dir)
+    created = not os.path.exists(out)
     try:
         os.makedirs(out, exist_ok=True)
     except OSError as exc:
         raise BadInput(f"cannot create {out}: {exc.strerror}") from None
-    say = Tee(os.path.join(out, "check.log"))
+    log = os.path.join(out, "check.log")
+    say = Tee(log)
     with tempfile.TemporaryDirectory() as work:
-        site, jtsite = os.path.join(work, "site"), os.path.join(work, "jittor-site")
-        install_wheels(say, args.dry_run, args.jittor, site, jtsite)
-        paths = [site, ROOT] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])
-        if args.jittor:
-            paths.insert(0, jtsite)
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths), PYTHONUNBUFFERED="1")
-        need = "import pycocotools, pytest_html" + (
-            "\nimport importlib.util as u, sys; sys.exit(u.find_spec('jittor') is None)"
-            if args.jittor else "")
-        if subprocess.run([sys.executable, "-c", need], env=env,
-                          capture_output=True).returncode != 0:
-            raise BadInput(f"pycocotools, pytest-html{' or Jittor' if args.jittor else ''} is "
-                           f"missing for {sys.executable}: run `scripts/gpu.py wheels"
-                           f"{' --with-jittor' if args.jittor else ''}` where PyPI is "
-                           f"reachable and carry {wheels_dir()}")
+        site = os.path.join(work, "site")
+        try:
+            env = step_environment(args, say, site, os.path.join(work, "jittor-site"))
+        except BadInput:  # nothing ran: the folder is left as it was, for the rerun
+            say.file.close()
+            os.remove(log)
+            if created:
+                os.rmdir(out)
+            raise
         steps = Steps(caps, only, say)
         if args.jittor:
             jittor_steps(steps, args, out, env, work)

@@ -142,6 +142,20 @@ def test_a_check_into_a_folder_with_files_is_refused_and_the_files_kept(tmp_path
     assert (out / "perf.json").read_text() == "a killed check's"
 
 
+def test_a_check_missing_its_wheels_stops_in_one_line_and_leaves_no_folder(tmp_path):
+    """Nothing ran, so nothing is kept: the rerun after carrying the wheels may use the
+    same folder."""
+    blocked = tmp_path / "blocked"
+    (blocked / "pycocotools").mkdir(parents=True)
+    (blocked / "pycocotools" / "__init__.py").write_text("raise ImportError('not carried')\n")
+    out = tmp_path / "out"
+    result = run_driver(["check", str(out), "--device", "cpu"], tmp_path, str(blocked),
+                        timeout=60)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "pycocotools, pytest-html is missing" in result.stderr and "wheels" in result.stderr
+    assert not out.exists()
+
+
 def test_wheels_never_replace_a_folder_holding_other_files(tmp_path):
     """The wheels' folder is replaced whole: one with other files (a git-ignored reports
     folder, say) is refused before any download."""
